@@ -1,0 +1,43 @@
+# genqueue developer commands. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+MODELS_DIR ?= models
+
+.PHONY: venv models demo serve test lint typecheck bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[export,dev,bench]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+# Builds the built-in demo models (tiny-lm, dcgan-digits) unless they are already there.
+models: venv
+	$(VENV)/bin/genqueue export builtin --models-dir $(MODELS_DIR) --skip-existing
+
+demo: models
+	$(PY) -m genqueue.demo --models-dir $(MODELS_DIR)
+
+serve: models
+	$(VENV)/bin/genqueue serve --models-dir $(MODELS_DIR)
+
+test: venv
+	$(PY) -m pytest -q -ra tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy genqueue api worker exporter
+
+bench: models
+	$(PY) -m bench --full
+
+bench-quick: models
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

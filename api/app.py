@@ -1,0 +1,66 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from genqueue import __version__, queue
+from genqueue.db.session import Database, ensure_migrated
+from genqueue.registry import Registry
+from genqueue.schemas import BulkCreate, JobCreate
+from genqueue.settings import Settings, get_settings
+from genqueue_api import errors
+from genqueue_api.routes import health, jobs, models
+from genqueue_api.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def build_state(settings: Settings) -> AppState:
+    db = Database.from_settings(settings)
+    ensure_migrated(db)  # refuse to serve on an un-migrated database
+    registry = Registry(settings.models_dir)
+    for err in registry.errors:
+        log.warning("model skipped: %s", err)
+    broker_url = queue.resolve_broker_url(settings)
+    return AppState(settings=settings, db=db, registry=registry, celery=queue.make_celery(settings, broker_url),
+                    broker_url=broker_url)
+
+
+def create_app(settings: Settings | None = None, state: AppState | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app_state = state or build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        app_state.db.dispose()
+
+    app = FastAPI(title="genqueue", version=__version__, lifespan=lifespan,
+                  description="Asynchronous job queue for AI content generation. See API.md.")
+    app.state.genqueue = app_state
+    errors.install(app)
+    app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(models.router)
+
+    # The job routes read raw JSON (so that bulk items fail one by one); publish their schemas anyway.
+    original_openapi = app.openapi
+
+    def openapi() -> dict:  # type: ignore[type-arg]
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original_openapi()
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (JobCreate, BulkCreate):
+            comps[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(comps[model.__name__].pop("$defs", {}))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

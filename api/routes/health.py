@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from genqueue import queue
+from genqueue_api.deps import StateDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(state: StateDep) -> Response:
+    checks: dict[str, str] = {}
+    try:
+        with state.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as e:
+        checks["database"] = f"error: {e.__class__.__name__}"
+    try:
+        queue.redis_client(state.broker_url).ping()
+        checks["redis"] = "ok"
+    except Exception as e:
+        checks["redis"] = f"error: {e.__class__.__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    if ok:
+        return JSONResponse({"status": "ok", "checks": checks})
+    return JSONResponse({"error": {"code": "not_ready", "message": "a dependency is unreachable",
+                                   "details": [checks]}}, status_code=503)
+
+
+@router.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,145 @@
+"""Job routes: HTTP in and out only; the work is in services.jobs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from genqueue.enums import JobStatus, ReviewStatus, Role
+from genqueue.schemas import BulkResult, ErrorResponse, JobList, JobOut
+from genqueue_api.deps import CurrentClient, CurrentKey, SessionDep, StateDep
+from genqueue_api.errors import ApiError, not_found
+from genqueue_api.services import jobs as service
+from genqueue_api.store import jobs as store
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+_WAIT_RE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429)
+}
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+
+
+def _prefer_wait(prefer: str | None, cap: int) -> float:
+    if not prefer:
+        return 0.0
+    m = _WAIT_RE.search(prefer)
+    return float(min(int(m.group(1)), cap)) if m else 0.0
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(str(seq).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except Exception:
+        raise ApiError(422, "validation_error", "invalid cursor", [{"field": "cursor", "message": "not a cursor from this API"}]) from None
+
+
+@router.post("", status_code=201, response_model=JobOut, responses=_ERRORS,
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}}}}})
+async def create_job(
+    request: Request,
+    state: StateDep,
+    key: CurrentClient,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    prefer: Annotated[str | None, Header()] = None,
+) -> Response:
+    body = await _json_body(request)
+
+    def _create() -> tuple[JobOut, bool]:
+        with state.db.session() as session:
+            return service.create_job(state, session, key, body, idempotency_key)
+
+    job, created = await run_in_threadpool(_create)
+    wait = _prefer_wait(prefer, state.settings.max_wait_seconds)
+    headers = {}
+    if wait > 0:
+        job = await service.wait_for(state, key, job, wait)
+        headers["Preference-Applied"] = f"wait={int(wait)}"
+    return JSONResponse(job.model_dump(mode="json"), status_code=201 if created else 200, headers=headers)
+
+
+@router.post("/bulk", response_model=BulkResult, responses=_ERRORS,
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BulkCreate"}}}}})
+async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> BulkResult:
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
+        raise ApiError(422, "validation_error", "invalid request: jobs", [{"field": "jobs", "message": "a list of job requests is required"}])
+    items = body["jobs"]
+    if not 1 <= len(items) <= 1000:
+        raise ApiError(422, "validation_error", "invalid request: jobs",
+                       [{"field": "jobs", "message": "between 1 and 1000 jobs per request"}])
+
+    def _create() -> BulkResult:
+        with state.db.session() as session:
+            return BulkResult(data=service.create_bulk(state, session, key, items))
+
+    return await run_in_threadpool(_create)
+
+
+@router.get("", response_model=JobList, responses=_ERRORS)
+def list_jobs(
+    session: SessionDep,
+    key: CurrentKey,
+    status: JobStatus | None = None,
+    review: ReviewStatus | None = None,
+    model: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: str | None = None,
+) -> JobList:
+    if key.role == Role.moderator.value:
+        raise ApiError(403, "forbidden", "moderators use the review endpoints")
+    before = decode_cursor(cursor) if cursor else None
+    rows = store.list_jobs(session, None if key.role == Role.admin.value else key.id,
+                           status=status.value if status else None, review=review.value if review else None,
+                           model=model, limit=limit + 1, before_seq=before)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobList(data=service.outs(session, rows),
+                   next_cursor=encode_cursor(rows[-1].created_seq) if more and rows else None)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
+def get_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobOut:
+    if key.role == Role.moderator.value:
+        raise not_found()
+    return service.get_job(session, key, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=_ERRORS)
+def cancel_job(job_id: str, session: SessionDep, key: CurrentClient) -> JobOut:
+    return service.cancel_job(session, key, job_id)
+
+
+_CONTENT_TYPES = {"png": "image/png", "webp": "image/webp"}
+
+
+@router.get("/{job_id}/images/{n}", responses={200: {"content": {"image/png": {}, "image/webp": {}}}, **_ERRORS})
+def get_image(job_id: str, n: int, session: SessionDep, key: CurrentKey) -> Response:
+    owner = None if key.role in (Role.admin.value, Role.moderator.value) else key.id
+    job = store.get_owned(session, job_id, owner)
+    if job is None:
+        raise not_found()
+    img = store.image(session, job_id, n)
+    if img is None:
+        raise not_found("image")
+    return Response(img.data, media_type=_CONTENT_TYPES.get(img.format, "application/octet-stream"),
+                    headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+

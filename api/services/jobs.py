@@ -1,0 +1,276 @@
+"""Job service: validation against the model registry, idempotency, insert-then-publish, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from genqueue import queue
+from genqueue.db.models import ApiKey, Job, Review, utcnow
+from genqueue.enums import JobStatus, ReviewPolicy, ReviewStatus, Role
+from genqueue.registry import ModelKind, UnknownModel
+from genqueue.schemas import (
+    BulkItem,
+    ErrorBody,
+    ErrorResponse,
+    ImageInput,
+    JobCreate,
+    JobError,
+    JobOut,
+    ReviewFlag,
+    ReviewInfo,
+    TextInput,
+)
+from genqueue_api.errors import ApiError, not_found, validation_details
+from genqueue_api.state import AppState
+from genqueue_api.store import jobs as store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready to become a row."""
+
+    row: dict[str, Any]
+    idempotency_key: str | None
+    request_hash: str
+
+
+def _request_hash(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _invalid(e: ValidationError, prefix: str = "") -> ApiError:
+    details = validation_details(list(e.errors()), strip_body=False)
+    for d in details:
+        d["field"] = prefix + d["field"] if d["field"] else prefix.rstrip(".")
+    fields = ", ".join(d["field"] for d in details)
+    return ApiError(422, "validation_error", f"invalid request: {fields}", details)
+
+
+def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None) -> Prepared:
+    """Validate one job request. Raises ApiError with the API.md error shape."""
+    if not isinstance(body, dict):
+        raise ApiError(422, "validation_error", "a job request must be a JSON object", [{"field": "", "message": "not an object"}])
+    raw = dict(body)
+    raw.pop("idempotency_key", None)
+    try:
+        req = JobCreate.model_validate(raw)
+    except ValidationError as e:
+        raise _invalid(e) from None
+    try:
+        entry = state.registry.resolve(req.model)
+    except UnknownModel:
+        raise ApiError(404, "unknown_model", f"model {req.model!r} is not served here",
+                       [{"field": "model", "message": "see GET /v1/models"}]) from None
+    m = entry.manifest
+    inp: TextInput | ImageInput
+    if m.kind is ModelKind.text:
+        assert m.text is not None
+        try:
+            inp = TextInput.model_validate(req.input)
+        except ValidationError as e:
+            raise _invalid(e, "input.") from None
+        ctx = m.text.context_length
+        if inp.max_new_tokens > ctx:
+            raise ApiError(422, "validation_error", "invalid request: input.max_new_tokens",
+                           [{"field": "input.max_new_tokens", "message": f"must be at most {ctx} for {entry.ref}",
+                             "type": "less_than_equal"}])
+        n_tokens = max(1, len(state.tokenizer(entry).encode(inp.prompt).ids))  # an empty prompt is BOS
+        if n_tokens >= ctx:
+            raise ApiError(422, "prompt_too_long",
+                           f"the prompt is {n_tokens} tokens; {entry.ref} allows at most {ctx - 1}",
+                           [{"field": "input.prompt", "message": f"{n_tokens} tokens >= context {ctx}"}])
+    else:
+        assert m.image is not None
+        try:
+            inp = ImageInput.model_validate(req.input)
+        except ValidationError as e:
+            raise _invalid(e, "input.") from None
+        if inp.class_label is not None:
+            if m.image.num_classes == 0:
+                raise ApiError(422, "validation_error", "invalid request: input.class_label",
+                               [{"field": "input.class_label", "message": f"{entry.ref} is unconditional"}])
+            if inp.class_label >= m.image.num_classes:
+                raise ApiError(422, "validation_error", "invalid request: input.class_label",
+                               [{"field": "input.class_label",
+                                 "message": f"must be below {m.image.num_classes} for {entry.ref}"}])
+    if req.review is ReviewPolicy.none and not (key.role == Role.admin.value or key.trusted):
+        raise ApiError(403, "forbidden", 'review "none" is for admin or trusted keys only')
+    if inp.seed is None:
+        inp.seed = secrets.randbelow(2**31)  # recorded, so the job can be reproduced
+    job_id = str(uuid.uuid4())
+    row = {
+        "id": job_id,
+        "owner_id": key.id,
+        "model": m.name,
+        "model_version": m.version,
+        "kind": m.kind.value,
+        "status": JobStatus.queued.value,
+        "priority": req.priority,
+        "input": inp.model_dump(),
+        "metadata_": req.metadata,
+        "review_policy": req.review.value,
+        "webhook": req.webhook,
+        "webhook_events": list(req.webhook_events),
+        "idempotency_key": idempotency_key,
+        "request_hash": _request_hash(raw),
+        "metrics": {},
+        "attempts": 0,
+        "created_at": utcnow(),
+    }
+    return Prepared(row=row, idempotency_key=idempotency_key, request_hash=row["request_hash"])
+
+
+def to_out(job: Job, review: Review | None) -> JobOut:
+    if review is not None:
+        info = ReviewInfo(status=ReviewStatus(review.status), flags=[ReviewFlag(**f) for f in review.flags or []],
+                          decided_by=review.decided_by, reason=review.reason)
+    elif job.review_policy == ReviewPolicy.none.value or job.status in (JobStatus.failed, JobStatus.canceled):
+        info = ReviewInfo(status=ReviewStatus.not_required)
+    else:
+        info = ReviewInfo(status=ReviewStatus.pending)
+    return JobOut(
+        id=job.id, model=job.model, model_version=job.model_version, kind=job.kind,  # type: ignore[arg-type]
+        status=JobStatus(job.status), priority=job.priority, input=job.input, metadata=job.metadata_ or {},
+        output=job.output,
+        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        review=info, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, metrics=job.metrics or {}, batch_id=job.batch_id,
+    )
+
+
+def outs(session: Session, jobs: list[Job]) -> list[JobOut]:
+    reviews = store.reviews_for(session, [j.id for j in jobs])
+    return [to_out(j, reviews.get(j.id)) for j in jobs]
+
+
+def _conflict(key: str) -> ApiError:
+    return ApiError(409, "idempotency_conflict",
+                    f"Idempotency-Key {key!r} was already used with a different request body")
+
+
+def publish_rows(state: AppState, session: Session, rows: list[dict[str, Any]]) -> None:
+    """After COMMIT: publish the ids; a broker failure leaves them queued for the reconciler."""
+    items = [queue.Publication(r["id"], r["model"], r["priority"]) for r in rows]
+    try:
+        queue.publish(state.celery, items)
+    except Exception as e:  # the broker is down: the rows are safe in SQL
+        log.warning("queue unavailable (%s): %d job(s) stored as queued, to be published by the reconciler",
+                    e.__class__.__name__, len(items))
+        return
+    store.mark_published(session, [r["id"] for r in rows])
+    session.commit()
+
+
+def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
+               idempotency_key: str | None) -> tuple[JobOut, bool]:
+    """Returns (job, created). A replay of the same key and body returns the original job."""
+    if idempotency_key is not None:
+        existing = store.by_idempotency_keys(session, key.id, [idempotency_key]).get(idempotency_key)
+        if existing is not None:
+            raw = dict(body) if isinstance(body, dict) else body
+            if existing.request_hash != _request_hash(raw):
+                raise _conflict(idempotency_key)
+            return outs(session, [existing])[0], False
+    p = prepare(state, key, body, idempotency_key)
+    try:
+        store.insert_jobs(session, [p.row])
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the race.
+        session.rollback()
+        return create_job(state, session, key, body, idempotency_key)
+    publish_rows(state, session, [p.row])
+    job = store.get(session, p.row["id"])
+    assert job is not None
+    return outs(session, [job])[0], True
+
+
+def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]) -> list[JobOut | ErrorResponse]:
+    """Each item succeeds or fails alone; valid rows go in with one INSERT and out in one pipeline."""
+    results: list[JobOut | ErrorResponse | None] = [None] * len(items)
+    keys = [it.get("idempotency_key") for it in items if isinstance(it, dict) and it.get("idempotency_key")]
+    existing = store.by_idempotency_keys(session, key.id, [str(k) for k in keys])
+    prepared: list[tuple[int, Prepared]] = []
+    seen_keys: dict[str, int] = {}
+    for i, item in enumerate(items):
+        try:
+            ik = item.get("idempotency_key") if isinstance(item, dict) else None
+            if ik is not None:
+                try:
+                    BulkItem.model_validate(item)  # validates the key's type and length too
+                except ValidationError as e:
+                    raise _invalid(e) from None
+                if ik in existing:
+                    raw = dict(item)
+                    raw.pop("idempotency_key", None)
+                    if existing[ik].request_hash != _request_hash(raw):
+                        raise _conflict(ik)
+                    results[i] = outs(session, [existing[ik]])[0]
+                    continue
+                if ik in seen_keys:
+                    raise ApiError(409, "idempotency_conflict", f"idempotency_key {ik!r} appears twice in this request")
+                seen_keys[ik] = i
+            prepared.append((i, prepare(state, key, item, ik)))
+        except ApiError as e:
+            results[i] = ErrorResponse(error=ErrorBody(code=e.code, message=e.message, details=e.details))
+    rows = [p.row for _, p in prepared]
+    if rows:
+        store.insert_jobs(session, rows)
+        session.commit()
+        publish_rows(state, session, rows)
+        by_id = {j.id: j for j in session.query(Job).filter(Job.id.in_([r["id"] for r in rows]))}
+        reviews = store.reviews_for(session, list(by_id))
+        for i, p in prepared:
+            results[i] = to_out(by_id[p.row["id"]], reviews.get(p.row["id"]))
+    return [r for r in results if r is not None]
+
+
+def get_job(session: Session, key: ApiKey, job_id: str) -> JobOut:
+    job = store.get_owned(session, job_id, None if key.role == Role.admin.value else key.id)
+    if job is None:
+        raise not_found()
+    return outs(session, [job])[0]
+
+
+async def wait_for(state: AppState, key: ApiKey, job: JobOut, seconds: float) -> JobOut:
+    """Poll the row until the job is terminal or the time is up (Prefer: wait=N)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.02
+    while not job.status.terminal and time.monotonic() < deadline:
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.25)
+
+        def _reload() -> JobOut:
+            with state.db.session() as s:
+                return get_job(s, key, job.id)
+
+        job = await run_in_threadpool(_reload)
+    return job
+
+
+def cancel_job(session: Session, key: ApiKey, job_id: str) -> JobOut:
+    job = store.get_owned(session, job_id, None if key.role == Role.admin.value else key.id)
+    if job is None:
+        raise not_found()
+    if not store.cancel(session, job_id):
+        session.rollback()
+        raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}; only queued or running jobs can be canceled")
+    session.commit()
+    session.refresh(job)
+    return outs(session, [job])[0]

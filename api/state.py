@@ -1,0 +1,36 @@
+"""What one API process holds: settings, the database, the model registry and the broker connection."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from genqueue.db.session import Database
+from genqueue.registry import ModelEntry, Registry
+from genqueue.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    registry: Registry
+    celery: Celery
+    broker_url: str
+    _tokenizers: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tokenizer(self, entry: ModelEntry) -> Any:
+        """Tokenizers are loaded lazily, once per model version, to check prompt lengths at submit."""
+        from tokenizers import Tokenizer
+
+        with self._lock:
+            tok = self._tokenizers.get(entry.ref)
+            if tok is None:
+                assert entry.tokenizer_path is not None
+                tok = Tokenizer.from_file(str(entry.tokenizer_path))
+                self._tokenizers[entry.ref] = tok
+            return tok

@@ -1,0 +1,106 @@
+"""Job repository: the SQL the API runs for jobs. No HTTP, no validation here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from genqueue.db import counters
+from genqueue.db.models import Job, JobImage, Review, utcnow
+from genqueue.enums import JobStatus
+
+
+def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """One multi-row INSERT for any number of jobs; ``created_seq`` comes from one counter bump."""
+    if not rows:
+        return
+    first = counters.reserve(session, "job_seq", len(rows))
+    for i, row in enumerate(rows):
+        row["created_seq"] = first + i
+    session.execute(insert(Job), list(rows))
+
+
+def get(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def get_owned(session: Session, job_id: str, owner_id: str | None) -> Job | None:
+    """``owner_id`` None means an admin: any job."""
+    job = session.get(Job, job_id)
+    if job is None or (owner_id is not None and job.owner_id != owner_id):
+        return None
+    return job
+
+
+def reviews_for(session: Session, job_ids: Sequence[str]) -> dict[str, Review]:
+    if not job_ids:
+        return {}
+    rows = session.execute(select(Review).where(Review.job_id.in_(list(job_ids)))).scalars()
+    return {r.job_id: r for r in rows}
+
+
+def by_idempotency_keys(session: Session, owner_id: str, keys: Sequence[str]) -> dict[str, Job]:
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(Job).where(Job.owner_id == owner_id, Job.idempotency_key.in_(list(keys)))
+    ).scalars()
+    return {j.idempotency_key: j for j in rows if j.idempotency_key}
+
+
+def list_jobs(
+    session: Session,
+    owner_id: str | None,
+    *,
+    status: str | None,
+    review: str | None,
+    model: str | None,
+    limit: int,
+    before_seq: int | None,
+) -> list[Job]:
+    q = select(Job)
+    if owner_id is not None:
+        q = q.where(Job.owner_id == owner_id)
+    if status:
+        q = q.where(Job.status == status)
+    if model:
+        name, _, version = model.partition("@")
+        q = q.where(Job.model == name)
+        if version:
+            q = q.where(Job.model_version == version)
+    if review:
+        q = q.join(Review, Review.job_id == Job.id, isouter=True)
+        if review == "pending":
+            # A job whose review row is not written yet is pending unless it needs no review.
+            q = q.where((Review.status == "pending") | ((Review.job_id.is_(None)) & (Job.review_policy != "none")))
+        elif review == "not_required":
+            q = q.where((Review.status == review) | ((Review.job_id.is_(None)) & (Job.review_policy == "none")))
+        else:
+            q = q.where(Review.status == review)
+    if before_seq is not None:
+        q = q.where(Job.created_seq < before_seq)
+    q = q.order_by(Job.created_seq.desc()).limit(limit)
+    return list(session.execute(q).scalars())
+
+
+def mark_published(session: Session, job_ids: Sequence[str], at: dt.datetime | None = None) -> None:
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(published_at=at or utcnow()))
+
+
+def cancel(session: Session, job_id: str) -> bool:
+    """Queued or running → canceled. False when the job had already finished."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+        .values(status=JobStatus.canceled.value, finished_at=utcnow(), lease_expires_at=None)
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def image(session: Session, job_id: str, index: int) -> JobImage | None:
+    return session.get(JobImage, (job_id, index))

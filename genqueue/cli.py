@@ -1,0 +1,239 @@
+"""The `genqueue` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from genqueue.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "models_dir", None):
+        overrides["models_dir"] = Path(args.models_dir)
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    return Settings(**overrides)
+
+
+def _fail(msg: str) -> int:
+    print(f"genqueue: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from genqueue.db.session import head_revision, upgrade
+
+    s = _settings(args)
+    try:
+        upgrade(s.sqlalchemy_url)
+    except Exception as e:
+        return _fail(f"cannot migrate {s.sqlalchemy_url.split('@')[-1]}: {e}")
+    print(f"database at revision {head_revision()}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from genqueue.db.session import Database, NotMigrated, ensure_migrated
+    from genqueue.enums import Role
+    from genqueue_api.auth import create_key
+
+    try:
+        role = Role(args.role)
+    except ValueError:
+        return _fail(f"unknown role {args.role!r}; choose client, moderator or admin")
+    db = Database.from_settings(_settings(args))
+    try:
+        ensure_migrated(db)
+    except NotMigrated as e:
+        return _fail(str(e))
+    with db.session() as s:
+        key, secret = create_key(s, args.name, role, trusted=args.trusted)
+    print(f"created {role.value} key {key.name!r} (id {key.id}); the secret is shown once:")
+    print(secret)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from genqueue.db.session import NotMigrated
+    from genqueue_api.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = _settings(args)
+    try:
+        app = create_app(s)
+    except NotMigrated as e:
+        return _fail(str(e))
+    uvicorn.run(app, host=args.host or s.api_host, port=args.port or s.api_port, log_level="warning",
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from genqueue_worker.main import run
+
+    models = [m for m in (args.models or "").split(",") if m] or None
+    run(_settings(args), models)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from genqueue.db.session import Database
+    from genqueue.enums import Role
+    from genqueue.stack import Stack
+    from genqueue_api.auth import create_key
+
+    s = _settings(args)
+    stack = Stack(s, workers=args.workers, port=args.port or s.api_port)
+    stack.start()
+    db = Database.from_settings(s)
+    with db.session() as session:
+        _, secret = create_key(session, "serve-admin", Role.admin)
+    print(f"genqueue is up at {stack.base_url}  (docs {stack.base_url}/docs)")
+    print(f"redis: {stack.broker_url}\ndatabase: {s.sqlalchemy_url}\nlogs: {stack.log_dir}")
+    print(f"admin key for this session: {secret}")
+    stop = False
+
+    def _on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stop and all(p.poll() is None for p in stack.procs):
+        time.sleep(0.5)
+    stack.stop()
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from genqueue.client import Client
+
+    key = args.key or os.environ.get("GENQUEUE_API_KEY")
+    if not key:
+        raise SystemExit("genqueue: error: no API key: pass --key or set GENQUEUE_API_KEY")
+    url = args.url or os.environ.get("GENQUEUE_URL") or f"http://127.0.0.1:{os.environ.get('GENQUEUE_API_PORT', '8000')}"
+    return Client(url, key)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from genqueue.client import GenqueueError
+
+    try:
+        inp: dict[str, Any] = json.loads(args.input) if args.input else {}
+    except json.JSONDecodeError as e:
+        return _fail(f"--input is not valid JSON: {e}")
+    if args.prompt is not None:
+        inp["prompt"] = args.prompt
+    with _client(args) as c:
+        try:
+            job = c.submit(args.model, inp, priority=args.priority, review=args.review, wait=args.wait)
+            if args.wait and job["status"] not in ("succeeded", "failed", "canceled"):
+                job = c.wait(job["id"], timeout=600)
+        except GenqueueError as e:
+            return _fail(f"{e.code}: {e.message}")
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from genqueue.client import GenqueueError
+
+    with _client(args) as c:
+        try:
+            job = c.wait(args.job_id) if args.wait else c.get(args.job_id)
+        except GenqueueError as e:
+            return _fail(f"{e.code}: {e.message}")
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    try:
+        from genqueue_exporter.cli import run
+    except ImportError as e:
+        return _fail(f"the exporter needs the [export] extra (pip install 'genqueue[export]'): {e}")
+    return run(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genqueue", description="genqueue: a job queue for AI content generation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--models-dir", help="models folder (GENQUEUE_MODELS_DIR)")
+        sp.add_argument("--data-dir", help="data folder for SQLite and embedded Redis (GENQUEUE_DATA_DIR)")
+
+    db = sub.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=["upgrade"])
+    common(db)
+    db.set_defaults(func=cmd_db)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys.add_argument("action", choices=["create"])
+    keys.add_argument("--name", required=True)
+    keys.add_argument("--role", required=True, help="client, moderator or admin")
+    keys.add_argument("--trusted", action="store_true", help="a client key that may submit review=none")
+    common(keys)
+    keys.set_defaults(func=cmd_keys)
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    common(api)
+    api.set_defaults(func=cmd_api)
+
+    worker = sub.add_parser("worker", help="run a GPU worker (one per GPU)")
+    worker.add_argument("--models", help="comma-separated model names (default: every model found)")
+    common(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    serve = sub.add_parser("serve", help="run Redis (embedded unless configured), the API and workers")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    common(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    for name, fn in (("submit", cmd_submit), ("get", cmd_get)):
+        sp = sub.add_parser(name, help=f"{name} a job through the API")
+        sp.add_argument("--url", help="API base URL (GENQUEUE_URL)")
+        sp.add_argument("--key", help="API key (GENQUEUE_API_KEY)")
+        if name == "submit":
+            sp.add_argument("--model", required=True)
+            sp.add_argument("--prompt")
+            sp.add_argument("--input", help="the job input as JSON")
+            sp.add_argument("--priority", type=int, default=5)
+            sp.add_argument("--review", default="auto")
+            sp.add_argument("--wait", type=int, default=0, help="wait up to N seconds for the result")
+        else:
+            sp.add_argument("job_id")
+            sp.add_argument("--wait", action="store_true")
+        sp.set_defaults(func=fn)
+
+    sub.add_parser("export", help="export PyTorch models to ONNX model folders (see `genqueue export -h`)",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "export":
+        raise SystemExit(cmd_export(argv[1:]))
+    args = build_parser().parse_args(argv)
+    raise SystemExit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Python SDK for the genqueue HTTP API (httpx)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class GenqueueError(Exception):
+    """An API error in the API.md shape."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[Any] | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
+                                  headers={"Authorization": f"Bearer {api_key}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _check(self, r: httpx.Response) -> Any:
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                raise GenqueueError(r.status_code, err["code"], err["message"], err.get("details"))
+            except (ValueError, KeyError, TypeError):
+                raise GenqueueError(r.status_code, "http_error", r.text[:200]) from None
+        return r.json()
+
+    def submit(self, model: str, input: dict[str, Any], *, priority: int = 5, review: str = "auto",
+               metadata: dict[str, Any] | None = None, webhook: str | None = None,
+               idempotency_key: str | None = None, wait: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "input": input, "priority": priority, "review": review}
+        if metadata is not None:
+            body["metadata"] = metadata
+        if webhook is not None:
+            body["webhook"] = webhook
+        headers = {}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        if wait:
+            headers["Prefer"] = f"wait={wait}"
+        timeout = httpx.Timeout(self._http.timeout.read or 30.0 + (wait or 0)) if wait else None
+        kwargs: dict[str, Any] = {"timeout": timeout} if timeout else {}
+        return self._check(self._http.post("/v1/jobs", json=body, headers=headers, **kwargs))  # type: ignore[no-any-return]
+
+    def submit_bulk(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self._check(self._http.post("/v1/jobs/bulk", json={"jobs": jobs}))["data"]  # type: ignore[no-any-return]
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._check(self._http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]
+
+    def list(self, **params: Any) -> dict[str, Any]:
+        return self._check(self._http.get("/v1/jobs", params={k: v for k, v in params.items() if v is not None}))  # type: ignore[no-any-return]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._check(self._http.post(f"/v1/jobs/{job_id}/cancel"))  # type: ignore[no-any-return]
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._check(self._http.get("/v1/models"))["data"]  # type: ignore[no-any-return]
+
+    def image(self, job_id: str, n: int = 0) -> tuple[bytes, str]:
+        r = self._http.get(f"/v1/jobs/{job_id}/images/{n}")
+        if r.status_code >= 400:
+            self._check(r)
+        return r.content, r.headers.get("content-type", "")
+
+    def wait(self, job_id: str, timeout: float = 120.0, poll: float = 0.25) -> dict[str, Any]:
+        """Wait until the job is terminal, using the server's long poll (Prefer: wait) where it can."""
+        deadline = time.monotonic() + timeout
+        job = self.get(job_id)
+        while job["status"] not in TERMINAL:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout:.0f}s")
+            time.sleep(min(poll, left))
+            job = self.get(job_id)
+        return job

@@ -1,0 +1,251 @@
+"""Model registry: reads and validates the model folders that the exporter writes.
+
+A model folder is ``<models_dir>/<name>/<version>/`` and holds ``model.onnx``, ``manifest.json`` and, for
+text models, ``tokenizer.json``. Workers serve exactly the models whose manifests they find here; the API
+uses the same reader to validate ``model`` / ``model@version`` and prompt lengths at submit time.
+
+ONNX contract (what the worker's runners rely on):
+
+* text: inputs ``input_ids`` int64 [B,S], ``attention_mask`` int64 [B,P+S], ``position_ids`` int64 [B,S],
+  ``past_key_values.<i>.key`` / ``.value`` [B,H,P,D]; outputs ``logits`` [B,S,V] and
+  ``present.<i>.key`` / ``.value`` [B,H,P+S,D]. One graph serves prefill (P=0) and decode.
+* image: inputs ``z`` float32 [B,latent] and, for conditional models, ``class_label`` int64 [B];
+  output ``images`` float32 [B,C,H,W] in [-1, 1].
+
+This module must stay importable without torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class ModelKind(StrEnum):
+    text = "text"
+    image = "image"
+
+
+class TensorSpec(BaseModel):
+    name: str
+    dtype: str  # numpy dtype name, e.g. "int64", "float32", "float16"
+    shape: list[int | str]  # ints are fixed sizes, strings name dynamic axes
+
+
+class TextSpec(BaseModel):
+    vocab_size: int = Field(gt=0)
+    n_layer: int = Field(gt=0)
+    n_head: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    n_embd: int = Field(gt=0)
+    context_length: int = Field(gt=1)
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    kv_dtype: Literal["float32", "float16"] = "float32"
+    tokenizer_file: str = "tokenizer.json"
+
+
+class ImageSpec(BaseModel):
+    latent_size: int = Field(gt=0)
+    num_classes: int = Field(ge=0)  # 0 means unconditional: no class_label input
+    channels: int = Field(gt=0)
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    output_range: tuple[float, float] = (-1.0, 1.0)
+
+
+class Parity(BaseModel):
+    """Max |ORT - torch| per checked case, measured at export time."""
+
+    tolerance: float
+    max_abs_diff: dict[str, float]  # case name -> worst difference over all outputs
+    provider: str = "CPUExecutionProvider"
+
+
+class Manifest(BaseModel):
+    format: int = MANIFEST_FORMAT
+    name: str
+    version: str
+    kind: ModelKind
+    onnx_file: str = "model.onnx"
+    sha256: str
+    opset: int
+    exporter_version: str
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dynamic_axes: dict[str, dict[str, str]]  # tensor name -> {axis index: axis name}
+    text: TextSpec | None = None
+    image: ImageSpec | None = None
+    parity: Parity
+    metrics: dict[str, float] = Field(default_factory=dict)  # e.g. val_loss, class_accuracy
+    source: str = "builtin"  # builtin | hf:<dir> | state_dict:<file>
+    created_at: str = ""
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegistryError(Exception):
+    """A model folder is missing, unreadable or inconsistent."""
+
+
+class UnknownModel(RegistryError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"unknown model {ref!r}")
+        self.ref = ref
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    manifest: Manifest
+    path: Path  # the version folder
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def ref(self) -> str:
+        return f"{self.manifest.name}@{self.manifest.version}"
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / self.manifest.onnx_file
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        if self.manifest.text is None:
+            return None
+        return self.path / self.manifest.text.tokenizer_file
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _version_key(v: str) -> tuple[int, ...] | tuple[float, str]:
+    # Numeric versions sort numerically ("10" > "9"); anything else sorts after them by text.
+    parts = v.split(".")
+    if all(p.isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return (float("inf"), v)
+
+
+def validate_manifest(manifest: Manifest, folder: Path, check_hash: bool = False) -> None:
+    """Raise RegistryError if the manifest does not describe a servable model in ``folder``."""
+    if not _NAME_RE.match(manifest.name):
+        raise RegistryError(f"{folder}: invalid model name {manifest.name!r}")
+    if manifest.kind is ModelKind.text and manifest.text is None:
+        raise RegistryError(f"{folder}: text model manifest lacks the 'text' section")
+    if manifest.kind is ModelKind.image and manifest.image is None:
+        raise RegistryError(f"{folder}: image model manifest lacks the 'image' section")
+    onnx_path = folder / manifest.onnx_file
+    if not onnx_path.is_file():
+        raise RegistryError(f"{folder}: {manifest.onnx_file} is missing")
+    if manifest.text is not None and not (folder / manifest.text.tokenizer_file).is_file():
+        raise RegistryError(f"{folder}: {manifest.text.tokenizer_file} is missing")
+    if check_hash:
+        actual = sha256_file(onnx_path)
+        if actual != manifest.sha256:
+            raise RegistryError(
+                f"{folder}: {manifest.onnx_file} sha256 {actual[:12]}… does not match manifest {manifest.sha256[:12]}…"
+            )
+
+
+def load_manifest(folder: Path, check_hash: bool = False) -> Manifest:
+    path = folder / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise RegistryError(f"{folder}: {MANIFEST_FILE} is missing") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise RegistryError(f"{path}: unreadable manifest ({e})") from e
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise RegistryError(f"{path}: invalid manifest at {loc}: {first['msg']}") from e
+    if manifest.version != folder.name or manifest.name != folder.parent.name:
+        raise RegistryError(
+            f"{path}: manifest says {manifest.name}@{manifest.version} but the folder is "
+            f"{folder.parent.name}/{folder.name}"
+        )
+    validate_manifest(manifest, folder, check_hash=check_hash)
+    return manifest
+
+
+class Registry:
+    """The models found under one folder. Cheap to build; call ``refresh`` to re-scan."""
+
+    def __init__(self, models_dir: Path, check_hash: bool = False) -> None:
+        self.models_dir = Path(models_dir)
+        self.check_hash = check_hash
+        self.errors: list[str] = []  # folders skipped, with the reason, for logs and /v1/models
+        self._entries: dict[str, dict[str, ModelEntry]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        entries: dict[str, dict[str, ModelEntry]] = {}
+        errors: list[str] = []
+        if self.models_dir.is_dir():
+            for manifest_path in sorted(self.models_dir.glob(f"*/*/{MANIFEST_FILE}")):
+                folder = manifest_path.parent
+                try:
+                    m = load_manifest(folder, check_hash=self.check_hash)
+                except RegistryError as e:
+                    errors.append(str(e))
+                    continue
+                entries.setdefault(m.name, {})[m.version] = ModelEntry(m, folder)
+        self._entries = entries
+        self.errors = errors
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._entries.get(name, {}), key=_version_key)
+
+    def entries(self) -> list[ModelEntry]:
+        return [self._entries[n][v] for n in self.names() for v in self.versions(n)]
+
+    def resolve(self, ref: str) -> ModelEntry:
+        """``name`` resolves to the newest version, ``name@version`` exactly."""
+        name, _, version = ref.partition("@")
+        versions = self._entries.get(name)
+        if not versions:
+            raise UnknownModel(ref)
+        if version:
+            entry = versions.get(version)
+            if entry is None:
+                raise UnknownModel(ref)
+            return entry
+        return versions[self.versions(name)[-1]]
+
+    def __contains__(self, ref: object) -> bool:
+        if not isinstance(ref, str):
+            return False
+        try:
+            self.resolve(ref)
+        except UnknownModel:
+            return False
+        return True

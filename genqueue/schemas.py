@@ -1,0 +1,156 @@
+"""Pydantic request and response models of the public HTTP API (see API.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from genqueue.enums import JobStatus, ReviewPolicy, ReviewStatus
+
+MAX_METADATA_BYTES = 16 * 1024
+MAX_STOP_STRINGS = 8
+MAX_STOP_LENGTH = 64
+MAX_SEED = 2**63 - 1
+
+
+class TextInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=100_000)  # the real limit is in tokens, checked against the manifest
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    temperature: float = Field(default=0.8, ge=0.0, le=5.0)  # 0 means greedy
+    top_k: int = Field(default=0, ge=0, le=100_000)  # 0 disables
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    no_repeat_ngram_size: int = Field(default=0, ge=0, le=32)
+    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # chosen and recorded when missing
+    n: int = Field(default=1, ge=1, le=16)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not s:
+                raise ValueError("stop strings must not be empty")
+            if len(s) > MAX_STOP_LENGTH:
+                raise ValueError(f"stop strings are at most {MAX_STOP_LENGTH} characters")
+        return v
+
+
+class ImageInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    num_images: int = Field(default=1, ge=1, le=64)
+    truncation: float = Field(default=1.0, gt=0.0, le=1.0)  # 1 means none
+    class_label: int | None = Field(default=None, ge=0)
+    format: Literal["png", "webp"] = "png"
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=130)  # "name" or "name@version"
+    input: dict[str, Any]  # validated as TextInput or ImageInput once the model's kind is known
+    priority: int = Field(default=5, ge=0, le=9)  # 0 is highest
+    review: ReviewPolicy = ReviewPolicy.auto
+    webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    webhook_events: list[Literal["completed", "review"]] = Field(default_factory=lambda: ["completed", "review"])
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(v, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES // 1024} KiB")
+        return v
+
+
+class BulkItem(JobCreate):
+    idempotency_key: str | None = Field(default=None, max_length=255)
+
+
+class BulkCreate(BaseModel):
+    # Items are validated one by one so that one bad item fails alone.
+    jobs: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[Any] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class ReviewFlag(BaseModel):
+    rule: str
+    score: float
+
+
+class ReviewInfo(BaseModel):
+    status: ReviewStatus
+    flags: list[ReviewFlag] = Field(default_factory=list)
+    decided_by: str | None = None
+    reason: str | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    model: str
+    model_version: str
+    kind: Literal["text", "image"]
+    status: JobStatus
+    priority: int
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+    output: dict[str, Any] | None = None
+    error: JobError | None = None
+    review: ReviewInfo
+    attempts: int
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    batch_id: str | None = None
+
+
+class JobList(BaseModel):
+    data: list[JobOut]
+    next_cursor: str | None = None
+
+
+class BulkResult(BaseModel):
+    data: list[JobOut | ErrorResponse]
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    precision: str
+    limits: dict[str, Any]
+    metrics: dict[str, float]
+    sha256: str
+
+
+class ModelOut(BaseModel):
+    name: str
+    kind: Literal["text", "image"]
+    versions: list[ModelVersionOut]
+    latest: str
+    served: bool  # a live worker has announced it serves this model
+    workers: int
+
+
+class ModelList(BaseModel):
+    data: list[ModelOut]

