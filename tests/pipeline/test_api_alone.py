@@ -1,0 +1,91 @@
+"""The API with no worker behind it: jobs stay queued, Redis outages lose nothing, cancel of queued jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from genqueue import queue
+from genqueue.db.models import Job
+from genqueue.db.session import Database, NotMigrated, upgrade
+from genqueue.enums import Role
+from genqueue.settings import Settings
+from genqueue_api.app import create_app
+from genqueue_api.auth import create_key
+
+
+@pytest.fixture
+def api(database_url: str, redis_url_factory, models_dir: Path, tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str], Database, Settings]]:  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path, database_url=database_url, redis_url=redis_url_factory(),
+                        models_dir=models_dir)
+    upgrade(settings.sqlalchemy_url)
+    db = Database(settings.sqlalchemy_url)
+    with db.session() as s:
+        _, secret = create_key(s, "c", Role.client)
+    with TestClient(create_app(settings)) as c:
+        yield c, {"Authorization": f"Bearer {secret}"}, db, settings
+    db.dispose()
+
+
+def test_queued_job_is_published_once_with_only_its_id(api) -> None:  # type: ignore[no-untyped-def]
+    c, h, db, settings = api
+    r = c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}, "priority": 0}, headers=h)
+    assert r.status_code == 201
+    job = r.json()
+    assert job["status"] == "queued" and job["input"]["seed"] is not None
+    with db.session() as s:
+        row = s.get(Job, job["id"])
+        assert row is not None and row.published_at is not None
+    rc = queue.redis_client(settings.redis_url)
+    import base64
+    import json
+
+    msgs = rc.lrange("gen.tiny-lm", 0, -1)  # priority 0 lands in the first bucket
+    assert len(msgs) == 1
+    body = json.loads(base64.b64decode(json.loads(msgs[0])["body"]))
+    assert body[0] == [job["id"]] and body[1] == {}
+
+
+def test_cancel_queued_job(api) -> None:  # type: ignore[no-untyped-def]
+    c, h, _, _ = api
+    job = c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}}, headers=h).json()
+    r = c.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    r = c.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
+
+
+def test_redis_down_job_still_accepted(database_url: str, models_dir: Path, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=database_url, redis_url="redis://127.0.0.1:1/0",
+                        models_dir=models_dir)
+    upgrade(settings.sqlalchemy_url)
+    db = Database(settings.sqlalchemy_url)
+    with db.session() as s:
+        _, secret = create_key(s, "c", Role.client)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}},
+                   headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 201 and r.json()["status"] == "queued"
+        assert c.get("/readyz").status_code == 503
+    with db.session() as s:
+        row = s.get(Job, r.json()["id"])
+        assert row is not None and row.status == "queued" and row.published_at is None  # for the reconciler
+    db.dispose()
+
+
+def test_refuses_unmigrated_database(tmp_path: Path, models_dir: Path) -> None:
+    settings = Settings(data_dir=tmp_path, models_dir=models_dir, redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(NotMigrated, match="genqueue db upgrade"):
+        create_app(settings)
+
+
+def test_openapi_lists_the_contract(api) -> None:  # type: ignore[no-untyped-def]
+    c, _, _, _ = api
+    spec = c.get("/openapi.json").json()
+    for path in ("/v1/jobs", "/v1/jobs/bulk", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel",
+                 "/v1/jobs/{job_id}/images/{n}", "/v1/models", "/healthz", "/readyz"):
+        assert path in spec["paths"]
+    assert "JobCreate" in spec["components"]["schemas"]

@@ -1,0 +1,161 @@
+"""End to end: HTTP → SQL → Redis → Celery worker (ONNX Runtime) → SQL, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from genqueue.client import GenqueueError
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_text_job_succeeds_with_model_output(running) -> None:  # type: ignore[no-untyped-def]
+    job = running.client.submit("tiny-lm", {"prompt": "The moon", "max_new_tokens": 12, "seed": 7})
+    assert job["status"] in ("queued", "running", "succeeded")
+    assert job["kind"] == "text" and job["model_version"] == "1"
+    done = running.client.wait(job["id"], timeout=60)
+    assert done["status"] == "succeeded", done
+    out = done["output"]
+    assert len(out["texts"]) == 1 and out["finish_reasons"][0] in ("eos", "length", "stop")
+    assert isinstance(out["texts"][0], str)
+    m = done["metrics"]
+    assert m["tokens"] >= 1 and m["batch_size"] >= 1 and m["inference_ms"] > 0 and m["queue_ms"] >= 0
+    assert done["attempts"] == 1 and done["started_at"] and done["finished_at"]
+    assert done["review"]["status"] in ("not_required", "pending")
+
+
+def test_same_seed_same_text(running) -> None:  # type: ignore[no-untyped-def]
+    inp = {"prompt": "Once upon a time", "max_new_tokens": 16, "temperature": 1.0, "seed": 1234}
+    a = running.client.submit("tiny-lm", inp)
+    b = running.client.submit("tiny-lm", inp)
+    ta = running.client.wait(a["id"], timeout=60)["output"]["texts"]
+    tb = running.client.wait(b["id"], timeout=60)["output"]["texts"]
+    assert ta == tb
+
+
+def test_image_job_and_image_bytes(running) -> None:  # type: ignore[no-untyped-def]
+    job = running.client.submit("dcgan-digits", {"num_images": 3, "class_label": 4, "seed": 3}, wait=30)
+    job = running.client.wait(job["id"], timeout=60)
+    assert job["status"] == "succeeded", job
+    imgs = job["output"]["images"]
+    assert len(imgs) == 3 and imgs[0]["url"] == f"/v1/jobs/{job['id']}/images/0"
+    data, ctype = running.client.image(job["id"], 2)
+    assert ctype == "image/png"
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "PNG" and im.size == (imgs[2]["width"], imgs[2]["height"])
+    webp = running.client.submit("dcgan-digits", {"num_images": 1, "format": "webp", "seed": 5}, wait=30)
+    webp = running.client.wait(webp["id"], timeout=60)
+    data, ctype = running.client.image(webp["id"], 0)
+    assert ctype == "image/webp" and Image.open(io.BytesIO(data)).format == "WEBP"
+    with pytest.raises(GenqueueError) as e:
+        running.client.image(job["id"], 9)
+    assert e.value.status == 404
+
+
+def test_prefer_wait_returns_finished_job(running) -> None:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    job = running.client.submit("tiny-lm", {"prompt": "Rain", "max_new_tokens": 4, "seed": 1}, wait=30)
+    assert job["status"] == "succeeded"
+    assert time.monotonic() - t0 < 30
+
+
+def test_idempotent_replay_and_conflict(running) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": "tiny-lm", "input": {"prompt": "Hello", "max_new_tokens": 3, "seed": 2}}
+    url = running.stack.base_url + "/v1/jobs"
+    h = {"Authorization": f"Bearer {running.keys['client']}", "Idempotency-Key": f"k-{time.time_ns()}"}
+    r1 = httpx.post(url, json=body, headers=h)
+    r2 = httpx.post(url, json=body, headers=h)
+    assert r1.status_code == 201 and r2.status_code == 200
+    assert r1.json()["id"] == r2.json()["id"]
+    r3 = httpx.post(url, json={**body, "priority": 1}, headers=h)
+    assert r3.status_code == 409 and r3.json()["error"]["code"] == "idempotency_conflict"
+
+
+def test_bulk_in_input_order_each_item_alone(running) -> None:  # type: ignore[no-untyped-def]
+    items = []
+    for i in range(20):
+        items.append({"model": "tiny-lm", "input": {"prompt": f"Line {i}", "max_new_tokens": 4, "seed": i}})
+    items.insert(5, {"model": "nope", "input": {}})
+    items.insert(9, {"model": "tiny-lm", "input": {"prompt": "x", "top_p": 3}})
+    items.insert(12, {"model": "dcgan-digits", "input": {"num_images": 2, "seed": 1}})
+    res = running.client.submit_bulk(items)
+    assert len(res) == len(items)
+    assert res[5]["error"]["code"] == "unknown_model"
+    assert res[9]["error"]["code"] == "validation_error"
+    assert res[9]["error"]["details"][0]["field"] == "input.top_p"
+    ok = [r for r in res if "id" in r]
+    assert len(ok) == 21
+    assert res[12]["kind"] == "image" and res[0]["input"]["prompt"] == "Line 0"
+    for r in ok:
+        assert running.client.wait(r["id"], timeout=90)["status"] == "succeeded"
+
+
+def test_cancel_and_finished_conflict(running) -> None:  # type: ignore[no-untyped-def]
+    done = running.client.submit("tiny-lm", {"prompt": "a", "max_new_tokens": 2, "seed": 1}, wait=30)
+    assert done["status"] == "succeeded"
+    with pytest.raises(GenqueueError) as e:
+        running.client.cancel(done["id"])
+    assert e.value.status == 409
+    limit = {m["name"]: m for m in running.client.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
+    long = running.client.submit("tiny-lm", {"prompt": "b", "max_new_tokens": limit - 2, "seed": 1, "n": 16})
+    canceled = running.client.cancel(long["id"])
+    assert canceled["status"] == "canceled"
+    time.sleep(1.0)
+    final = running.client.get(long["id"])
+    assert final["status"] == "canceled" and final["output"] is None
+
+
+def test_bad_inputs(running) -> None:  # type: ignore[no-untyped-def]
+    c = running.client
+    with pytest.raises(GenqueueError) as e:
+        c.submit("no-such-model", {"prompt": "x"})
+    assert (e.value.status, e.value.code) == (404, "unknown_model")
+    with pytest.raises(GenqueueError) as e:
+        c.submit("tiny-lm", {"prompt": "word " * 5000})
+    assert (e.value.status, e.value.code) == (422, "prompt_too_long")
+    with pytest.raises(GenqueueError) as e:
+        c.submit("tiny-lm", {"prompt": "x", "temperature": -1, "max_new_tokens": 0})
+    assert e.value.status == 422
+    assert {d["field"] for d in e.value.details} == {"input.temperature", "input.max_new_tokens"}
+    with pytest.raises(GenqueueError) as e:
+        c.submit("tiny-lm", {"prompt": "x", "stop": [""]})
+    assert e.value.status == 422
+    with pytest.raises(GenqueueError) as e:
+        c.submit("dcgan-digits", {"num_images": 65, "truncation": 0})
+    assert {d["field"] for d in e.value.details} == {"input.num_images", "input.truncation"}
+    base = running.stack.base_url
+    r = httpx.post(base + "/v1/jobs", content=b"{not json", headers={"Authorization": f"Bearer {running.keys['client']}"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert httpx.get(base + "/v1/jobs").status_code == 401
+    r = httpx.get(base + "/v1/jobs", headers={"Authorization": "Bearer gq_wrong"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    mine = c.submit("tiny-lm", {"prompt": "private", "max_new_tokens": 2})
+    with pytest.raises(GenqueueError) as e:
+        running.other.get(mine["id"])
+    assert e.value.status == 404
+    assert running.admin.get(mine["id"])["id"] == mine["id"]
+    with pytest.raises(GenqueueError) as e:
+        c.submit("tiny-lm", {"prompt": "x"}, review="none")
+    assert e.value.status == 403
+
+
+def test_list_paginates_newest_first(running) -> None:  # type: ignore[no-untyped-def]
+    ids = [running.other.submit("tiny-lm", {"prompt": f"p{i}", "max_new_tokens": 2})["id"] for i in range(5)]
+    page1 = running.other.list(limit=3)
+    assert [j["id"] for j in page1["data"]] == ids[::-1][:3]
+    page2 = running.other.list(limit=3, cursor=page1["next_cursor"])
+    assert [j["id"] for j in page2["data"]] == ids[::-1][3:5]
+    assert page2["next_cursor"] is None
+
+
+def test_models_listing_and_worker_without_torch(running) -> None:  # type: ignore[no-untyped-def]
+    models = {m["name"]: m for m in running.client.models()}
+    assert models["tiny-lm"]["kind"] == "text" and models["tiny-lm"]["served"] is True
+    assert models["dcgan-digits"]["kind"] == "image" and models["dcgan-digits"]["served"] is True
+    beats = running.stack.worker_heartbeats()
+    assert beats and all(b["torch_loaded"] is False for b in beats)
