@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from genqueue import __version__, queue
 from genqueue.db.session import Database, ensure_migrated
+from genqueue.reconcile import Reconciler
 from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, JobCreate
 from genqueue.settings import Settings, get_settings
@@ -37,7 +38,14 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reconciler = None
+        if settings.reconcile_interval_s > 0:
+            reconciler = Reconciler(app_state.db, app_state.celery, settings.reconcile_interval_s,
+                                    settings.republish_after_s)
+            reconciler.start()
         yield
+        if reconciler is not None:
+            reconciler.stop()
         app_state.db.dispose()
 
     app = FastAPI(title="genqueue", version=__version__, lifespan=lifespan,

@@ -68,7 +68,7 @@ class Client:
     def get(self, job_id: str) -> dict[str, Any]:
         return self._check(self._http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]
 
-    def list(self, **params: Any) -> dict[str, Any]:
+    def list_jobs(self, **params: Any) -> dict[str, Any]:
         return self._check(self._http.get("/v1/jobs", params={k: v for k, v in params.items() if v is not None}))  # type: ignore[no-any-return]
 
     def cancel(self, job_id: str) -> dict[str, Any]:

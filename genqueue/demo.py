@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from genqueue.client import Client
 from genqueue.db.session import Database
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_jobs(client: Client, base_url: str, image_dir: Path) -> None:
-    items = [{"model": "tiny-lm", "input": inp} for inp in TEXT_JOBS]
+    items: list[dict[str, Any]] = [{"model": "tiny-lm", "input": inp} for inp in TEXT_JOBS]
     items += [{"model": "dcgan-digits", "input": inp} for inp in IMAGE_JOBS]
     t0 = time.monotonic()
     submitted = client.submit_bulk(items)

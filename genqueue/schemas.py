@@ -14,6 +14,8 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 64
 MAX_SEED = 2**63 - 1
+WebhookEvent = Literal["completed", "review"]
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "review")
 
 
 class TextInput(BaseModel):
@@ -59,7 +61,7 @@ class JobCreate(BaseModel):
     priority: int = Field(default=5, ge=0, le=9)  # 0 is highest
     review: ReviewPolicy = ReviewPolicy.auto
     webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
-    webhook_events: list[Literal["completed", "review"]] = Field(default_factory=lambda: ["completed", "review"])
+    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS))
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("metadata")

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # "auto" review policy: "flagged" sends only flagged outputs to review; "all" reviews everything.
     review_auto_policy: Literal["flagged", "all", "none"] = "flagged"
     max_wait_seconds: int = 60
+    # The reconciler (in each API process) re-publishes lost or never-published jobs; 0 disables it.
+    reconcile_interval_s: float = 10.0
+    republish_after_s: float = 600.0
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -97,10 +98,8 @@ class Stack:
                     raise RuntimeError(f"a genqueue process exited early with code {p.returncode}; "
                                        f"see the logs in {self.log_dir}")
             if not api_ok:
-                try:
+                with contextlib.suppress(httpx.HTTPError):
                     api_ok = httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    pass
             mine = {str(p.pid) for p in self.procs}
             live = [h for h in self.worker_heartbeats() if str(h.get("pid")) in mine]
             if api_ok and len(live) >= self.workers:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from urllib.parse import urlsplit
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -40,7 +40,7 @@ def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded.stop_all()
 
 
-_next_db = iter(range(15, 0, -1))
+_next_db = iter(range(15, 1, -1))  # database 1 is the per-test scratch database
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +59,20 @@ def redis_url_factory(redis_base_url: str):  # type: ignore[no-untyped-def]
         return url
 
     return make
+
+
+@pytest.fixture
+def redis_scratch_url(redis_base_url: str) -> str:
+    """A flushed Redis database for one test (no worker consumes from it)."""
+    from genqueue.queue import redis_client
+
+    if redis_base_url.startswith("redis+socket://"):
+        url = f"{redis_base_url.split('?')[0]}?virtual_host=1"
+    else:
+        parts = urlsplit(redis_base_url)
+        url = f"{parts.scheme}://{parts.netloc}/1"
+    redis_client(url).flushdb()
+    return url
 
 
 def _pg_admin_url() -> str | None:

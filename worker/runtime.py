@@ -7,6 +7,7 @@ created here, in the process that runs them, after any fork (DESIGN.md: no ORT s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -99,10 +100,8 @@ class WorkerRuntime:
         self._stop.set()
         for engine in self.engines.values():
             engine.stop(drain=True, timeout=timeout)
-        try:
+        with contextlib.suppress(Exception):
             queue.redis_client(self.broker_url).delete(WORKER_KEY_PREFIX + self.worker_id)
-        except Exception:
-            pass
 
     # -- one job ----------------------------------------------------------------------------------------
     def engine_for(self, model: str, version: str) -> tuple[str, Any] | None:

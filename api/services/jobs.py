@@ -248,6 +248,11 @@ def get_job(session: Session, key: ApiKey, job_id: str) -> JobOut:
     return outs(session, [job])[0]
 
 
+def _reload(state: AppState, key: ApiKey, job_id: str) -> JobOut:
+    with state.db.session() as s:
+        return get_job(s, key, job_id)
+
+
 async def wait_for(state: AppState, key: ApiKey, job: JobOut, seconds: float) -> JobOut:
     """Poll the row until the job is terminal or the time is up (Prefer: wait=N)."""
     deadline = time.monotonic() + seconds
@@ -256,11 +261,7 @@ async def wait_for(state: AppState, key: ApiKey, job: JobOut, seconds: float) ->
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, 0.25)
 
-        def _reload() -> JobOut:
-            with state.db.session() as s:
-                return get_job(s, key, job.id)
-
-        job = await run_in_threadpool(_reload)
+        job = await run_in_threadpool(_reload, state, key, job.id)
     return job
 
 

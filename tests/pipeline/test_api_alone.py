@@ -12,14 +12,16 @@ from genqueue import queue
 from genqueue.db.models import Job
 from genqueue.db.session import Database, NotMigrated, upgrade
 from genqueue.enums import Role
+from genqueue.reconcile import reconcile_once
 from genqueue.settings import Settings
 from genqueue_api.app import create_app
 from genqueue_api.auth import create_key
 
 
 @pytest.fixture
-def api(database_url: str, redis_url_factory, models_dir: Path, tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str], Database, Settings]]:  # type: ignore[no-untyped-def]
-    settings = Settings(data_dir=tmp_path, database_url=database_url, redis_url=redis_url_factory(),
+def api(database_url: str, redis_scratch_url: str, models_dir: Path,
+        tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str], Database, Settings]]:
+    settings = Settings(data_dir=tmp_path, database_url=database_url, redis_url=redis_scratch_url,
                         models_dir=models_dir)
     upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url)
@@ -58,7 +60,8 @@ def test_cancel_queued_job(api) -> None:  # type: ignore[no-untyped-def]
     assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
 
 
-def test_redis_down_job_still_accepted(database_url: str, models_dir: Path, tmp_path: Path) -> None:
+def test_redis_down_job_still_accepted_then_reconciled(database_url: str, models_dir: Path, tmp_path: Path,
+                                                        redis_scratch_url: str) -> None:
     settings = Settings(data_dir=tmp_path, database_url=database_url, redis_url="redis://127.0.0.1:1/0",
                         models_dir=models_dir)
     upgrade(settings.sqlalchemy_url)
@@ -72,7 +75,16 @@ def test_redis_down_job_still_accepted(database_url: str, models_dir: Path, tmp_
         assert c.get("/readyz").status_code == 503
     with db.session() as s:
         row = s.get(Job, r.json()["id"])
-        assert row is not None and row.status == "queued" and row.published_at is None  # for the reconciler
+        assert row is not None and row.status == "queued" and row.published_at is None
+    # Redis is back: the reconciler publishes the stored job, and only once.
+    redis_url = redis_scratch_url
+    app = queue.make_celery(settings, redis_url)
+    assert reconcile_once(db, app, unpublished_grace_s=0) == 1
+    assert reconcile_once(db, app, unpublished_grace_s=0) == 0
+    assert queue.redis_client(redis_url).llen("gen.tiny-lm:3") == 1  # priority 5 → bucket 3
+    with db.session() as s:
+        row = s.get(Job, r.json()["id"])
+        assert row is not None and row.published_at is not None
     db.dispose()
 
 

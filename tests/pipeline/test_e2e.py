@@ -146,9 +146,9 @@ def test_bad_inputs(running) -> None:  # type: ignore[no-untyped-def]
 
 def test_list_paginates_newest_first(running) -> None:  # type: ignore[no-untyped-def]
     ids = [running.other.submit("tiny-lm", {"prompt": f"p{i}", "max_new_tokens": 2})["id"] for i in range(5)]
-    page1 = running.other.list(limit=3)
+    page1 = running.other.list_jobs(limit=3)
     assert [j["id"] for j in page1["data"]] == ids[::-1][:3]
-    page2 = running.other.list(limit=3, cursor=page1["next_cursor"])
+    page2 = running.other.list_jobs(limit=3, cursor=page1["next_cursor"])
     assert [j["id"] for j in page2["data"]] == ids[::-1][3:5]
     assert page2["next_cursor"] is None
 
