@@ -6,6 +6,7 @@ so `genqueue serve` starts it and the API and worker it spawns connect to it thr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,8 @@ def start(data_dir: Path) -> str:
 
 def stop_all() -> None:
     for server in _servers.values():
-        try:
+        with contextlib.suppress(Exception):  # already gone
             server.shutdown(save=False, now=True)
-        except Exception:  # already gone
-            pass
     _servers.clear()
 
 

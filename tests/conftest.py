@@ -116,8 +116,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in models in quick mode: the same architectures and export path, seconds to build."""
+    prebuilt = os.environ.get("GENQUEUE_TEST_MODELS_DIR")
+    if prebuilt:  # a folder of quick models built earlier, to iterate faster
+        return Path(prebuilt)
     pytest.importorskip("torch", reason="building models needs the [export] extra (make test installs it)")
-    from genqueue_exporter.cli import build_builtin
+    from genqueue_exporter.builtin import build_builtin
 
     d = tmp_path_factory.mktemp("models")
     build_builtin(d, quick=True)

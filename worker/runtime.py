@@ -80,7 +80,7 @@ class WorkerRuntime:
         for entry in self.entries:
             config: dict[str, Any] = {}
             if entry.manifest.kind is ModelKind.text:
-                config.update(max_running=self.settings.text_max_running,
+                config.update(max_batch_size=self.settings.text_max_running,
                               max_tokens_per_step=self.settings.text_max_tokens_per_step)
             else:
                 config.update(max_batch_size=self.settings.image_max_batch_size,

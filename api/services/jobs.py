@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import secrets
 import time
 import uuid
@@ -113,6 +114,9 @@ def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None
         raise ApiError(403, "forbidden", 'review "none" is for admin or trusted keys only')
     if inp.seed is None:
         inp.seed = secrets.randbelow(2**31)  # recorded, so the job can be reproduced
+    if isinstance(inp, ImageInput) and inp.class_label is None and m.image and m.image.num_classes > 0:
+        # A conditional model needs a class: draw one from the job's seed and record it.
+        inp.class_label = random.Random(inp.seed).randrange(m.image.num_classes)
     job_id = str(uuid.uuid4())
     row = {
         "id": job_id,

@@ -50,6 +50,7 @@ def test_image_job_and_image_bytes(running) -> None:  # type: ignore[no-untyped-
     assert im.format == "PNG" and im.size == (imgs[2]["width"], imgs[2]["height"])
     webp = running.client.submit("dcgan-digits", {"num_images": 1, "format": "webp", "seed": 5}, wait=30)
     webp = running.client.wait(webp["id"], timeout=60)
+    assert webp["status"] == "succeeded", webp["error"]
     data, ctype = running.client.image(webp["id"], 0)
     assert ctype == "image/webp" and Image.open(io.BytesIO(data)).format == "WEBP"
     with pytest.raises(GenqueueError) as e:

@@ -1,0 +1,1 @@
+"""genqueue's benchmark harness: `make bench` (full) and `make bench-quick`."""

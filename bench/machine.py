@@ -1,0 +1,35 @@
+"""What the figures were measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+
+def describe() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+        ort_version = ort.__version__
+    except ImportError:
+        providers, ort_version = [], None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "onnxruntime": ort_version,
+        "available_providers": providers,
+    }
