@@ -61,7 +61,7 @@ def run_jobs(client: Client, base_url: str, image_dir: Path) -> None:
     items += [{"model": "dcgan-digits", "input": inp} for inp in IMAGE_JOBS]
     t0 = time.monotonic()
     submitted = client.submit_bulk(items)
-    errors = [s for s in submitted if "error" in s]
+    errors = [s for s in submitted if "id" not in s]
     if errors:
         raise SystemExit(f"demo: submit failed: {errors[0]['error']}")
     print(f"submitted {len(submitted)} jobs in one bulk request", flush=True)
@@ -75,7 +75,8 @@ def run_jobs(client: Client, base_url: str, image_dir: Path) -> None:
             print(f"[{job['kind']}] {job['id']} {job['status']}: {job['error']}")
             continue
         if job["kind"] == "text":
-            settings = ", ".join(f"{k}={v}" for k, v in inp.items() if k != "prompt")
+            defaults = {"top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "stop": [], "n": 1}
+            settings = ", ".join(f"{k}={v}" for k, v in inp.items() if k != "prompt" and defaults.get(k, object()) != v)
             print(f"--- text job {job['id']}  ({settings})")
             print(f"    batch_size={m.get('batch_size')} tokens={m.get('tokens')} inference_ms={m.get('inference_ms')}")
             for text, reason in zip(job["output"]["texts"], job["output"]["finish_reasons"], strict=True):
@@ -89,6 +90,7 @@ def run_jobs(client: Client, base_url: str, image_dir: Path) -> None:
                 path.write_bytes(data)
                 print(f"    saved {path}  ({img['width']}x{img['height']} {img['format']})  url {base_url}{img['url']}")
         print(f"    review: {job['review']['status']}  job: {base_url}/v1/jobs/{job['id']}")
+    print("\nThe stack stops now; `make serve` keeps one running so that these URLs can be opened.")
 
 
 if __name__ == "__main__":
