@@ -239,7 +239,11 @@ class Registry:
             if entry is None:
                 raise UnknownModel(ref)
             return entry
-        return versions[self.versions(name)[-1]]
+        # A bare name means the newest full-precision version: quantized or fp16 variants (e.g. "1-int8")
+        # trade accuracy for speed, so they are served only when asked for by name@version.
+        ordered = self.versions(name)
+        full = [v for v in ordered if versions[v].manifest.precision == "fp32"]
+        return versions[(full or ordered)[-1]]
 
     def __contains__(self, ref: object) -> bool:
         if not isinstance(ref, str):

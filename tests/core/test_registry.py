@@ -40,6 +40,14 @@ def test_resolves_newest_and_exact_versions(tmp_path: Path) -> None:
         reg.resolve("other")
 
 
+def test_variants_only_by_explicit_version(tmp_path: Path) -> None:
+    _write(tmp_path, "lm", "1")
+    _write(tmp_path, "lm", "1-int8", precision="int8")
+    reg = Registry(tmp_path)
+    assert reg.resolve("lm").version == "1"
+    assert reg.resolve("lm@1-int8").manifest.precision == "int8"
+
+
 def test_bad_manifests_are_skipped_with_reasons(tmp_path: Path) -> None:
     _write(tmp_path, "good", "1")
     _write(tmp_path, "wrongname", "1", name="different")

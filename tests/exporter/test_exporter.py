@@ -1,0 +1,399 @@
+"""Exporter tests: real training (quick mode), real ONNX export, real onnxruntime; nothing mocked.
+
+Needs the ``export`` extra (torch); without it the whole module is skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the exporter needs torch: pip install -e '.[export]'")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+import numpy as np  # noqa: E402
+
+from genqueue.registry import Registry, load_manifest  # noqa: E402
+from genqueue_exporter.cli import run  # noqa: E402
+from genqueue_exporter.dcgan import DCGANConfig, Generator  # noqa: E402
+from genqueue_exporter.errors import ExportError  # noqa: E402
+from genqueue_exporter.gpt import GPT, GPTConfig, position_ids_from_mask  # noqa: E402
+from genqueue_exporter.hf_import import _hf_tokenizer_json, load_hf_gpt2  # noqa: E402
+from genqueue_exporter.train_text import train_tokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def session(folder: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def ort_text(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray,
+             past: list[np.ndarray]) -> list[np.ndarray]:
+    names = [i.name for i in sess.get_inputs()]
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, **dict(zip(names[3:], past, strict=True))}
+    return sess.run(None, feed)
+
+
+def empty_past_np(m_text, batch: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    return [np.zeros((batch, m_text.n_head, 0, m_text.head_dim), np.float32) for _ in range(2 * m_text.n_layer)]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = run([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, needle: str) -> None:
+    assert code == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("genqueue export: error:")]
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+
+
+def no_leftovers(models_dir: Path) -> None:
+    if models_dir.is_dir():
+        assert not [p.name for p in models_dir.iterdir() if p.name.startswith(".")], list(models_dir.iterdir())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both built-in models in quick mode, built once through the CLI."""
+    models = tmp_path_factory.mktemp("models")
+    assert run(["builtin", "--models-dir", str(models), "--quick", "--no-progress"]) == 0
+    return models
+
+
+# --- the torch module ------------------------------------------------------------------------------------
+
+
+def small_gpt(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=97, n_layer=2, n_head=4, n_embd=32, block_size=32)).eval()
+    for p in model.parameters():  # bigger weights than the 0.02 init, so that mistakes show in the logits
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def test_kv_cache_prefill_then_decode_equals_full_sequence_torch() -> None:
+    model = small_gpt()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        full = model(ids, torch.ones(2, 9, dtype=torch.long), torch.arange(9).expand(2, 9), *model.empty_past(2))[0]
+        out, *past = model(ids[:, :5], torch.ones(2, 5, dtype=torch.long), torch.arange(5).expand(2, 5),
+                           *model.empty_past(2))
+        steps = [out]
+        for t in range(5, 9):
+            out, *past = model(ids[:, t : t + 1], torch.ones(2, t + 1, dtype=torch.long),
+                               torch.tensor([[t], [t]]), *past)
+            steps.append(out)
+    assert past[0].shape == (2, 4, 9, 8)
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-4
+
+
+def test_left_padded_rows_equal_rows_alone_torch() -> None:
+    model = small_gpt(1)
+    rows = [torch.randint(0, 97, (n,)) for n in (7, 4, 1)]
+    ids = torch.zeros(3, 7, dtype=torch.long)
+    mask = torch.zeros(3, 7, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, 7 - len(row):], mask[r, 7 - len(row):] = row, 1
+    with torch.no_grad():
+        padded = model(ids, mask, position_ids_from_mask(mask, 7), *model.empty_past(3))[0]
+        assert torch.isfinite(padded).all()  # fully-masked pad queries must not produce NaN
+        for r, row in enumerate(rows):
+            n = len(row)
+            alone = model(row[None], torch.ones(1, n, dtype=torch.long), torch.arange(n)[None], *model.empty_past(1))[0]
+            assert (padded[r, 7 - n:] - alone[0]).abs().max().item() <= 1e-4
+
+
+# --- built-in models through the CLI ---------------------------------------------------------------------
+
+
+def test_builtin_quick_round_trip(built: Path) -> None:
+    reg = Registry(built, check_hash=True)
+    assert reg.names() == ["dcgan-digits", "tiny-lm"], reg.errors
+    text = load_manifest(built / "tiny-lm" / "1", check_hash=True)
+    image = load_manifest(built / "dcgan-digits" / "1", check_hash=True)
+    assert text.text is not None and image.image is not None
+    assert (built / "tiny-lm" / "1" / "tokenizer.json").is_file()
+    assert text.inputs[0].name == "input_ids" and text.outputs[0].name == "logits"
+    assert text.dynamic_axes["attention_mask"] == {"0": "batch", "1": "total"}
+    assert text.dynamic_axes["present.0.key"] == {"0": "batch", "2": "total"}
+    assert {"prefill_b2", "decode_b2", "left_pad_b3", "left_pad_vs_alone"} <= set(text.parity.max_abs_diff)
+    assert max(text.parity.max_abs_diff.values()) <= text.parity.tolerance
+    assert {"val_loss", "train_loss", "params"} <= set(text.metrics)
+    assert "class_accuracy" in image.metrics and image.dynamic_axes["z"] == {"0": "batch"}
+    assert text.extra["exporter"] in ("dynamo", "torchscript")
+    assert text.exporter_version and text.created_at.endswith("Z") and text.opset >= 17
+    no_leftovers(built)
+
+
+def test_builtin_existing_version_is_refused_or_skipped(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sha = load_manifest(built / "tiny-lm" / "1").sha256
+    code, err = run_cli(["builtin", "--models-dir", built, "--quick", "--no-progress", "--only", "tiny-lm"], capsys)
+    assert_one_line_error(code, err, "already exists")
+    assert run(["builtin", "--models-dir", str(built), "--quick", "--skip-existing"]) == 0
+    assert load_manifest(built / "tiny-lm" / "1").sha256 == sha
+
+
+def test_ort_kv_cache_and_left_padding(built: Path) -> None:
+    folder = built / "tiny-lm" / "1"
+    m = load_manifest(folder)
+    assert m.text is not None
+    sess = session(folder)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, m.text.vocab_size, (2, 8))
+    ones = lambda n: np.ones((2, n), np.int64)  # noqa: E731
+    full = ort_text(sess, ids, ones(8), np.tile(np.arange(8), (2, 1)), empty_past_np(m.text, 2))[0]
+    out, *past = ort_text(sess, ids[:, :5], ones(5), np.tile(np.arange(5), (2, 1)), empty_past_np(m.text, 2))
+    steps = [out]
+    for t in range(5, 8):
+        out, *past = ort_text(sess, ids[:, t : t + 1], ones(t + 1), np.full((2, 1), t), past)
+        steps.append(out)
+    assert np.abs(np.concatenate(steps, axis=1) - full).max() <= 1e-4
+
+    # Left padding: row 1 is row 0's last three tokens; its logits must match row 0 run alone on them.
+    alone = ort_text(sess, ids[:1, 5:], np.ones((1, 3), np.int64), np.arange(3)[None], empty_past_np(m.text, 1))[0]
+    batch = np.stack([ids[0], np.concatenate([np.zeros(5, np.int64), ids[0, 5:]])])
+    mask = np.array([[1] * 8, [0] * 5 + [1] * 3], np.int64)
+    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    padded = ort_text(sess, batch, mask, pos, empty_past_np(m.text, 2))[0]
+    assert np.isfinite(padded).all()
+    assert np.abs(padded[1, 5:] - alone[0]).max() <= 1e-4
+
+
+def test_dcgan_batch_axis_is_dynamic(built: Path) -> None:
+    sess = session(built / "dcgan-digits" / "1")
+    m = load_manifest(built / "dcgan-digits" / "1")
+    assert m.image is not None
+    for b in (1, 3, 7):
+        z = np.random.default_rng(b).standard_normal((b, m.image.latent_size)).astype(np.float32)
+        (images,) = sess.run(None, {"z": z, "class_label": np.arange(b, dtype=np.int64) % 10})
+        assert images.shape == (b, 1, 32, 32)
+        assert images.min() >= -1.0 and images.max() <= 1.0
+
+
+def test_worker_side_loads_without_torch(built: Path, tmp_path: Path) -> None:
+    png = tmp_path / "digits.png"
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        import numpy as np
+        from genqueue_exporter.cli import run
+        from genqueue_exporter.samples import generate_images, generate_text
+        models = Path({str(built)!r})
+        text = generate_text(models / "tiny-lm" / "1", "Once upon a time", max_new_tokens=5)
+        assert text.startswith("Once upon a time"), text
+        imgs = generate_images(models / "dcgan-digits" / "1", np.arange(4))
+        assert imgs.shape == (4, 1, 32, 32)
+        assert run(["samples", "--models-dir", str(models), "--out", {str(png)!r}, "--per-class", "2"]) == 0
+        assert run(["verify", str(models / "tiny-lm" / "1")]) == 0
+        assert "torch" not in sys.modules, "torch was imported"
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+    from PIL import Image
+
+    assert Image.open(png).size == (2 * (2 * (32 + 2) + 2), 2 * (10 * (32 + 2) + 2))
+
+
+# --- bring your own weights ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT2LMHeadModel saved with save_pretrained, plus a tokenizer.json we train here."""
+    transformers = pytest.importorskip("transformers", reason="transformers (dev extra) builds the HF fixture")
+    folder = tmp_path_factory.mktemp("hf")
+    docs = ["the cat sat on the mat", "a dog ran in the park", "the moon is bright tonight"] * 20
+    tok = train_tokenizer(docs, vocab_size=300)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = transformers.GPT2Config(
+        vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+        bos_token_id=0, eos_token_id=0, initializer_range=0.3,  # large weights: mapping mistakes show
+    )
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(str(folder))
+    return folder
+
+
+def test_hf_gpt2_export_matches_transformers(hf_dir: Path, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    models = tmp_path / "models"
+    assert run(["hf", str(hf_dir), "--name", "tiny-gpt2", "--models-dir", str(models), "--no-progress"]) == 0
+    folder = models / "tiny-gpt2" / "1"
+    m = load_manifest(folder, check_hash=True)
+    assert m.source.startswith("hf:") and m.text is not None and m.text.eos_token_id == 0
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(hf_dir)).eval()
+    ids = np.random.default_rng(0).integers(0, m.text.vocab_size, (2, 8))
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(ids)).logits.numpy()  # [2,8,V]
+    sess = session(folder)
+    ones = lambda n: np.ones((2, n), np.int64)  # noqa: E731
+    full = ort_text(sess, ids, ones(8), np.tile(np.arange(8), (2, 1)), empty_past_np(m.text, 2))[0]
+    assert np.abs(full - ref).max() <= 1e-4
+    _, *past = ort_text(sess, ids[:, :6], ones(6), np.tile(np.arange(6), (2, 1)), empty_past_np(m.text, 2))
+    step = ort_text(sess, ids[:, 6:7], ones(7), np.full((2, 1), 6), past)[0]  # with past
+    assert np.abs(step[:, 0] - ref[:, 6]).max() <= 1e-4
+
+    # Left padding agrees with transformers given the same mask and positions.
+    mask = np.array([[1] * 8, [0] * 3 + [1] * 5], np.int64)
+    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    with torch.no_grad():
+        ref_pad = hf(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                     position_ids=torch.from_numpy(pos)).logits.numpy()
+    got = ort_text(sess, ids, mask, pos, empty_past_np(m.text, 2))[0]
+    assert np.abs(got[1, 3:] - ref_pad[1, 3:]).max() <= 1e-4
+
+
+def test_hf_vocab_merges_and_bin_weights(hf_dir: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    (alt / "config.json").write_text((hf_dir / "config.json").read_text())
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(hf_dir / "model.safetensors")), alt / "pytorch_model.bin")
+    Tokenizer.from_file(str(hf_dir / "tokenizer.json")).model.save(str(alt))  # vocab.json + merges.txt
+    imported = load_hf_gpt2(alt)
+    original = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    rebuilt = Tokenizer.from_str(_hf_tokenizer_json(alt))
+    text = "the moon sat on the dog"
+    assert rebuilt.encode(text).ids == original.encode(text).ids
+    assert rebuilt.decode(rebuilt.encode(text).ids) == text
+    ref = load_hf_gpt2(hf_dir).model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in imported.model.state_dict().items())
+
+
+def test_gan_state_dict_export(tmp_path: Path) -> None:
+    cfg = DCGANConfig(latent_size=16, ngf=8, ndf=8)
+    torch.manual_seed(0)
+    gen = Generator(cfg).eval()
+    torch.save(gen.state_dict(), tmp_path / "g.pt")
+    (tmp_path / "g.json").write_text(json.dumps(cfg.to_dict()))
+    models = tmp_path / "models"
+    argv = ["gan-state-dict", tmp_path / "g.pt", "--config", tmp_path / "g.json", "--name", "my-gan",
+            "--models-dir", models, "--quantize", "int8"]
+    assert run([str(a) for a in argv]) == 0
+    m = load_manifest(models / "my-gan" / "1", check_hash=True)
+    q = load_manifest(models / "my-gan" / "1-int8", check_hash=True)
+    assert m.image is not None and m.image.latent_size == 16 and q.precision == "int8"
+    z = torch.randn(5, 16)
+    c = torch.arange(5)
+    with torch.no_grad():
+        ref = gen(z, c).numpy()
+    (got,) = session(models / "my-gan" / "1").run(None, {"z": z.numpy(), "class_label": c.numpy()})
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+
+
+def _hf_copy(hf_dir: Path, dst: Path, **config_changes: object) -> Path:
+    dst.mkdir()
+    for f in hf_dir.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("missing_dir", "not a directory"),
+        ("llama", "unsupported architecture model_type='llama'"),
+        ("wrong_width", "config does not match weights"),
+        ("corrupt_weights", "unreadable weights"),
+        ("no_tokenizer", "no tokenizer.json"),
+    ],
+)
+def test_hf_bad_input(case: str, needle: str, hf_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "nowhere"
+    if case == "llama":
+        src = _hf_copy(hf_dir, tmp_path / "src", model_type="llama")
+    elif case == "wrong_width":
+        src = _hf_copy(hf_dir, tmp_path / "src", n_embd=64)
+    elif case == "corrupt_weights":
+        src = _hf_copy(hf_dir, tmp_path / "src")
+        (src / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 10)
+    elif case == "no_tokenizer":
+        src = _hf_copy(hf_dir, tmp_path / "src")
+        (src / "tokenizer.json").unlink()
+    models = tmp_path / "models"
+    code, err = run_cli(["hf", src, "--name", "bad", "--models-dir", models], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (models / "bad").exists()
+    no_leftovers(models)
+
+
+def test_gan_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = DCGANConfig(latent_size=16, ngf=8, ndf=8)
+    torch.save(Generator(cfg).state_dict(), tmp_path / "g.pt")
+    (tmp_path / "wide.json").write_text(json.dumps({**cfg.to_dict(), "ngf": 16}))
+    (tmp_path / "odd.json").write_text(json.dumps({"latent_size": 16, "colour": "blue"}))
+    models = tmp_path / "models"
+    base = ["--name", "bad-gan", "--models-dir", models]
+    code, err = run_cli(["gan-state-dict", tmp_path / "g.pt", "--config", tmp_path / "wide.json", *base], capsys)
+    assert_one_line_error(code, err, "config does not match weights")
+    code, err = run_cli(["gan-state-dict", tmp_path / "g.pt", "--config", tmp_path / "odd.json", *base], capsys)
+    assert_one_line_error(code, err, "unknown DCGAN config keys: colour")
+    code, err = run_cli(["gan-state-dict", tmp_path / "missing.pt", "--config", tmp_path / "wide.json", *base], capsys)
+    assert_one_line_error(code, err, "missing.pt is missing")
+    assert not (models / "bad-gan").exists()
+
+
+def test_unwritable_models_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # works even as root, where chmod would not stop us
+    code, err = run_cli(["builtin", "--models-dir", blocker / "models", "--quick", "--only", "dcgan-digits"], capsys)
+    assert_one_line_error(code, err, "cannot write to models folder")
+
+
+def test_corrupt_onnx_is_reported(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "dcgan-digits" / "1"
+    folder.mkdir(parents=True)
+    for f in (built / "dcgan-digits" / "1").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    assert run(["verify", str(folder)]) == 0
+    (folder / "model.onnx").write_bytes(b"garbage" * 100)
+    code, err = run_cli(["verify", folder], capsys)
+    assert_one_line_error(code, err, "sha256")  # the registry's hash check trips first
+    from genqueue.registry import sha256_file
+
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["sha256"] = sha256_file(folder / "model.onnx")
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    code, err = run_cli(["verify", folder], capsys)
+    assert_one_line_error(code, err, "not a valid ONNX model")
+
+
+def test_parity_failure_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from genqueue.registry import ModelKind
+    from genqueue_exporter import export
+
+    monkeypatch.setitem(export.TOLERANCE, "text", {"fp32": -1.0})  # an impossible bar, real measurement
+    job = export.ExportJob(kind=ModelKind.text, name="strict", version="1", model=small_gpt(),
+                           tokenizer_json="{}")
+    with pytest.raises(ExportError, match=r"parity check failed: case prefill_b2, output \S+: max \|ORT - torch\|"):
+        export.export_model(job, tmp_path)
+    assert not (tmp_path / "strict").exists()
+    no_leftovers(tmp_path)
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["builtin", "--only", "gpt-5"]) == 2
+    assert "genqueue export: error:" in capsys.readouterr().err
+    assert run(["hf", "x", "--name", "Bad Name"]) == 1
+    assert "invalid model name" in capsys.readouterr().err
