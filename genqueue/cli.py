@@ -68,6 +68,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from genqueue_api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     s = _settings(args)
     try:
         app = create_app(s)

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings, models: list[str] | None = None, loglevel: str = "INFO") -> None:
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     db = Database.from_settings(settings)
     try:
         ensure_migrated(db)
