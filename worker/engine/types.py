@@ -36,6 +36,7 @@ class TextParams:
     stop: tuple[str, ...] = ()  # matched on decoded text, across token boundaries
     seed: int = 0  # one generator per job (candidate i uses a stream derived from seed and i)
     n: int = 1  # candidates for the same prompt
+    ignore_eos: bool = False  # keep generating past EOS up to max_new_tokens (benchmarks only; not in the API)
 
 
 @dataclass(frozen=True)

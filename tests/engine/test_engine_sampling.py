@@ -1,0 +1,157 @@
+"""Sampling: greedy, top-k, top-p, penalties, n-gram ban, stop strings, per-candidate generators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genqueue_worker.engine.sampling import (
+    SamplingState,
+    StopMatcher,
+    sample_rows,
+    seed_generator,
+    validate_text_params,
+)
+from genqueue_worker.engine.types import TextParams
+
+V = 10
+
+
+def state(history: list[int] | None = None, index: int = 0, **kw) -> SamplingState:
+    return SamplingState.create(TextParams(**kw), index, history or [], V)
+
+
+def test_greedy_picks_argmax_and_does_not_touch_the_generator() -> None:
+    logits = np.array([[0, 1, 5, 2, 0, 0, 0, 0, 0, 0], [9, 1, 5, 2, 0, 0, 0, 0, 0, 9]], np.float32)
+    st = [state(temperature=0), state(temperature=0)]
+    before = st[0].rng.bit_generator.state
+    tokens, ok = sample_rows(logits, st)
+    assert tokens.tolist() == [2, 0] and ok.all()  # ties -> lowest id
+    assert st[0].rng.bit_generator.state == before
+
+
+def test_nan_row_is_flagged_alone() -> None:
+    logits = np.zeros((3, V), np.float32)
+    logits[1, 4] = np.nan
+    logits[2, 3] = 5
+    tokens, ok = sample_rows(logits, [state(temperature=0) for _ in range(3)])
+    assert ok.tolist() == [True, False, True] and tokens[1] == -1 and tokens[2] == 3
+
+
+def test_top_k_limits_the_support() -> None:
+    logits = np.arange(V, dtype=np.float32)[None, :]
+    seen = {int(sample_rows(logits, [state(seed=s, top_k=3, temperature=5.0)])[0][0]) for s in range(200)}
+    assert seen == {7, 8, 9}
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    probs = np.array([0.5, 0.3, 0.15, 0.05] + [0.0] * (V - 4))
+    logits = np.log(np.maximum(probs, 1e-30)).astype(np.float32)[None, :]
+    seen = {int(sample_rows(logits, [state(seed=s, top_p=0.7)])[0][0]) for s in range(300)}
+    assert seen == {0, 1}  # 0.5 < 0.7 <= 0.8: the second token completes the nucleus
+    seen = {int(sample_rows(logits, [state(seed=s, top_p=0.9)])[0][0]) for s in range(300)}
+    assert seen == {0, 1, 2}
+
+
+def test_sampling_follows_the_distribution() -> None:
+    logits = np.log(np.array([0.7, 0.2, 0.1] + [1e-12] * (V - 3))).astype(np.float32)[None, :]
+    counts = np.bincount([int(sample_rows(logits, [state(seed=s)])[0][0]) for s in range(2000)], minlength=V)
+    assert abs(counts[0] / 2000 - 0.7) < 0.05 and abs(counts[2] / 2000 - 0.1) < 0.03
+
+
+def test_repetition_penalty_discourages_seen_tokens() -> None:
+    logits = np.array([[3.0, 2.9, -1.0, -1.2] + [-9.0] * (V - 4)], np.float32)
+    assert sample_rows(logits, [state([0], temperature=0)])[0][0] == 0
+    assert sample_rows(logits, [state([0], temperature=0, repetition_penalty=1.5)])[0][0] == 1  # 3/1.5 < 2.9
+    # Negative logits are multiplied: a seen -1.0 becomes -1.5, below the unseen -1.2.
+    neg = np.array([[-1.0, -1.2] + [-9.0] * (V - 2)], np.float32)
+    assert sample_rows(neg, [state([0], temperature=0, repetition_penalty=1.5)])[0][0] == 1
+
+
+def test_no_repeat_ngram_bans_the_completing_token() -> None:
+    logits = np.zeros((1, V), np.float32)
+    logits[0, 3] = 10  # the favourite
+    logits[0, 5] = 1  # the runner-up
+    # History ends with (1, 2), which was followed by 3 before: 3 would repeat the 3-gram (1, 2, 3).
+    assert sample_rows(logits, [state([1, 2, 3, 1, 2], temperature=0, no_repeat_ngram_size=3)])[0][0] == 5
+    # History ends with (3, 1), never followed by anything: nothing is banned.
+    assert sample_rows(logits, [state([1, 2, 3, 1], temperature=0, no_repeat_ngram_size=3)])[0][0] == 3
+    # The generated tokens count too (observe), not only the prompt.
+    st = state([1, 2, 3, 1], temperature=0, no_repeat_ngram_size=3)
+    st.observe(2)
+    assert sample_rows(logits, [st])[0][0] == 5
+
+
+def test_candidate_streams_differ_and_are_reproducible() -> None:
+    a = [seed_generator(42, i).random() for i in range(3)]
+    assert len(set(a)) == 3
+    assert a == [seed_generator(42, i).random() for i in range(3)]
+    assert seed_generator(-1, 0).random() == seed_generator((1 << 64) - 1, 0).random()
+
+
+def test_a_row_does_not_depend_on_its_neighbours() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((8, 300)).astype(np.float32) * 3
+    params = dict(temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.2)
+
+    def states() -> list[SamplingState]:
+        return [SamplingState.create(TextParams(seed=5, **params), i, [1, 2, 3], 300) for i in range(8)]
+
+    together = sample_rows(logits, states())[0]
+    alone = [int(sample_rows(logits[i : i + 1], [states()[i]])[0][0]) for i in range(8)]
+    assert together.tolist() == alone
+
+
+def test_stop_matcher_across_token_boundaries() -> None:
+    m = StopMatcher(["\n\n", "END"])
+    pieces = ["Hello", " wor", "ld\n", "\nmore"]
+    text = ""
+    cut = -1
+    for p in pieces:
+        text += p
+        cut = m.find(text)
+        if cut >= 0:
+            break
+    assert text[:cut] == "Hello world"
+    m2 = StopMatcher(["END"])
+    assert m2.find("abc E") == -1 and m2.find("abc EN") == -1 and m2.find("abc ENDx") == 4
+    assert StopMatcher([]).find("anything") == -1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_new_tokens=0),
+        dict(temperature=-1),
+        dict(top_k=-1),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(repetition_penalty=0),
+        dict(no_repeat_ngram_size=-1),
+        dict(n=0),
+        dict(stop=("",)),
+    ],
+)
+def test_validate_text_params(bad: dict) -> None:
+    assert validate_text_params(TextParams(**bad)) is not None
+    assert validate_text_params(TextParams()) is None
+
+
+def test_vectorized_rows_match_single_rows_across_vocab_sizes() -> None:
+    # The scratch buffer is reused across calls: a smaller vocabulary after a larger one must not see
+    # stale mass in its padding.
+    rng = np.random.default_rng(3)
+    for vocab in (300, 257, 1882, 10, 257):
+        logits = (rng.standard_normal((6, vocab)) * 3).astype(np.float32)
+
+        def states(v: int = vocab) -> list[SamplingState]:
+            return [SamplingState.create(TextParams(seed=9 + i, temperature=[1.0, 0.7][i % 2]), 0, [], v) for i in range(6)]
+
+        together = sample_rows(logits, states())[0].tolist()
+        alone = [int(sample_rows(logits[i : i + 1], [states()[i]])[0][0]) for i in range(6)]
+        reference = []
+        for i, st in enumerate(states()):
+            x = logits[i].astype(np.float64) / st.params.temperature
+            cdf = np.cumsum(np.exp(x - x.max()))
+            reference.append(int(np.searchsorted(cdf, st.rng.random() * cdf[-1], side="right")))
+        assert together == alone == reference

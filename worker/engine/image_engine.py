@@ -1,0 +1,415 @@
+"""Image engine: request-level dynamic batching in the style of Triton's dynamic batcher.
+
+Jobs queue as chunks of images (a job larger than ``max_batch_size`` is split into chunks of that size; a
+chunk is never split). The loop thread waits until ``max_batch_size`` images are queued or the oldest has
+waited ``max_queue_delay_ms``, takes chunks in (priority, arrival) order while they fit, and runs one forward.
+Submissions keep queueing while a forward runs, so the next batch is already formed when it returns; PNG/WebP
+encoding runs on a small thread pool, off the inference path.
+
+Reproducibility: image i of a job uses z from ``seed_generator(seed, i)`` (PCG64 seeded from (seed, i)),
+drawn at submit time, so batching never changes an image.
+
+Batching pays on GPUs, where a forward of 64 costs about as much as one. On CPU it pays little: measured on
+2 cores with the built-in dcgan-digits, onnxruntime's CPU ConvTranspose runs image by image (0.073 ms per
+image alone, 0.058 batched), and PNG encoding (~0.1 ms) costs more than the forward; 64 vs 1 gave ~1.3-1.6x.
+
+Truncation trick (``truncation`` t in (0, 1], 1 = none): z ~ N(0, I) is scaled by t (the "psi" form of
+truncation towards the prior's mean, 0 for DCGAN). Chosen over resampling components beyond a threshold
+because it is continuous in t, needs no rejection loop, and t = 1 is exactly the untruncated prior.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import io
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from genqueue.registry import ModelEntry
+from genqueue_worker.engine.runner import ImageModelInfo, ImageRunner
+from genqueue_worker.engine.sampling import seed_generator
+from genqueue_worker.engine.types import EncodedImage, ErrorCode, ImageRequest, JobResult
+
+log = logging.getLogger("genqueue.worker.engine")
+
+
+@dataclass(frozen=True)
+class ImageEngineConfig:
+    max_batch_size: int = 64  # images per forward
+    max_queue_delay_ms: float = 5.0  # how long the oldest queued image may wait for the batch to fill
+    max_attempts: int = 2  # solo tries of each job after a forward raised
+    encode_threads: int = 2  # PNG/WebP encoding pool
+    intra_op_threads: int = 0  # ORT threads; 0 = ORT default
+    allow_spinning: bool = True  # ORT threads busy-wait between ops (fastest alone; off when sharing cores)
+    warmup: bool = True  # run batch sizes 1 and max_batch_size once at start()
+    max_images_per_job: int = 64  # API limit for num_images
+    webp_quality: int = 90  # lossy WebP quality (PNG is lossless)
+    webp_lossless: bool = False
+
+
+@dataclass(eq=False)
+class _ImageJob:
+    request: ImageRequest  # as submitted
+    future: Future[JobResult]  # resolved once
+    z: np.ndarray  # float32 [N,latent], image i from seed_generator(seed, i), times truncation
+    labels: np.ndarray | None  # int64 [N] for conditional models
+    submitted: float  # perf_counter at submit
+    pixels: list[np.ndarray | None] = field(default_factory=list)  # uint8 [H,W,C] per image once generated
+    chunks_left: int = 0  # chunks not generated yet
+    in_flight: int = 0  # chunks inside the running forward
+    admitted: float = 0.0  # perf_counter when its first forward began
+    forwards: int = 0  # forwards it took part in
+    rows_sum: int = 0  # images in those forwards, summed (mean batch size = rows_sum / forwards)
+    canceled: bool = False
+    done: bool = False  # failed, canceled or handed to the encoder
+
+
+@dataclass(eq=False)
+class _Chunk:
+    job: _ImageJob  # owner
+    start: int  # first image index
+    count: int  # images
+    queued_at: float  # perf_counter when queued (the batching window starts from the oldest)
+
+
+class ImageEngine:
+    def __init__(
+        self,
+        entry: ModelEntry | None = None,
+        provider: str = "auto",
+        config: ImageEngineConfig | None = None,
+        *,
+        runner: ImageRunner | None = None,
+    ) -> None:
+        self.config = config or ImageEngineConfig()
+        if runner is None:
+            if entry is None or entry.manifest.image is None:
+                raise ValueError("ImageEngine needs an image ModelEntry or a runner")
+            from genqueue_worker.engine.ort_image import OrtImageRunner
+            from genqueue_worker.engine.ort_session import SessionConfig
+
+            info = ImageModelInfo.from_spec(entry.manifest.image)
+            session = SessionConfig(
+                provider=provider,
+                intra_op_threads=self.config.intra_op_threads,
+                allow_spinning=self.config.allow_spinning,
+            )
+            runner = OrtImageRunner(entry.onnx_path, info, session)
+        self.entry = entry
+        self.runner = runner
+        self.info = runner.info
+        self.name = entry.ref if entry is not None else "image"
+        self._cond = threading.Condition()
+        self._queue: list[tuple[int, int, _Chunk]] = []  # heap of (priority, arrival, chunk)
+        self._queued_images = 0
+        self._arrivals = itertools.count()
+        self._jobs: dict[str, _ImageJob] = {}  # unfinished jobs by id
+        self._pool = ThreadPoolExecutor(max(1, self.config.encode_threads), thread_name_prefix="image-encode")
+        self._closed = self._stopping = False
+        self._drain = True
+        self._thread: threading.Thread | None = None
+        self._warm = False
+        self.forwards = 0  # forward calls so far (stats)
+        self.images_generated = 0
+
+    # -- public API ------------------------------------------------------------------------------------
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs (read from the session, after any silent fallback)."""
+        return str(self.runner.provider)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._warmup()
+        self._thread = threading.Thread(target=self._loop, name=f"image-engine-{self.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: ImageRequest) -> Future[JobResult]:
+        future: Future[JobResult] = Future()
+        future.set_running_or_notify_cancel()
+        job = self._prepare(request, future)
+        if job is None:
+            return future
+        now = time.perf_counter()
+        size = self.config.max_batch_size
+        n = request.params.num_images
+        with self._cond:
+            if self._closed:
+                self._finish_failed(job, ErrorCode.shutdown, "the engine is stopping")
+                return future
+            original = self._jobs.get(request.job_id)
+            if original is not None:  # redelivered while still here: both futures get one result
+                original.future.add_done_callback(lambda f: future.set_result(f.result()))
+                return future
+            self._jobs[request.job_id] = job
+            job.chunks_left = (n + size - 1) // size
+            for start in range(0, n, size):
+                chunk = _Chunk(job, start, min(size, n - start), now)
+                heapq.heappush(self._queue, (request.priority, next(self._arrivals), chunk))
+                self._queued_images += chunk.count
+            self._cond.notify()
+        return future
+
+    def cancel(self, job_id: str) -> None:
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None or job.done:
+                return
+            job.canceled = True
+            if job.in_flight == 0:  # nothing of it is running: drop its chunks now
+                self._drop_queued(job)
+                self._settle(job, JobResult(job_id, "canceled", metrics=self._metrics(job)))
+
+    def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._closed = self._stopping = True
+            self._drain = drain
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                with self._cond:
+                    self._drain = False
+                    self._cond.notify_all()
+                self._thread.join(max(1.0, timeout / 10))
+        self._pool.shutdown(wait=True)
+        with self._cond:
+            for job in list(self._jobs.values()):
+                if not job.done:
+                    self._finish_failed(job, ErrorCode.shutdown, "the worker stopped before the job finished")
+
+    def run_all(self, requests: Iterable[ImageRequest]) -> list[JobResult]:
+        """Synchronous in-process API (benchmarks, tests): every request to completion in this thread."""
+        if self._thread is not None:
+            raise RuntimeError("run_all() needs an engine whose loop thread is not started")
+        self._warmup()
+        futures = [self.submit(r) for r in requests]
+        self._loop(until_idle=True)
+        return [f.result() for f in futures]
+
+    # -- submission --------------------------------------------------------------------------------------
+    def _prepare(self, req: ImageRequest, future: Future[JobResult]) -> _ImageJob | None:
+        p = req.params
+        job = _ImageJob(req, future, np.zeros((0, 0), np.float32), None, time.perf_counter())
+        problem = None
+        if not 1 <= p.num_images <= self.config.max_images_per_job:
+            problem = f"num_images must be in 1..{self.config.max_images_per_job}"
+        elif not 0 < p.truncation <= 1:
+            problem = "truncation must be in (0, 1]"
+        elif p.format not in ("png", "webp"):
+            problem = "format must be 'png' or 'webp'"
+        elif self.info.num_classes and p.class_label is None:
+            problem = f"this model is class-conditional: class_label is required (0..{self.info.num_classes - 1})"
+        elif self.info.num_classes and not 0 <= int(p.class_label or 0) < self.info.num_classes:
+            problem = f"class_label must be in 0..{self.info.num_classes - 1}"
+        elif not self.info.num_classes and p.class_label is not None:
+            problem = "this model is unconditional: class_label is not accepted"
+        if problem is not None:
+            self._finish_failed(job, ErrorCode.invalid_input, problem)
+            return None
+        try:
+            job.z = np.stack(
+                [seed_generator(p.seed, i).standard_normal(self.info.latent_size) * p.truncation for i in range(p.num_images)]
+            ).astype(np.float32)  # [N,latent]
+        except Exception as e:
+            self._finish_failed(job, ErrorCode.preprocess_error, f"sampling the latents failed: {e}")
+            return None
+        if self.info.num_classes:
+            job.labels = np.full(p.num_images, int(p.class_label or 0), np.int64)
+        job.pixels = [None] * p.num_images
+        return job
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _warmup(self) -> None:
+        if self._warm or not self.config.warmup:
+            return
+        self._warm = True
+        warm = getattr(self.runner, "warmup", None)
+        if warm is not None:
+            warm(sorted({1, self.config.max_batch_size}))
+
+    def _next_batch(self, until_idle: bool) -> list[_Chunk] | None:
+        """Block until a batch is ready (full, or the oldest waited long enough); None means exit."""
+        delay = self.config.max_queue_delay_ms / 1000
+        with self._cond:
+            while True:
+                if self._stopping and (not self._drain or not self._queue):
+                    return None
+                if not self._queue:
+                    if until_idle:
+                        return None
+                    self._cond.wait()
+                    continue
+                if self._queued_images >= self.config.max_batch_size or self._stopping or until_idle:
+                    break
+                oldest = min(e[2].queued_at for e in self._queue)
+                left = oldest + delay - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch: list[_Chunk] = []
+            room = self.config.max_batch_size
+            while self._queue and self._queue[0][2].count <= room:
+                chunk = heapq.heappop(self._queue)[2]
+                self._queued_images -= chunk.count
+                if chunk.job.canceled or chunk.job.done:
+                    continue
+                batch.append(chunk)
+                room -= chunk.count
+                chunk.job.in_flight += 1
+            return batch
+
+    def _loop(self, until_idle: bool = False) -> None:
+        while True:
+            batch = self._next_batch(until_idle)
+            if batch is None:
+                break
+            if batch:
+                try:
+                    self._run_batch(batch)
+                except Exception as e:  # a bug, not a runner failure (those are retried per job)
+                    log.exception("%s: internal error in a batch", self.name)
+                    with self._cond:
+                        for c in batch:
+                            if not c.job.done:
+                                self._drop_queued(c.job)
+                                self._finish_failed(c.job, ErrorCode.engine_error, f"internal engine error: {e!r}")
+
+    def _forward(self, chunks: list[_Chunk]) -> np.ndarray:
+        z = np.concatenate([c.job.z[c.start : c.start + c.count] for c in chunks])  # [B,latent]
+        labels = None
+        if self.info.num_classes:
+            labels = np.concatenate([c.job.labels[c.start : c.start + c.count] for c in chunks if c.job.labels is not None])
+        self.forwards += 1
+        return self.runner.forward(z, labels)
+
+    def _run_batch(self, batch: list[_Chunk]) -> None:
+        t0 = time.perf_counter()
+        size = sum(c.count for c in batch)
+        for c in batch:
+            c.job.admitted = c.job.admitted or t0
+            c.job.forwards += 1
+            c.job.rows_sum += size
+        outputs: dict[int, np.ndarray] = {}  # id(chunk) -> images [count,C,H,W]
+        failed: dict[int, str] = {}  # id(job) -> message
+        try:
+            images = self._forward(batch)
+            off = 0
+            for c in batch:
+                outputs[id(c)] = images[off : off + c.count]
+                off += c.count
+        except Exception as e:
+            log.warning("%s: forward of %d images failed (%s); retrying each job alone", self.name, size, e)
+            for c in batch:
+                if id(c.job) in failed:
+                    continue
+                last: Exception = e
+                for _ in range(self.config.max_attempts):
+                    try:
+                        outputs[id(c)] = self._forward([c])
+                        break
+                    except Exception as e2:
+                        last = e2
+                else:
+                    failed[id(c.job)] = f"the runner failed on this job {self.config.max_attempts} times alone: {last}"
+        with self._cond:
+            for c in batch:
+                job = c.job
+                job.in_flight -= 1
+                if job.done:
+                    continue
+                if id(job) in failed:
+                    self._drop_queued(job)
+                    self._finish_failed(job, ErrorCode.engine_error, failed[id(job)])
+                    continue
+                if job.canceled:
+                    if job.in_flight == 0:
+                        self._drop_queued(job)
+                        self._settle(job, JobResult(job.request.job_id, "canceled", metrics=self._metrics(job)))
+                    continue
+                imgs = outputs[id(c)]
+                if not np.isfinite(imgs).all():
+                    self._drop_queued(job)
+                    self._finish_failed(job, ErrorCode.nan_output, "the model produced NaN/Inf pixels for this job")
+                    continue
+                pixels = self._to_uint8(imgs)
+                for i in range(c.count):
+                    job.pixels[c.start + i] = pixels[i]
+                self.images_generated += c.count
+                job.chunks_left -= 1
+                if job.chunks_left == 0:
+                    job.done = True
+                    self._pool.submit(self._encode_and_resolve, job)
+
+    def _drop_queued(self, job: _ImageJob) -> None:
+        """Remove a job's queued chunks (caller holds the lock)."""
+        kept = [e for e in self._queue if e[2].job is not job]
+        if len(kept) != len(self._queue):
+            self._queue = kept
+            heapq.heapify(self._queue)
+            self._queued_images = sum(e[2].count for e in kept)
+
+    # -- post-processing ---------------------------------------------------------------------------------
+    def _to_uint8(self, imgs: np.ndarray) -> np.ndarray:
+        """float [B,C,H,W] in output_range -> uint8 [B,H,W,C], rounded to nearest."""
+        lo, hi = self.info.output_range
+        scaled = (imgs.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+    def _encode_one(self, pixels: np.ndarray, fmt: str) -> EncodedImage:
+        from PIL import Image
+
+        h, w, c = pixels.shape
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
+        if mode is None:
+            raise ValueError(f"cannot encode {c}-channel images")
+        img = Image.fromarray(pixels[:, :, 0] if c == 1 else pixels, mode=mode)
+        buf = io.BytesIO()
+        if fmt == "webp":
+            img.save(buf, format="WEBP", quality=self.config.webp_quality, lossless=self.config.webp_lossless)
+        else:
+            img.save(buf, format="PNG")
+        return EncodedImage(buf.getvalue(), w, h, fmt)
+
+    def _encode_and_resolve(self, job: _ImageJob) -> None:
+        fmt = job.request.params.format
+        try:
+            encoded = [self._encode_one(p, fmt) for p in job.pixels if p is not None]
+        except Exception as e:
+            with self._cond:
+                self._finish_failed(job, ErrorCode.postprocess_error, f"encoding failed: {e}")
+            return
+        output = {"images": [{"width": e.width, "height": e.height, "format": e.format} for e in encoded]}
+        result = JobResult(job.request.job_id, "succeeded", output=output, images=encoded, metrics=self._metrics(job))
+        job.pixels = []
+        with self._cond:
+            self._settle(job, result)
+
+    def _metrics(self, job: _ImageJob) -> dict[str, float]:
+        now = time.perf_counter()
+        return {
+            "inference_ms": (now - job.admitted) * 1000 if job.admitted else 0.0,
+            "wait_ms": ((job.admitted or now) - job.submitted) * 1000,
+            "batch_size": job.rows_sum / job.forwards if job.forwards else 0.0,
+            "tokens": float(job.request.params.num_images),
+        }
+
+    def _finish_failed(self, job: _ImageJob, code: ErrorCode, message: str) -> None:
+        if code is not ErrorCode.shutdown:
+            log.info("%s: job %s failed: %s (%s)", self.name, job.request.job_id, code.value, message)
+        self._settle(job, JobResult(job.request.job_id, "failed", error_code=code, error_message=message, metrics=self._metrics(job)))
+
+    def _settle(self, job: _ImageJob, result: JobResult) -> None:
+        job.done = True
+        self._jobs.pop(job.request.job_id, None)
+        with contextlib.suppress(InvalidStateError):
+            job.future.set_result(result)

@@ -1,0 +1,308 @@
+"""Iteration-level scheduler for text generation: decides, the runner executes.
+
+A pure class in the style of vLLM's v1 ``Scheduler``: no onnxruntime, no threads, no clocks. The engine calls
+``schedule()`` once per step, runs what it says (prefill for newly admitted jobs, one decode step for the
+running rows), samples, and reports the sampled tokens back with ``update_from_output``. Tests drive it with
+fake outputs.
+
+Policies (DESIGN.md "Benchmark definitions"):
+
+* ``continuous``: a job is admitted as soon as budgets allow, joins the decode batch on the step after its
+  prefill, and its rows leave the batch the moment they finish, so later steps spend no compute on them.
+* ``static``: classic request-level batching (Hugging Face ``generate`` on a list). A batch is admitted only
+  when the previous one is gone; finished rows stay in it, padded and computed, until its longest row
+  finishes. Each job is still reported finished the moment its own rows are done.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+Policy = Literal["continuous", "static"]
+
+
+class SeqStatus(StrEnum):
+    waiting = "waiting"  # in the admission queue, no KV cache yet
+    running = "running"  # has a row in the batch and produces tokens
+    finished = "finished"  # done; in static batching the row may still sit in the batch as padding
+
+
+class FinishReason(StrEnum):
+    eos = "eos"  # the model produced the end-of-sequence token
+    stop = "stop"  # a stop string matched (decided by the engine on decoded text)
+    length = "length"  # max_new_tokens (already clamped to the context left) reached
+    canceled = "canceled"  # the job was canceled between steps
+    failed = "failed"  # the job failed (error code kept on the engine side)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 32  # rows in the decode batch at most (static padding rows included)
+    max_tokens_per_step: int = 4096  # prompt tokens prefilled + rows decoded in one step
+    max_kv_bytes: int = 2 << 30  # KV memory budget for the padded batch (rows x longest final length)
+    kv_bytes_per_token: int = 0  # 2 (k and v) x layers x heads x head_dim x dtype size; 0 disables the check
+    policy: Policy = "continuous"  # see the module docstring
+
+
+@dataclass(eq=False)
+class Sequence:
+    seq_id: int  # unique within the scheduler; identifies one batch row
+    group: SequenceGroup  # the job this candidate belongs to
+    index: int  # candidate index within the job (0..n-1); result texts are in this order
+    output_token_ids: list[int] = field(default_factory=list)  # sampled tokens, the EOS included if any
+    status: SeqStatus = SeqStatus.waiting  # lifecycle, see SeqStatus
+    finish_reason: FinishReason | None = None  # set once finished
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens this row holds once its newest token is fed: prompt plus generated."""
+        return self.group.prompt_len + len(self.output_token_ids)
+
+
+@dataclass(eq=False)
+class SequenceGroup:
+    """One job: ``n`` candidate sequences that share a prompt (and its prefill)."""
+
+    group_id: str  # the job id
+    prompt_len: int  # prompt tokens (>= 1: an empty prompt is fed as BOS)
+    max_new_tokens: int  # per candidate, already clamped to the context left after the prompt
+    n: int = 1  # candidates
+    priority: int = 5  # 0 is highest
+    eos_token_id: int | None = None  # None disables EOS stopping (benchmarks use ignore_eos)
+    seqs: list[Sequence] = field(default_factory=list)  # filled by Scheduler.add, in candidate order
+    arrival: int = -1  # admission tie-breaker, set by Scheduler.add
+    admitted_step: int = -1  # the step whose prefill ran it; -1 while waiting
+    finished_step: int = -1  # the step that finished its last candidate
+    steps: int = 0  # forward passes it took part in (its prefill included)
+    rows_sum: int = 0  # sum over those passes of the rows in the pass; rows_sum/steps = mean batch size
+
+    @property
+    def is_finished(self) -> bool:
+        return all(s.status is SeqStatus.finished for s in self.seqs)
+
+    @property
+    def final_len(self) -> int:
+        """The longest a row of this job can get: what the KV budget reserves."""
+        return self.prompt_len + self.max_new_tokens
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.rows_sum / self.steps if self.steps else 0.0
+
+
+@dataclass
+class SchedulerOutput:
+    step: int  # step counter, starting at 0
+    prefill: list[SequenceGroup]  # admitted now: prefill once per group, sample the first token of each candidate
+    decode: list[int]  # seq ids of rows that run one decode step now (static padding rows included)
+    padded: set[int]  # subset of ``decode``: finished rows kept for static batching; computed, output ignored
+    removed: list[int]  # seq ids whose rows leave the batch before this step's decode (drop their KV rows)
+    num_tokens: int  # tokens computed this step: prompt tokens of ``prefill`` + len(decode)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefill and not self.decode and not self.removed
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+        self._waiting: list[tuple[int, int, SequenceGroup]] = []  # heap of (priority, arrival, group)
+        self._running: dict[int, Sequence] = {}  # seq id -> sequence that has a row in the batch
+        self._groups: dict[str, SequenceGroup] = {}  # unfinished groups, waiting or running
+        self._pending_removed: list[int] = []  # rows finished since the last schedule()
+        self._arrivals = itertools.count()
+        self._seq_ids = itertools.count()
+        self._step = 0
+
+    # -- queries ---------------------------------------------------------------------------------------
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the batch, static padding rows included."""
+        return len(self._running)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running or self._pending_removed)
+
+    def has_row(self, seq_id: int) -> bool:
+        """Whether the sequence occupies a batch row (running, or finished but kept by static batching)."""
+        return seq_id in self._running
+
+    def get_group(self, group_id: str) -> SequenceGroup | None:
+        return self._groups.get(group_id)
+
+    def kv_bytes(self, rows: int, length: int) -> int:
+        return rows * length * self.config.kv_bytes_per_token
+
+    # -- input -----------------------------------------------------------------------------------------
+    def add(self, group: SequenceGroup) -> None:
+        if group.group_id in self._groups:
+            raise ValueError(f"duplicate group id {group.group_id!r}")
+        if group.n < 1 or group.max_new_tokens < 1 or group.prompt_len < 1:
+            raise ValueError(f"group {group.group_id!r}: n, max_new_tokens and prompt_len must be >= 1")
+        group.arrival = next(self._arrivals)
+        group.seqs = [Sequence(next(self._seq_ids), group, i) for i in range(group.n)]
+        self._groups[group.group_id] = group
+        heapq.heappush(self._waiting, (group.priority, group.arrival, group))
+
+    # -- the step --------------------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        cfg = self.config
+        removed: list[int] = []
+        if cfg.policy == "static":
+            # The whole batch leaves together, once its longest row is done.
+            if self._running and all(s.status is SeqStatus.finished for s in self._running.values()):
+                removed = list(self._running)
+                self._running.clear()
+            self._pending_removed.clear()
+        else:
+            removed, self._pending_removed = self._pending_removed, []
+
+        decode = list(self._running)
+        padded = {sid for sid, s in self._running.items() if s.status is SeqStatus.finished}
+        num_tokens = len(decode)
+        prefill: list[SequenceGroup] = []
+        if cfg.policy == "continuous" or not self._running:
+            prefill, num_tokens = self._admit(num_tokens)
+        for g in prefill:
+            g.admitted_step = self._step
+            for s in g.seqs:
+                s.status = SeqStatus.running
+        out = SchedulerOutput(self._step, prefill, decode, padded, removed, num_tokens)
+        self._step += 1
+        return out
+
+    def _admit(self, num_tokens: int) -> tuple[list[SequenceGroup], int]:
+        """Pop waiting groups in (priority, arrival) order while every budget holds.
+
+        Strict order: the first group that does not fit stops admission, so a large job is not starved by
+        a stream of small ones. A group that could never fit is admitted alone into an empty batch, since
+        refusing it would block the queue forever (the engine checks hard limits before it gets here).
+        """
+        cfg = self.config
+        admitted: list[SequenceGroup] = []
+        rows = len(self._running)
+        longest = max((s.group.final_len for s in self._running.values()), default=0)
+        while self._waiting:
+            g = self._waiting[0][2]
+            new_rows = rows + g.n
+            new_longest = max(longest, g.final_len)
+            fits = (
+                new_rows <= cfg.max_num_seqs
+                and num_tokens + g.prompt_len <= cfg.max_tokens_per_step
+                and (cfg.kv_bytes_per_token == 0 or self.kv_bytes(new_rows, new_longest) <= cfg.max_kv_bytes)
+            )
+            if not fits and (rows > 0 or admitted):
+                break
+            heapq.heappop(self._waiting)
+            admitted.append(g)
+            rows, longest, num_tokens = new_rows, new_longest, num_tokens + g.prompt_len
+            for s in g.seqs:
+                self._running[s.seq_id] = s
+        return admitted, num_tokens
+
+    def update_from_output(
+        self,
+        out: SchedulerOutput,
+        sampled: Mapping[int, int],
+        finished: Mapping[int, FinishReason] | None = None,
+    ) -> list[SequenceGroup]:
+        """Record one token per sampled row; return the groups that finished with it.
+
+        ``sampled``: seq id -> token, for the rows of ``out.decode`` (padding rows excluded) and the
+        candidates of ``out.prefill``. ``finished``: rows the engine ended itself (a stop string matched,
+        or the job failed); those win over EOS/length.
+        """
+        finished = finished or {}
+        rows = len(out.decode)
+        for g in self._groups_in(out):
+            g.steps += 1
+            # A prefill computes one row per group (candidates share it).
+            g.rows_sum += rows if g.admitted_step != out.step else len(out.prefill)
+        done: list[SequenceGroup] = []
+        for seq_id, token in sampled.items():
+            seq = self._running.get(seq_id)
+            if seq is None or seq.status is not SeqStatus.running:
+                continue  # canceled or failed between the step and now
+            seq.output_token_ids.append(int(token))
+            g = seq.group
+            reason = finished.get(seq_id)
+            if reason is None and g.eos_token_id is not None and token == g.eos_token_id:
+                reason = FinishReason.eos
+            if reason is None and len(seq.output_token_ids) >= g.max_new_tokens:
+                reason = FinishReason.length
+            if reason is not None and self._finish_seq(seq, reason, out.step):
+                done.append(g)
+        for seq_id, reason in finished.items():
+            seq = self._running.get(seq_id)
+            ended_now = seq is not None and seq_id not in sampled and seq.status is SeqStatus.running
+            if ended_now and seq is not None and self._finish_seq(seq, reason, out.step):
+                done.append(seq.group)
+        return done
+
+    def _groups_in(self, out: SchedulerOutput) -> Iterable[SequenceGroup]:
+        seen: dict[str, SequenceGroup] = {}
+        for sid in out.decode:
+            s = self._running.get(sid)
+            if s is not None and s.status is SeqStatus.running:
+                seen.setdefault(s.group.group_id, s.group)
+        for g in out.prefill:
+            seen.setdefault(g.group_id, g)
+        return seen.values()
+
+    # -- ending sequences ------------------------------------------------------------------------------
+    def finish(self, seq_id: int, reason: FinishReason) -> SequenceGroup | None:
+        """End one row now (cancel / failure); returns its group if that finished the group."""
+        seq = self._running.get(seq_id)
+        if seq is None or seq.status is SeqStatus.finished:
+            return None
+        return seq.group if self._finish_seq(seq, reason, self._step) else None
+
+    def finish_group(self, group_id: str, reason: FinishReason) -> SequenceGroup | None:
+        """End a whole job, waiting or running (cancel, nan_output, engine_error). None if unknown/done."""
+        g = self._groups.get(group_id)
+        if g is None:
+            return None
+        if g.admitted_step < 0:
+            self._waiting = [e for e in self._waiting if e[2] is not g]
+            heapq.heapify(self._waiting)
+        for s in g.seqs:
+            if s.status is not SeqStatus.finished:
+                if s.status is SeqStatus.waiting:
+                    s.status, s.finish_reason = SeqStatus.finished, reason
+                else:
+                    self._finish_seq(s, reason, self._step)
+        g.finished_step = self._step
+        self._groups.pop(group_id, None)
+        return g
+
+    def _finish_seq(self, seq: Sequence, reason: FinishReason, step: int) -> bool:
+        seq.status, seq.finish_reason = SeqStatus.finished, reason
+        if self.config.policy == "continuous" and seq.seq_id in self._running:
+            del self._running[seq.seq_id]
+            self._pending_removed.append(seq.seq_id)
+        g = seq.group
+        if g.is_finished and g.group_id in self._groups:
+            g.finished_step = step
+            del self._groups[g.group_id]
+            return True
+        return False
+
+    def abort_all(self, reason: FinishReason) -> list[SequenceGroup]:
+        """End everything (engine shutdown); returns the groups that were unfinished."""
+        groups = list(self._groups.values())
+        for g in groups:
+            self.finish_group(g.group_id, reason)
+        self._waiting.clear()
+        self._running.clear()
+        self._pending_removed.clear()
+        return groups
