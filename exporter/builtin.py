@@ -43,6 +43,7 @@ def build_tiny_lm(models_dir: Path, version: str, quick: bool, precisions: Seque
                "samples_greedy": trained.samples},
         tokenizer_json=trained.tokenizer.to_str(),
         bos_token_id=trained.eot_id, eos_token_id=trained.eot_id, pad_token_id=trained.eot_id,
+        prepend_bos=True,  # training put <|endoftext|> before every document
     )
     return export_model(job, models_dir, precisions, force=force)
 

@@ -394,6 +394,7 @@ class ExportJob:
     bos_token_id: int = 0
     eos_token_id: int = 0
     pad_token_id: int = 0
+    prepend_bos: bool = False  # text: the model saw BOS before every training document
 
 
 def _example_args(job: ExportJob, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -446,6 +447,7 @@ def _build_variant(job: ExportJob, precision: Precision, folder: Path, fp32_onnx
             vocab_size=cfg.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.head_dim,
             n_embd=cfg.n_embd, context_length=cfg.block_size, bos_token_id=job.bos_token_id,
             eos_token_id=job.eos_token_id, pad_token_id=job.pad_token_id, kv_dtype=io_dtype,
+            prepend_bos=job.prepend_bos,
         )
     else:
         image = ImageSpec(

@@ -54,6 +54,8 @@ class TextSpec(BaseModel):
     eos_token_id: int
     pad_token_id: int
     kv_dtype: Literal["float32", "float16"] = "float32"
+    # True when the model was trained with BOS in front of every document: the engine prepends it.
+    prepend_bos: bool = False
     tokenizer_file: str = "tokenizer.json"
 
 

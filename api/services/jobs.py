@@ -34,6 +34,7 @@ from genqueue.schemas import (
     ReviewInfo,
     TextInput,
 )
+from genqueue.tokens import count_prompt_tokens
 from genqueue_api.errors import ApiError, not_found, validation_details
 from genqueue_api.state import AppState
 from genqueue_api.store import jobs as store
@@ -91,7 +92,7 @@ def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None
             raise ApiError(422, "validation_error", "invalid request: input.max_new_tokens",
                            [{"field": "input.max_new_tokens", "message": f"must be at most {ctx} for {entry.ref}",
                              "type": "less_than_equal"}])
-        n_tokens = max(1, len(state.tokenizer(entry).encode(inp.prompt).ids))  # an empty prompt is BOS
+        n_tokens = count_prompt_tokens(state.tokenizer(entry), inp.prompt, m.text.prepend_bos)
         if n_tokens >= ctx:
             raise ApiError(422, "prompt_too_long",
                            f"the prompt is {n_tokens} tokens; {entry.ref} allows at most {ctx - 1}",

@@ -86,7 +86,7 @@ def test_short_jobs_finish_first_and_alone_in_their_own_time(models: dict[str, A
     finally:
         eng.stop()
     assert order == ["n4", "n8", "n30", "n60"]
-    room = eng.info.context_length - count_prompt_tokens(eng.tokenizer, "Once")
+    room = eng.info.context_length - count_prompt_tokens(eng.tokenizer, "Once", eng.prepend_bos)
     assert [r.metrics["tokens"] for r in results] == [min(n, room) for n in [60, 4, 30, 8]]
 
 
@@ -117,7 +117,7 @@ def test_prompt_limits_and_token_count(models: dict[str, Any]) -> None:
     ctx = eng.info.context_length
     prompt = "Hello, my name is"
     res = eng.run_all([TextRequest("a", prompt, TextParams(max_new_tokens=3))])[0]
-    assert res.metrics["prompt_tokens"] == count_prompt_tokens(eng.tokenizer, prompt)
+    assert res.metrics["prompt_tokens"] == count_prompt_tokens(eng.tokenizer, prompt, eng.prepend_bos)
     assert count_prompt_tokens(eng.tokenizer, "") == 1
     long = " ".join(["word"] * (ctx * 2))
     too_long = eng.run_all([TextRequest("b", long, TextParams())])[0]

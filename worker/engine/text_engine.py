@@ -119,6 +119,8 @@ class TextEngine:
         self.runner = runner
         self.info = runner.info
         self.tokenizer = tokenizer
+        text_spec = entry.manifest.text if entry is not None else None
+        self.prepend_bos = bool(text_spec and text_spec.prepend_bos)
         self.name = entry.ref if entry is not None else "text"
         self.cache: KVCache = runner.new_cache()
         copies = 2 if isinstance(self.cache, HostKVCache) else 1
@@ -214,7 +216,7 @@ class TextEngine:
             self._resolve(dummy, self._failure(dummy, ErrorCode.invalid_input, problem))
             return None
         try:
-            ids = encode_prompt(self.tokenizer, req.prompt, self.info.bos_token_id)
+            ids = encode_prompt(self.tokenizer, req.prompt, self.info.bos_token_id, self.prepend_bos)
         except Exception as e:  # the tokenizer rejected this prompt: fail this job alone
             self._resolve(dummy, self._failure(dummy, ErrorCode.preprocess_error, f"tokenizing failed: {e}"))
             return None

@@ -1,0 +1,42 @@
+"""Prompt tokenization shared by the API's submit-time check and the text engine, so both count alike.
+
+Imports only ``tokenizers`` (no numpy, no onnxruntime).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_tokenizer(path: Path | str) -> Any:
+    """A ``tokenizers.Tokenizer`` from a model folder's ``tokenizer.json``."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def encode_prompt(tokenizer: Any, prompt: str, bos_token_id: int, prepend_bos: bool = False) -> list[int]:
+    """The ids the engine feeds for ``prompt``. Models trained with BOS before every document
+    (manifest ``text.prepend_bos``) get it in front; an empty prompt always starts from BOS so the model
+    has a position to predict from."""
+    ids = list(tokenizer.encode(prompt, add_special_tokens=False).ids)
+    if prepend_bos or not ids:
+        ids.insert(0, bos_token_id)
+    return ids
+
+
+def count_prompt_tokens(tokenizer: Any, prompt: str, prepend_bos: bool = False) -> int:
+    """Prompt length in tokens as the engine counts it. A prompt fits a model when this is below
+    ``context_length``: at least one new token must fit after it."""
+    n = len(tokenizer.encode(prompt, add_special_tokens=False).ids)
+    return n + 1 if (prepend_bos or n == 0) else n
+
+
+def prompt_fits(num_prompt_tokens: int, context_length: int) -> bool:
+    return num_prompt_tokens < context_length
+
+
+def max_new_tokens_for(num_prompt_tokens: int, requested: int, context_length: int) -> int:
+    """``requested`` clamped to the context left after the prompt (0 when the prompt does not fit)."""
+    return max(0, min(requested, context_length - num_prompt_tokens))
