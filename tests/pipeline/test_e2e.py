@@ -160,3 +160,31 @@ def test_models_listing_and_worker_without_torch(running) -> None:  # type: igno
     assert models["dcgan-digits"]["kind"] == "image" and models["dcgan-digits"]["served"] is True
     beats = running.stack.worker_heartbeats()
     assert beats and all(b["torch_loaded"] is False for b in beats)
+
+
+def test_cli_keys_submit_and_get(running) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GENQUEUE_DATABASE_URL": running.settings.sqlalchemy_url,
+           "GENQUEUE_DATA_DIR": str(running.settings.data_dir)}
+    cli = [sys.executable, "-m", "genqueue.cli"]
+    out = subprocess.run([*cli, "keys", "create", "--name", "cli", "--role", "client"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    secret = out.strip().splitlines()[-1]  # the secret is the last line
+    assert secret.startswith("gq_")
+    bad = subprocess.run([*cli, "keys", "create", "--name", "x", "--role", "boss"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown role" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    common = ["--url", running.stack.base_url, "--key", secret]
+    job = json.loads(subprocess.run([*cli, "submit", "--model", "tiny-lm", "--prompt", "The sky", "--wait", "30",
+                                     *common], env=env, capture_output=True, text=True, check=True).stdout)
+    assert job["status"] == "succeeded" and job["output"]["texts"]
+    got = json.loads(subprocess.run([*cli, "get", job["id"], *common], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+    assert got["id"] == job["id"]
+    missing = subprocess.run([*cli, "submit", "--model", "nope", "--prompt", "x", *common], env=env,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "unknown_model" in missing.stderr
