@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     image_max_queue_delay_ms: float = 5.0
     # Messages a worker holds at once (threads that wait on the engine); caps what a batch can see.
     worker_concurrency: int = 64
+    # How long the worker waits for more deliveries to claim them in one statement.
+    claim_linger_ms: float = 2.0
+    # ORT pool threads busy-wait between ops: fastest for a lone engine, a loss when cores are shared.
+    ort_allow_spinning: bool = False
 
     job_max_attempts: int = Field(default=3, ge=1)  # deliveries before a job is declared a poison job
     lease_seconds: float = 120.0  # a running job's lease, renewed while the worker works on it

@@ -45,24 +45,21 @@ def build_request(claimed: service.Claimed) -> TextRequest | ImageRequest:
 
 def process(rt: WorkerRuntime, job_id: str) -> str:
     """Returns what happened, for logs and tests. Raises GiveBack on shutdown."""
-    with rt.db.session() as s:
-        claimed = service.claim(s, job_id, rt.worker_id, rt.settings.lease_seconds, rt.settings.job_max_attempts)
+    claimed = rt.claimer.submit(job_id).result()
     if isinstance(claimed, service.Skipped):
         log.info("job %s skipped: %s", job_id, claimed.reason)
         return f"skipped:{claimed.reason}"
     found = rt.engine_for(claimed.model, claimed.model_version)
     if found is None:
-        with rt.db.session() as s:
-            service.record_failure(s, job_id, rt.worker_id, "model_unavailable",
-                                   f"this worker does not serve {claimed.model}@{claimed.model_version}")
+        rt.writer.submit(service.Failure(job_id, "model_unavailable",
+                                         f"this worker does not serve {claimed.model}@{claimed.model_version}")).result()
         return "failed:model_unavailable"
     ref, engine = found
     queue_ms = (claimed.started_at - claimed.created_at).total_seconds() * 1000
     try:
         request = build_request(claimed)
     except (TypeError, ValueError) as e:
-        with rt.db.session() as s:
-            service.record_failure(s, job_id, rt.worker_id, ErrorCode.invalid_input.value, f"invalid input: {e}")
+        rt.writer.submit(service.Failure(job_id, ErrorCode.invalid_input.value, f"invalid input: {e}")).result()
         return "failed:invalid_input"
     fut = engine.submit(request)
     rt.track(job_id, ref, fut)
@@ -81,11 +78,9 @@ def record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue
     if result.status == "failed":
         code = result.error_code or ErrorCode.engine_error
         if code is ErrorCode.shutdown:
-            with rt.db.session() as s:
-                service.release(s, job_id, rt.worker_id)
+            rt.writer.submit(service.Release(job_id)).result()
             raise GiveBack(job_id)
-        with rt.db.session() as s:
-            service.record_failure(s, job_id, rt.worker_id, code.value, result.error_message or code.value, metrics)
+        rt.writer.submit(service.Failure(job_id, code.value, result.error_message or code.value, metrics)).result()
         return f"failed:{code.value}"
     output = dict(result.output or {})
     images = [(im.data, im.width, im.height, im.format) for im in result.images]
@@ -100,6 +95,5 @@ def record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue
         ]
     metrics["prescreen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
     review: ReviewStatus = prescreen.review_status(claimed.review_policy, rt.settings.review_auto_policy, flags)
-    with rt.db.session() as s:
-        ok = service.record_success(s, job_id, rt.worker_id, output, metrics, images, review, flags)
+    ok = rt.writer.submit(service.Success(job_id, output, metrics, images, review, flags)).result()
     return "succeeded" if ok else "dropped:not_owner"

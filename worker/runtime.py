@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from genqueue.registry import ModelEntry, ModelKind, Registry
 from genqueue.settings import Settings
 from genqueue_worker import service
 from genqueue_worker.engine.types import JobResult
+from genqueue_worker.groupsql import Grouper
 
 log = logging.getLogger(__name__)
 WORKER_KEY_PREFIX = "genqueue:worker:"
@@ -65,6 +67,27 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Claims and outcome writes of all task threads go to SQL in groups (see groupsql).
+        self.claimer: Grouper[str, service.Claimed | service.Skipped] = Grouper(
+            "gq-claim", self._claim_batch, linger_s=settings.claim_linger_ms / 1000)
+        self.writer: Grouper[service.Outcome, bool] = Grouper("gq-write", self._write_batch)
+
+    def _claim_batch(self, job_ids: Sequence[str]) -> list[service.Claimed | service.Skipped]:
+        with self.db.session() as s:
+            res = service.claim_many(s, job_ids, self.worker_id, self.settings.lease_seconds,
+                                     self.settings.job_max_attempts)
+        out: list[service.Claimed | service.Skipped] = []
+        seen: set[str] = set()
+        for job_id in job_ids:
+            # The same job delivered twice in one burst runs once.
+            out.append(service.Skipped("leased_elsewhere") if job_id in seen else res[job_id])
+            seen.add(job_id)
+        return out
+
+    def _write_batch(self, outcomes: Sequence[service.Outcome]) -> list[bool]:
+        with self.db.session() as s:
+            res = service.write_outcomes(s, self.worker_id, outcomes)
+        return [res[o.job_id] for o in outcomes]
 
     @property
     def model_names(self) -> list[str]:
@@ -78,7 +101,8 @@ class WorkerRuntime:
         from genqueue_worker.engine import load_engine
 
         for entry in self.entries:
-            config: dict[str, Any] = {}
+            # ORT's spinning pool threads would busy-wait on the core the glue threads need.
+            config: dict[str, Any] = {"allow_spinning": self.settings.ort_allow_spinning}
             if entry.manifest.kind is ModelKind.text:
                 config.update(max_batch_size=self.settings.text_max_running,
                               max_tokens_per_step=self.settings.text_max_tokens_per_step)
@@ -100,6 +124,8 @@ class WorkerRuntime:
         self._stop.set()
         for engine in self.engines.values():
             engine.stop(drain=True, timeout=timeout)
+        self.claimer.close()
+        self.writer.close()
         with contextlib.suppress(Exception):
             queue.redis_client(self.broker_url).delete(WORKER_KEY_PREFIX + self.worker_id)
 

@@ -93,3 +93,31 @@ def test_counters_are_consecutive(db: Database) -> None:
         b = counters.reserve(s, "test_seq", 1)
         s.commit()
     assert b == a + 5
+
+
+def test_group_claim_and_group_commit(db: Database) -> None:
+    ids = [_job(db) for _ in range(4)]
+    with db.session() as s:
+        claimed = service.claim_many(s, [*ids, "no-such-job"], "w1", 60, 3)
+    assert all(isinstance(claimed[i], service.Claimed) for i in ids)
+    assert claimed["no-such-job"] == service.Skipped("missing")
+    with db.session() as s:
+        store.cancel(s, ids[1])  # canceled by its owner while running
+        s.commit()
+    outcomes: list[service.Outcome] = [
+        service.Success(ids[0], {"texts": ["a"]}, {}, [], ReviewStatus.not_required),
+        service.Success(ids[1], {"texts": ["b"]}, {}, [(b"x", 1, 1, "png")], ReviewStatus.pending),
+        service.Failure(ids[2], "nan_output", "NaN in logits"),
+        service.Success(ids[3], {"texts": ["d"]}, {}, [], ReviewStatus.not_required),
+    ]
+    with db.session() as s:
+        written = service.write_outcomes(s, "w1", outcomes)
+    assert written == {ids[0]: True, ids[1]: False, ids[2]: True, ids[3]: True}
+    with db.session() as s:
+        jobs = {i: s.get(Job, i) for i in ids}
+        assert [jobs[i].status for i in ids] == ["succeeded", "canceled", "failed", "succeeded"]  # type: ignore[union-attr]
+        assert jobs[ids[1]].output is None  # type: ignore[union-attr]
+        assert s.scalar(select(func.count()).select_from(JobImage).where(JobImage.job_id == ids[1])) == 0
+        reviews = {r.job_id: r for r in s.execute(select(Review).where(Review.job_id.in_(ids))).scalars()}
+        assert set(reviews) == {ids[0], ids[3]}
+        assert reviews[ids[3]].feed_seq == reviews[ids[0]].feed_seq + 1  # type: ignore[operator]

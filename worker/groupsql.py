@@ -1,0 +1,90 @@
+"""Group SQL work across task threads: claims and outcome writes go to SQL in batches, one transaction each.
+
+With one transaction per job, a worker spends more time in SQL (and, on SQLite, waiting for the single
+writer lock) than in inference for small models. Task threads instead hand their item to a `Grouper` and
+wait on a future; its thread takes everything that has queued up (waiting up to ``linger_s`` for more) and
+runs one batch function call. A message is still acked only after the transaction holding its outcome
+has committed, because the task thread returns only when its future resolves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Grouper(Generic[T, R]):
+    def __init__(self, name: str, run_batch: Callable[[Sequence[T]], Sequence[R]], *, linger_s: float = 0.0,
+                 max_batch: int = 256, retries: int = 2) -> None:
+        self.name = name
+        self._run_batch = run_batch  # returns one result per item, in order
+        self._linger_s = linger_s
+        self._max_batch = max_batch
+        self._retries = retries
+        self._items: list[tuple[T, Future[R]]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+        self.batches = 0  # calls made (stats)
+        self.items = 0  # items handled (stats)
+
+    def submit(self, item: T) -> Future[R]:
+        fut: Future[R] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"{self.name} is closed")
+            self._items.append((item, fut))
+            self._cond.notify()
+        return fut
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _take(self) -> list[tuple[T, Future[R]]]:
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            if self._linger_s and len(self._items) < self._max_batch and not self._closed:
+                # Give the other deliveries of this burst a moment to join the batch.
+                deadline = time.monotonic() + self._linger_s
+                while len(self._items) < self._max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+            batch, self._items = self._items[: self._max_batch], self._items[self._max_batch:]
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return  # closed and drained
+            items = [item for item, _ in batch]
+            for attempt in range(self._retries + 1):
+                try:
+                    results = self._run_batch(items)
+                    break
+                except Exception as e:  # a DB blip: retry the batch, then fail its items
+                    if attempt == self._retries:
+                        log.exception("%s: batch of %d failed", self.name, len(items))
+                        for _, fut in batch:
+                            fut.set_exception(e)
+                        results = None
+                        break
+                    log.warning("%s: batch failed (%s), retrying", self.name, e)
+                    time.sleep(0.2 * (attempt + 1))
+            if results is not None:
+                for (_, fut), res in zip(batch, results, strict=True):
+                    fut.set_result(res)
+            self.batches += 1
+            self.items += len(batch)
