@@ -5,13 +5,18 @@ A message carries only the job id (DESIGN.md invariant 1): the worker re-reads t
 
 from __future__ import annotations
 
+import base64
+import bisect
+import json
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from kombu import Exchange, Queue
 
 from genqueue import embedded
 from genqueue.settings import Settings
@@ -22,7 +27,6 @@ TASK_NAME = "genqueue.run_job"
 QUEUE_PREFIX = "gen."
 # Redis has no native priorities: kombu keeps one list per bucket and drains bucket 0 first.
 PRIORITY_STEPS = [0, 3, 6, 9]
-_ANON = Exchange("")
 
 
 def queue_name(model: str) -> str:
@@ -70,28 +74,60 @@ class Publication:
     priority: int
 
 
+def _bucket_key(queue: str, priority: int) -> str:
+    """The Redis list kombu reads for this priority (kombu's ``_q_for_pri`` with sep ":")."""
+    bucket = PRIORITY_STEPS[bisect.bisect(PRIORITY_STEPS, max(0, min(9, priority))) - 1]
+    return f"{queue}:{bucket}" if bucket else queue
+
+
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+_REPLY_TO = str(uuid.uuid4())
+
+
+def encode_message(job_id: str, queue: str, priority: int) -> bytes:
+    """A Celery task message (protocol 2, JSON body) for ``run_job(job_id)``, as kombu's Redis transport
+    stores it. Building it directly costs a few microseconds, against ~90 µs through ``send_task``."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps([[job_id], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    message = {
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None, "expires": None,
+            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
+            "parent_id": None, "argsrepr": repr([job_id]), "kwargsrepr": "{}", "origin": _ORIGIN,
+            "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id, "reply_to": _REPLY_TO, "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": priority,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(message).encode()
+
+
+_clients: dict[str, redis.Redis] = {}
+
+
 def publish(app: Celery, items: Sequence[Publication]) -> None:
-    """Publish job ids; many at once go out in one Redis pipeline, not one round trip each.
+    """Publish job ids: all of them go out in one Redis pipeline (one round trip), not one each.
 
     Raises on broker errors: the caller keeps the committed rows as ``queued`` without a publish marker,
     and the reconciler publishes them later (DESIGN.md invariant 2).
     """
     if not items:
         return
-    with app.producer_or_acquire() as producer, producer.batch(max_size=max(len(items) * 2, 16)):
-        for it in items:
-            q = queue_name(it.model)
-            # The anonymous exchange routes straight to the list named by the routing key, which
-            # avoids a binding-table lookup (one more round trip) per message.
-            app.send_task(
-                TASK_NAME,
-                args=[it.job_id],
-                queue=Queue(q, _ANON, routing_key=q),
-                declare=[],
-                priority=it.priority,
-                producer=producer,
-                ignore_result=True,
-            )
+    url = str(app.conf.broker_url)
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis_client(url)
+    pipe = client.pipeline(transaction=False)
+    for it in items:
+        q = queue_name(it.model)
+        pipe.lpush(_bucket_key(q, it.priority), encode_message(it.job_id, q, it.priority))
+    pipe.execute()
 
 
 def redis_client(url: str) -> redis.Redis:
