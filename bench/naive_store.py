@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, MetaData, String, Table, Column, Text
+from sqlalchemy import JSON, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.engine import Engine
 
 metadata = MetaData()
@@ -15,9 +15,10 @@ naive_jobs = Table(
     Column("kind", String(8)),
     Column("input", JSON),
     Column("status", String(12)),
-    Column("output", Text, nullable=True),
+    Column("output", Text, nullable=True),  # text jobs: the generated text
+    Column("image", LargeBinary, nullable=True),  # image jobs: the PNG bytes
     Column("tokens", Integer, default=0),
-    Column("created", Float),
+    Column("created", Float),  # time.time() at INSERT
     Column("started", Float, nullable=True),
     Column("finished", Float, nullable=True),
 )

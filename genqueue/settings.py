@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = 64
     # How long the worker waits for more deliveries to claim them in one statement.
     claim_linger_ms: float = 2.0
+    # How long the worker waits for more finished jobs to commit them in one transaction.
+    write_linger_ms: float = 5.0
     # ORT pool threads busy-wait between ops: fastest for a lone engine, a loss when cores are shared.
     ort_allow_spinning: bool = False
 

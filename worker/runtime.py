@@ -70,7 +70,8 @@ class WorkerRuntime:
         # Claims and outcome writes of all task threads go to SQL in groups (see groupsql).
         self.claimer: Grouper[str, service.Claimed | service.Skipped] = Grouper(
             "gq-claim", self._claim_batch, linger_s=settings.claim_linger_ms / 1000)
-        self.writer: Grouper[service.Outcome, bool] = Grouper("gq-write", self._write_batch)
+        self.writer: Grouper[service.Outcome, bool] = Grouper(
+            "gq-write", self._write_batch, linger_s=settings.write_linger_ms / 1000)
 
     def _claim_batch(self, job_ids: Sequence[str]) -> list[service.Claimed | service.Skipped]:
         with self.db.session() as s:

@@ -1,0 +1,51 @@
+"""Sizes of each benchmark mode. ``quick`` fits in under 5 minutes on 2 CPU cores, stack start-up included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    mode: str  # "quick" | "full" | "smoke"
+    repeats: int  # engine measurements alternate and keep each variant's fastest run (shared machines)
+    # engine: the text engine alone at each batch size, equal-length jobs, EOS ignored (constant work)
+    text_batches: tuple[int, ...] = (1, 8, 32, 64)
+    engine_new_tokens: int = 64  # tokens per job in the batch sweep
+    engine_min_tokens: int = 4096  # at least this many tokens per batch-size measurement
+    image_batches: tuple[int, ...] = (1, 16, 64, 256)
+    engine_images: int = 2048  # images per image batch-size measurement
+    torch_batches: tuple[int, ...] = (1, 32)  # ORT vs PyTorch eager at these batch sizes (text)
+    torch_image_batches: tuple[int, ...] = (1, 64)
+    # continuous vs static (DESIGN.md calibration workload)
+    continuous_jobs: int = 128
+    continuous_slots: int = 32
+    continuous_min_new: int = 8
+    continuous_max_new: int = 128
+    # system and naive: the same N text jobs and N image jobs (one image each)
+    system_text_jobs: int = 512
+    system_image_jobs: int = 1024
+    text_min_new: int = 16
+    text_max_new: int = 96
+    # submit: bulk endpoint vs a per-job INSERT+COMMIT+.delay() loop
+    submit_jobs: int = 2000
+    # load: Poisson arrivals at these fractions of the measured text capacity
+    load_fractions: tuple[float, ...] = (0.5, 0.8, 0.95)
+    load_duration_s: float = 12.0
+    stack_timeout_s: float = 180.0
+
+
+QUICK = BenchConfig(mode="quick", repeats=2)
+FULL = replace(
+    QUICK, mode="full", repeats=3, engine_min_tokens=16384, engine_images=8192, system_text_jobs=2048,
+    system_image_jobs=4096, submit_jobs=10000, load_duration_s=40.0,
+)
+# Seconds, for tests: tiny sizes that still exercise every code path.
+SMOKE = replace(
+    QUICK, mode="smoke", repeats=1, text_batches=(1, 4), engine_new_tokens=8, engine_min_tokens=64,
+    image_batches=(1, 8), engine_images=32, torch_batches=(1, 4), torch_image_batches=(1, 8), continuous_jobs=8,
+    continuous_slots=4, continuous_min_new=2, continuous_max_new=12, system_text_jobs=8, system_image_jobs=8,
+    text_min_new=4, text_max_new=8, submit_jobs=50, load_fractions=(0.5,), load_duration_s=2.0,
+)
+
+MODES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}

@@ -1,0 +1,35 @@
+"""``continuous`` scenario: continuous vs static batching on the DESIGN.md calibration workload (128 jobs,
+max_new_tokens uniform in 8-128, 32 slots), via the engine engineer's ``compare_policies``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.config import BenchConfig
+from bench.workload import TEMPERATURE
+from genqueue.registry import ModelEntry
+from genqueue_worker.engine.benchmarks import compare_policies
+
+
+def run(cfg: BenchConfig, text: ModelEntry, log: Callable[[str], None] = print) -> dict[str, Any]:
+    out = compare_policies(
+        text, repeats=cfg.repeats, jobs=cfg.continuous_jobs, slots=cfg.continuous_slots,
+        min_new=cfg.continuous_min_new, max_new=cfg.continuous_max_new, temperature=TEMPERATURE,
+    )
+    s, c = out["static"], out["continuous"]
+    log(f"continuous {c['tokens_per_s']:.1f} tokens/s vs static {s['tokens_per_s']:.1f} "
+        f"({out['throughput_ratio']}x); short-job median latency {c['short_latency_p50_ms']:.1f} vs "
+        f"{s['short_latency_p50_ms']:.1f} ms ({out['short_latency_ratio']}x)")
+    return out
+
+
+def metrics(res: dict[str, Any]) -> dict[str, float]:
+    s, c = res["static"], res["continuous"]
+    return {
+        "engine.text.continuous_vs_static": res["throughput_ratio"],
+        "engine.text.short_latency_ratio": res["short_latency_ratio"],
+        "engine.text.continuous_tokens_per_s": c["tokens_per_s"],
+        "engine.text.static_tokens_per_s": s["tokens_per_s"],
+        "engine.text.static_useful_row_fraction": s["useful_row_fraction"],
+    }

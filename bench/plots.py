@@ -1,0 +1,110 @@
+"""PNG plots for RESULTS.md (matplotlib, Agg backend): one figure per scenario that ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def engine(e: dict[str, Any], path: Path) -> Path:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    ort, tt = e["text"]["ort"], e["text"]["torch"]
+    xs = sorted(map(int, ort))
+    a.plot(xs, [ort[str(x)]["tokens_per_s"] for x in xs], "o-", label="ORT engine (continuous)")
+    tx = sorted(map(int, tt))
+    a.plot(tx, [tt[str(x)]["tokens_per_s"] for x in tx], "s--", label="PyTorch eager (static, KV cache)")
+    a.set(xscale="log", xlabel="batch size", ylabel="tokens/s", title="text engine")
+    a.set_xticks(xs, [str(x) for x in xs])
+    eng, fwd, ti = e["image"]["engine"], e["image"]["ort_forward"], e["image"]["torch"]
+    ix = sorted(map(int, eng))
+    b.plot(ix, [eng[str(x)]["images_per_s"] for x in ix], "o-", label="engine (incl. PNG encode)")
+    b.plot(ix, [fwd[str(x)]["images_per_s"] for x in ix], "^-", label="ORT forward only")
+    tix = sorted(map(int, ti))
+    b.plot(tix, [ti[str(x)]["images_per_s"] for x in tix], "s--", label="PyTorch forward")
+    b.set(xscale="log", xlabel="batch size", ylabel="images/s", title="GAN")
+    b.set_xticks(ix, [str(x) for x in ix])
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def continuous(c: dict[str, Any], path: Path) -> Path:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    pol = ["static", "continuous"]
+    a.bar(pol, [c[p]["tokens_per_s"] for p in pol], color=["#999", "#2a7"])
+    a.set(ylabel="tokens/s", title=f"throughput ({c['throughput_ratio']}x)")
+    b.bar(pol, [c[p]["short_latency_p50_ms"] for p in pol], color=["#999", "#2a7"])
+    b.set(ylabel="ms", title=f"short jobs' median latency ({c['short_latency_ratio']}x)")
+    return _save(fig, path)
+
+
+def system(sc: dict[str, Any], path: Path) -> Path:
+    s, lim, nv = sc["system"], sc.get("engine_limit", {}), sc.get("naive")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, kind, unit, lk in ((axes[0], "text", "tokens/s", "tokens_per_s"), (axes[1], "image", "images/s", "images_per_s")):
+        names, vals = ["genqueue"], [s[kind]["units_per_s"]]
+        if lim:
+            names.insert(0, "engine alone")
+            vals.insert(0, lim[kind][lk])
+        if nv:
+            names.append("naive Celery")
+            vals.append(nv[kind]["units_per_s"])
+        colors = {"engine alone": "#59c", "genqueue": "#2a7", "naive Celery": "#c55"}
+        bars = ax.bar(names, vals, color=[colors[n] for n in names])
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.set(ylabel=unit, title=f"{kind}: end to end", yscale="log")
+        ax.set_ylim(bottom=min(vals) / 3, top=max(vals) * 2)
+    return _save(fig, path)
+
+
+def load(ld: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    levels = sorted(ld["levels"], key=int)
+    x = [int(p) for p in levels]
+    for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
+        ax.plot(x, [ld["levels"][p]["total_ms"].get(q) for p in levels], style, label=f"total {q}")
+    ax.plot(x, [ld["levels"][p]["queue_ms"].get("p50") for p in levels], "x--", label="queue p50")
+    ax.set(xlabel="offered load, % of measured capacity", ylabel="latency ms", yscale="log",
+           title=f"Poisson load (capacity {ld['capacity_jobs_per_s']} jobs/s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def submit(s: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    bars = ax.bar(["bulk endpoint", "INSERT+COMMIT+.delay()"], [s["bulk"]["jobs_per_s"], s["delay"]["jobs_per_s"]],
+                  color=["#2a7", "#c55"])
+    ax.bar_label(bars, fmt="%.0f")
+    ax.set(ylabel="jobs/s", title=f"submit {s['jobs']} jobs ({s['bulk_vs_delay']}x)")
+    return _save(fig, path)
+
+
+def write_all(results: dict[str, Any], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    sc = results["scenarios"]
+    out = []
+    if "engine" in sc:
+        out.append(engine(sc["engine"], folder / "engine.png"))
+    if "continuous" in sc:
+        out.append(continuous(sc["continuous"], folder / "continuous.png"))
+    if "system" in sc:
+        out.append(system(sc, folder / "system.png"))
+    if "submit" in sc:
+        out.append(submit(sc["submit"], folder / "submit.png"))
+    if "load" in sc:
+        out.append(load(sc["load"], folder / "load.png"))
+    return out
