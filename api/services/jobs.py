@@ -205,9 +205,16 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
         store.insert_jobs(session, [p.row])
         session.commit()
     except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the race.
         session.rollback()
-        return create_job(state, session, key, body, idempotency_key)
+        if idempotency_key is None:
+            raise
+        # A concurrent request with the same Idempotency-Key won the race: answer with its job.
+        existing = store.by_idempotency_keys(session, key.id, [idempotency_key]).get(idempotency_key)
+        if existing is None:
+            raise
+        if existing.request_hash != p.request_hash:
+            raise _conflict(idempotency_key) from None
+        return outs(session, [existing])[0], False
     publish_rows(state, session, [p.row])
     job = store.get(session, p.row["id"])
     assert job is not None

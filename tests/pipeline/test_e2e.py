@@ -188,3 +188,15 @@ def test_cli_keys_submit_and_get(running) -> None:  # type: ignore[no-untyped-de
     missing = subprocess.run([*cli, "submit", "--model", "nope", "--prompt", "x", *common], env=env,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "unknown_model" in missing.stderr
+
+
+def test_concurrent_idempotent_submits_create_one_job(running) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"model": "tiny-lm", "input": {"prompt": "race", "max_new_tokens": 2, "seed": 3}}
+    h = {"Authorization": f"Bearer {running.keys['client']}", "Idempotency-Key": f"race-{time.time_ns()}"}
+    with ThreadPoolExecutor(8) as pool:
+        rs = list(pool.map(lambda _: httpx.post(running.stack.base_url + "/v1/jobs", json=body, headers=h,
+                                                timeout=30), range(8)))
+    assert sorted(r.status_code for r in rs) == [200] * 7 + [201]
+    assert len({r.json()["id"] for r in rs}) == 1
