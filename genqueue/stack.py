@@ -33,11 +33,13 @@ def free_port() -> int:
 
 class Stack:
     def __init__(self, settings: Settings, workers: int = 1, port: int | None = None,
-                 worker_args: list[str] | None = None, log_dir: Path | None = None) -> None:
+                 worker_args: list[str] | None = None, log_dir: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.workers = workers
         self.port = port or settings.api_port
         self.worker_args = worker_args or []
+        self.extra_env = extra_env or {}  # e.g. GENQUEUE_LEASE_SECONDS for the child processes
         self.log_dir = log_dir or settings.data_dir / "logs"
         self.broker_url = ""
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -57,6 +59,7 @@ class Stack:
             "GENQUEUE_API_PORT": str(self.port),
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.extra_env)
         return env
 
     def _spawn(self, name: str, args: list[str]) -> None:
