@@ -80,6 +80,11 @@ def _bucket_key(queue: str, priority: int) -> str:
     return f"{queue}:{bucket}" if bucket else queue
 
 
+def bucket_keys(queue: str) -> list[str]:
+    """Every Redis list that holds messages of ``queue``, highest priority first."""
+    return [_bucket_key(queue, p) for p in PRIORITY_STEPS]
+
+
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 _REPLY_TO = str(uuid.uuid4())
 

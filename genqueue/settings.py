@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     write_linger_ms: float = 5.0
     # ORT pool threads busy-wait between ops: fastest for a lone engine, a loss when cores are shared.
     ort_allow_spinning: bool = False
+    # Prometheus endpoint of each worker (0 disables); a second worker on the host logs and goes without.
+    worker_metrics_port: int = 9464
 
     job_max_attempts: int = Field(default=3, ge=1)  # deliveries before a job is declared a poison job
     lease_seconds: float = 120.0  # a running job's lease, renewed while the worker works on it

@@ -6,8 +6,9 @@ import logging
 import time
 from typing import Any
 
+from genqueue.db.models import utcnow
 from genqueue.enums import ReviewStatus
-from genqueue_worker import prescreen, service
+from genqueue_worker import metrics, prescreen, service
 from genqueue_worker.engine.types import (
     ErrorCode,
     ImageParams,
@@ -71,8 +72,16 @@ def process(rt: WorkerRuntime, job_id: str) -> str:
 
 
 def record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue_ms: float) -> str:
+    outcome = _record(rt, claimed, result, queue_ms)
+    latency = (utcnow() - claimed.created_at).total_seconds()
+    kind, status, _, code = claimed.kind, *outcome.partition(":")
+    metrics.observe(claimed.model, kind, status, result.metrics, latency, code or None)
+    return outcome
+
+
+def _record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue_ms: float) -> str:
     job_id = claimed.job_id
-    metrics: dict[str, Any] = {"queue_ms": round(queue_ms, 2), **{k: round(v, 3) for k, v in result.metrics.items()}}
+    job_metrics: dict[str, Any] = {"queue_ms": round(queue_ms, 2), **{k: round(v, 3) for k, v in result.metrics.items()}}
     if result.status == "canceled":
         return "canceled"  # the API already marked the row; nothing to write
     if result.status == "failed":
@@ -80,7 +89,7 @@ def record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue
         if code is ErrorCode.shutdown:
             rt.writer.submit(service.Release(job_id)).result()
             raise GiveBack(job_id)
-        rt.writer.submit(service.Failure(job_id, code.value, result.error_message or code.value, metrics)).result()
+        rt.writer.submit(service.Failure(job_id, code.value, result.error_message or code.value, job_metrics)).result()
         return f"failed:{code.value}"
     output = dict(result.output or {})
     images = [(im.data, im.width, im.height, im.format) for im in result.images]
@@ -93,7 +102,7 @@ def record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue
             {"url": f"/v1/jobs/{job_id}/images/{i}", "width": w, "height": h, "format": fmt}
             for i, (_, w, h, fmt) in enumerate(images)
         ]
-    metrics["prescreen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+    job_metrics["prescreen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
     review: ReviewStatus = prescreen.review_status(claimed.review_policy, rt.settings.review_auto_policy, flags)
-    ok = rt.writer.submit(service.Success(job_id, output, metrics, images, review, flags)).result()
+    ok = rt.writer.submit(service.Success(job_id, output, job_metrics, images, review, flags)).result()
     return "succeeded" if ok else "dropped:not_owner"

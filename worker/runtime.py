@@ -25,7 +25,7 @@ from genqueue import queue
 from genqueue.db.session import Database
 from genqueue.registry import ModelEntry, ModelKind, Registry
 from genqueue.settings import Settings
-from genqueue_worker import service
+from genqueue_worker import metrics, service
 from genqueue_worker.engine.types import JobResult
 from genqueue_worker.groupsql import Grouper
 
@@ -116,6 +116,7 @@ class WorkerRuntime:
             provider = getattr(engine, "provider", "unknown")
             self.providers[entry.ref] = str(provider)
             log.info("serving %s (%s) on %s", entry.ref, entry.manifest.kind.value, provider)
+        metrics.serve(self.settings.worker_metrics_port)
         for target, name in ((self._watch, "gq-watch"), (self._heartbeat, "gq-heartbeat")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -174,6 +175,14 @@ class WorkerRuntime:
                     "torch_loaded": "torch" in sys.modules, "at": time.time()}
             try:
                 client.set(WORKER_KEY_PREFIX + self.worker_id, json.dumps(info), ex=HEARTBEAT_TTL_S)
+                metrics.INFLIGHT.set(len(self._inflight))
+                pipe = client.pipeline(transaction=False)
+                for q in self.queues():
+                    for key in queue.bucket_keys(q):
+                        pipe.llen(key)
+                depths = iter(pipe.execute())
+                for q in self.queues():
+                    metrics.QUEUE_DEPTH.labels(q).set(sum(next(depths) for _ in queue.PRIORITY_STEPS))
             except Exception as e:
                 log.warning("heartbeat: %s", e)
             if self._stop.wait(5.0):

@@ -38,7 +38,8 @@ def running(database_url: str, redis_url_factory, models_dir: Path,  # type: ign
     with db.session() as s:
         for name, role in (("client", Role.client), ("other", Role.client), ("admin", Role.admin)):
             keys[name] = create_key(s, name, role)[1]
-    stack = Stack(settings, port=free_port()).start(timeout=180)
+    stack = Stack(settings, port=free_port(),
+                  extra_env={"GENQUEUE_WORKER_METRICS_PORT": str(free_port())}).start(timeout=180)
     clients = {n: Client(stack.base_url, k, timeout=90) for n, k in keys.items()}
     try:
         yield Running(stack, settings, db, clients["client"], clients["other"], clients["admin"], keys)

@@ -200,3 +200,16 @@ def test_concurrent_idempotent_submits_create_one_job(running) -> None:  # type:
                                                 timeout=30), range(8)))
     assert sorted(r.status_code for r in rs) == [200] * 7 + [201]
     assert len({r.json()["id"] for r in rs}) == 1
+
+
+def test_worker_prometheus_metrics(running) -> None:  # type: ignore[no-untyped-def]
+    job = running.client.submit("tiny-lm", {"prompt": "metrics", "max_new_tokens": 5, "seed": 1}, wait=30)
+    assert job["status"] == "succeeded"
+    port = running.stack.extra_env["GENQUEUE_WORKER_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    ok = [ln for ln in text.splitlines()
+          if ln.startswith('genqueue_worker_jobs_total{model="tiny-lm",outcome="succeeded"}')]
+    assert ok and float(ok[0].split()[-1]) >= 1
+    assert 'genqueue_worker_tokens_total{model="tiny-lm"}' in text
+    assert 'genqueue_queue_depth{queue="gen.tiny-lm"}' in text
+    assert "genqueue_worker_batch_size_bucket" in text

@@ -1,0 +1,45 @@
+"""Prometheus metrics of one worker: jobs by outcome, failures by code, batch sizes, tokens and images
+(rates give tokens/s and images/s), job latency, and the depth of the queues it consumes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+JOBS = Counter("genqueue_worker_jobs_total", "Jobs handled, by outcome", ["model", "outcome"])
+FAILURES = Counter("genqueue_worker_failures_total", "Failed jobs, by error code", ["model", "code"])
+BATCH = Histogram("genqueue_worker_batch_size", "Mean rows per step (text) or images per forward a job shared",
+                  ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+TOKENS = Counter("genqueue_worker_tokens_total", "Generated tokens", ["model"])
+IMAGES = Counter("genqueue_worker_images_total", "Generated images", ["model"])
+LATENCY = Histogram("genqueue_worker_job_latency_seconds", "Job creation to outcome", ["model"],
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+QUEUE_DEPTH = Gauge("genqueue_queue_depth", "Messages waiting in a model's queue (all priority buckets)", ["queue"])
+INFLIGHT = Gauge("genqueue_worker_inflight", "Jobs this worker holds")
+
+
+def serve(port: int) -> None:
+    if port <= 0:
+        return
+    try:
+        start_http_server(port, addr="0.0.0.0")
+        log.info("worker metrics on :%d/metrics", port)
+    except OSError as e:  # another worker on this host has the port: run without an endpoint
+        log.warning("worker metrics not served on :%d (%s); set GENQUEUE_WORKER_METRICS_PORT", port, e)
+
+
+def observe(model: str, kind: str, outcome: str, metrics: dict[str, Any], latency_s: float,
+            code: str | None = None) -> None:
+    JOBS.labels(model, outcome).inc()
+    if code:
+        FAILURES.labels(model, code).inc()
+    if outcome != "succeeded":
+        return
+    LATENCY.labels(model).observe(latency_s)
+    if "batch_size" in metrics:
+        BATCH.labels(model).observe(float(metrics["batch_size"]))
+    (TOKENS if kind == "text" else IMAGES).labels(model).inc(float(metrics.get("tokens", 0)))
