@@ -78,53 +78,49 @@ def _claimable(now: dt.datetime) -> Any:
 
 def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s: float,
                max_attempts: int) -> dict[str, Claimed | Skipped]:
-    """Claim every claimable job of ``job_ids`` in one UPDATE; commits."""
+    """Claim every claimable job of ``job_ids``; commits. In the common case (every job queued) that is
+    one UPDATE … RETURNING; only jobs it did not claim are read back to say why."""
     now = utcnow()
     ids = list(dict.fromkeys(job_ids))
-    rows = {r.id: r for r in session.execute(
-        select(Job.id, Job.status, Job.attempts, Job.lease_expires_at).where(Job.id.in_(ids))
-    )}
     out: dict[str, Claimed | Skipped] = {}
-    claimable: list[str] = []
-    poison: list[str] = []
-    for job_id in ids:
-        r = rows.get(job_id)
-        if r is None:
-            out[job_id] = Skipped("missing")
-        elif r.status not in _ACTIVE:
-            out[job_id] = Skipped("finished")
-        elif r.status == JobStatus.running.value and r.lease_expires_at and r.lease_expires_at > now:
-            out[job_id] = Skipped("leased_elsewhere")
-        elif r.attempts >= max_attempts:
-            poison.append(job_id)
-        else:
-            claimable.append(job_id)
-    if poison:
-        # Each earlier delivery died without writing an outcome: stop the loop here.
-        failed = set(session.execute(
-            update(Job).where(Job.id.in_(poison), _claimable(now), Job.attempts >= max_attempts)
-            .values(status=JobStatus.failed.value, error_code="poison_job",
-                    error_message=f"the job was delivered {max_attempts} times without finishing; giving up",
-                    finished_at=now, lease_expires_at=None)
-            .returning(Job.id).execution_options(synchronize_session=False)
-        ).scalars())
-        out.update({j: Skipped("poison" if j in failed else "finished") for j in poison})
-    if claimable:
-        claimed = session.execute(
-            update(Job).where(Job.id.in_(claimable), _claimable(now), Job.attempts < max_attempts)
-            .values(status=JobStatus.running.value, leased_by=worker_id, attempts=Job.attempts + 1,
-                    lease_expires_at=now + dt.timedelta(seconds=lease_s),
-                    started_at=func.coalesce(Job.started_at, bindparam("claim_now", now, type_=UTCDateTime())))
-            .returning(Job.id, Job.model, Job.model_version, Job.kind, Job.input, Job.priority,
-                       Job.review_policy, Job.created_at, Job.started_at, Job.attempts)
-            .execution_options(synchronize_session=False)
-        ).all()
-        got = {r.id for r in claimed}
-        out.update({j: Skipped("leased_elsewhere") for j in claimable if j not in got})
-        for r in claimed:
-            out[r.id] = Claimed(job_id=r.id, model=r.model, model_version=r.model_version, kind=r.kind,
-                                input=r.input, priority=r.priority, review_policy=r.review_policy,
-                                created_at=r.created_at, started_at=r.started_at or now, attempts=r.attempts)
+    claimed = session.execute(
+        update(Job).where(Job.id.in_(ids), _claimable(now), Job.attempts < max_attempts)
+        .values(status=JobStatus.running.value, leased_by=worker_id, attempts=Job.attempts + 1,
+                lease_expires_at=now + dt.timedelta(seconds=lease_s),
+                started_at=func.coalesce(Job.started_at, bindparam("claim_now", now, type_=UTCDateTime())))
+        .returning(Job.id, Job.model, Job.model_version, Job.kind, Job.input, Job.priority,
+                   Job.review_policy, Job.created_at, Job.started_at, Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for r in claimed:
+        out[r.id] = Claimed(job_id=r.id, model=r.model, model_version=r.model_version, kind=r.kind,
+                            input=r.input, priority=r.priority, review_policy=r.review_policy,
+                            created_at=r.created_at, started_at=r.started_at or now, attempts=r.attempts)
+    rest = [j for j in ids if j not in out]
+    if rest:
+        rows = {r.id: r for r in session.execute(
+            select(Job.id, Job.status, Job.attempts, Job.lease_expires_at).where(Job.id.in_(rest)))}
+        poison: list[str] = []
+        for job_id in rest:
+            row = rows.get(job_id)
+            if row is None:
+                out[job_id] = Skipped("missing")
+            elif row.status not in _ACTIVE:
+                out[job_id] = Skipped("finished")
+            elif row.status == JobStatus.running.value and row.lease_expires_at and row.lease_expires_at > now:
+                out[job_id] = Skipped("leased_elsewhere")
+            else:
+                poison.append(job_id)  # claimable but out of attempts
+        if poison:
+            # Each earlier delivery died without writing an outcome: stop the loop here.
+            failed = set(session.execute(
+                update(Job).where(Job.id.in_(poison), _claimable(now), Job.attempts >= max_attempts)
+                .values(status=JobStatus.failed.value, error_code="poison_job",
+                        error_message=f"the job was delivered {max_attempts} times without finishing; giving up",
+                        finished_at=now, lease_expires_at=None)
+                .returning(Job.id).execution_options(synchronize_session=False)
+            ).scalars())
+            out.update({j: Skipped("poison" if j in failed else "leased_elsewhere") for j in poison})
     session.commit()
     return out
 
