@@ -7,20 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from genqueue_worker.engine.benchmarks import PROMPTS as BENCH_PROMPTS
 from genqueue_worker.engine.types import ImageParams, ImageRequest, TextParams, TextRequest
 
 # The API's defaults (temperature 0.8, no top-k/top-p); every scenario samples this way.
 TEMPERATURE = 0.8
-PROMPTS = [
-    "Once upon a time",
-    "The weather today is",
-    "Write a short story about a robot who learns to paint.",
-    "In the beginning",
-    "Ideas for a birthday party:",
-    "The quick brown fox",
-    "Dear diary, today I",
-    "A recipe for pancakes: first,",
-]
+PROMPTS = BENCH_PROMPTS  # the engine benchmarks' prompts, so every scenario feeds the same text
 NUM_CLASSES = 10
 
 

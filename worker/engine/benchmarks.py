@@ -22,7 +22,7 @@ from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig
 from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
 from genqueue_worker.engine.types import ImageParams, ImageRequest, TextParams, TextRequest
 
-_PROMPTS = [
+PROMPTS = [
     "Once upon a time",
     "The weather today is",
     "Write a short story about a robot who learns to paint.",
@@ -43,7 +43,7 @@ def text_jobs(jobs: int = 128, min_new: int = 8, max_new: int = 128, seed: int =
         params = TextParams(
             max_new_tokens=int(rng.integers(min_new, max_new + 1)), temperature=temperature, seed=i, ignore_eos=True
         )
-        out.append(TextRequest(f"bench-{i}", _PROMPTS[i % len(_PROMPTS)], params))
+        out.append(TextRequest(f"bench-{i}", PROMPTS[i % len(PROMPTS)], params))
     return out
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from genqueue.registry import ModelEntry
+from genqueue_worker.engine.base import EngineThread
 from genqueue_worker.engine.runner import ImageModelInfo, ImageRunner
 from genqueue_worker.engine.sampling import seed_generator
 from genqueue_worker.engine.types import EncodedImage, ErrorCode, ImageRequest, JobResult
@@ -81,7 +82,9 @@ class _Chunk:
     queued_at: float  # perf_counter when queued (the batching window starts from the oldest)
 
 
-class ImageEngine:
+class ImageEngine(EngineThread):
+    kind = "image"
+
     def __init__(
         self,
         entry: ModelEntry | None = None,
@@ -122,18 +125,6 @@ class ImageEngine:
         self.images_generated = 0
 
     # -- public API ------------------------------------------------------------------------------------
-    @property
-    def provider(self) -> str:
-        """The execution provider that actually runs (read from the session, after any silent fallback)."""
-        return str(self.runner.provider)
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._warmup()
-        self._thread = threading.Thread(target=self._loop, name=f"image-engine-{self.name}", daemon=True)
-        self._thread.start()
-
     def submit(self, request: ImageRequest) -> Future[JobResult]:
         future: Future[JobResult] = Future()
         future.set_running_or_notify_cancel()

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from genqueue.registry import ModelEntry
+from genqueue_worker.engine.base import EngineThread
 from genqueue_worker.engine.kv_cache import HostKVCache, KVBlock, KVCache, prefill_inputs
 from genqueue_worker.engine.runner import TextModelInfo, TextRunner
 from genqueue_worker.engine.sampling import SamplingState, StopMatcher, sample_rows, validate_text_params
@@ -85,8 +86,10 @@ class EngineStats:
     busy_s: float = 0.0  # time spent inside steps
 
 
-class TextEngine:
+class TextEngine(EngineThread):
     """One text model. ``start()`` runs the loop in a thread; ``run_all()`` runs it in the caller's thread."""
+
+    kind = "text"
 
     def __init__(
         self,
@@ -148,18 +151,6 @@ class TextEngine:
         self._warm = False
 
     # -- public API (thread-safe) ----------------------------------------------------------------------
-    @property
-    def provider(self) -> str:
-        """The execution provider that actually runs (read from the session, after any silent fallback)."""
-        return str(self.runner.provider)
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._warmup()
-        self._thread = threading.Thread(target=self._loop, name=f"text-engine-{self.name}", daemon=True)
-        self._thread.start()
-
     def submit(self, request: TextRequest) -> Future[JobResult]:
         future: Future[JobResult] = Future()
         future.set_running_or_notify_cancel()
