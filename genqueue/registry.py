@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -204,7 +205,13 @@ class Registry:
         self.check_hash = check_hash
         self.errors: list[str] = []  # folders skipped, with the reason, for logs and /v1/models
         self._entries: dict[str, dict[str, ModelEntry]] = {}
+        self._scanned_at = 0.0
         self.refresh()
+
+    def refresh_if_stale(self, max_age_s: float = 5.0) -> None:
+        """Re-scan at most every ``max_age_s``, so newly exported versions appear without a restart."""
+        if time.monotonic() - self._scanned_at > max_age_s:
+            self.refresh()
 
     def refresh(self) -> None:
         entries: dict[str, dict[str, ModelEntry]] = {}
@@ -220,6 +227,7 @@ class Registry:
                 entries.setdefault(m.name, {})[m.version] = ModelEntry(m, folder)
         self._entries = entries
         self.errors = errors
+        self._scanned_at = time.monotonic()
 
     def names(self) -> list[str]:
         return sorted(self._entries)

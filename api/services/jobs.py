@@ -74,6 +74,7 @@ def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None
         req = JobCreate.model_validate(raw)
     except ValidationError as e:
         raise _invalid(e) from None
+    state.registry.refresh_if_stale()
     try:
         entry = state.registry.resolve(req.model)
     except UnknownModel:

@@ -26,7 +26,7 @@ def live_workers(state: AppState) -> list[dict[str, Any]]:
 
 
 def list_models(state: AppState) -> ModelList:
-    state.registry.refresh()
+    state.registry.refresh_if_stale()
     workers = live_workers(state)
     out = []
     for name in state.registry.names():
