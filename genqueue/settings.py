@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # "auto" review policy: "flagged" sends only flagged outputs to review; "all" reviews everything.
     review_auto_policy: Literal["flagged", "all", "none"] = "flagged"
     max_wait_seconds: int = 60
+    # Jobs one API key may submit per minute (bulk items count one each); 0 means no limit.
+    rate_limit_jobs_per_min: int = 0
     # The reconciler (in each API process) re-publishes lost or never-published jobs; 0 disables it.
     reconcile_interval_s: float = 10.0
     republish_after_s: float = 600.0

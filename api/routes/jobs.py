@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from genqueue.enums import JobStatus, ReviewStatus, Role
 from genqueue.schemas import BulkResult, ErrorResponse, JobList, JobOut
+from genqueue_api import ratelimit
 from genqueue_api.deps import CurrentClient, CurrentKey, SessionDep, StateDep
 from genqueue_api.errors import ApiError, not_found
 from genqueue_api.services import jobs as service
@@ -61,6 +62,7 @@ async def create_job(
     prefer: Annotated[str | None, Header()] = None,
 ) -> Response:
     body = await _json_body(request)
+    await run_in_threadpool(ratelimit.charge, state, key.id, 1)
 
     def _create() -> tuple[JobOut, bool]:
         with state.db.session() as session:
@@ -85,6 +87,7 @@ async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> 
     if not 1 <= len(items) <= 1000:
         raise ApiError(422, "validation_error", "invalid request: jobs",
                        [{"field": "jobs", "message": "between 1 and 1000 jobs per request"}])
+    await run_in_threadpool(ratelimit.charge, state, key.id, len(items))
 
     def _create() -> BulkResult:
         with state.db.session() as session:

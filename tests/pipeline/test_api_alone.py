@@ -101,3 +101,27 @@ def test_openapi_lists_the_contract(api) -> None:  # type: ignore[no-untyped-def
                  "/v1/jobs/{job_id}/images/{n}", "/v1/models", "/healthz", "/readyz"):
         assert path in spec["paths"]
     assert "JobCreate" in spec["components"]["schemas"]
+
+
+def test_rate_limit_answers_429_with_retry_after(database_url: str, models_dir: Path, tmp_path: Path,
+                                                 redis_scratch_url: str) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=database_url, redis_url=redis_scratch_url,
+                        models_dir=models_dir, rate_limit_jobs_per_min=3)
+    upgrade(settings.sqlalchemy_url)
+    db = Database(settings.sqlalchemy_url)
+    with db.session() as s:
+        _, secret = create_key(s, "c", Role.client)
+        before = s.query(Job).count()
+    h = {"Authorization": f"Bearer {secret}"}
+    job = {"model": "tiny-lm", "input": {"prompt": "hi"}}
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/v1/jobs/bulk", json={"jobs": [job, job]}, headers=h).status_code == 200
+        assert c.post("/v1/jobs", json=job, headers=h).status_code == 201
+        r = c.post("/v1/jobs/bulk", json={"jobs": [job, job]}, headers=h)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert int(r.headers["Retry-After"]) >= 1
+        r = c.post("/v1/jobs", json=job, headers=h)
+        assert r.status_code == 429
+    with db.session() as s:
+        assert s.query(Job).count() == before + 3  # refused requests stored nothing
+    db.dispose()
