@@ -35,6 +35,7 @@ from genqueue.schemas import (
     TextInput,
 )
 from genqueue.tokens import count_prompt_tokens
+from genqueue_api import metrics
 from genqueue_api.errors import ApiError, not_found, validation_details
 from genqueue_api.state import AppState
 from genqueue_api.store import jobs as store
@@ -186,6 +187,7 @@ def publish_rows(state: AppState, session: Session, rows: list[dict[str, Any]]) 
     except Exception as e:  # the broker is down: the rows are safe in SQL
         log.warning("queue unavailable (%s): %d job(s) stored as queued, to be published by the reconciler",
                     e.__class__.__name__, len(items))
+        metrics.UNPUBLISHED.inc(len(items))
         return
     store.mark_published(session, [r["id"] for r in rows])
     session.commit()
@@ -201,7 +203,11 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
             if existing.request_hash != _request_hash(raw):
                 raise _conflict(idempotency_key)
             return outs(session, [existing])[0], False
-    p = prepare(state, key, body, idempotency_key)
+    try:
+        p = prepare(state, key, body, idempotency_key)
+    except ApiError as e:
+        metrics.REFUSED.labels(e.code).inc()
+        raise
     try:
         store.insert_jobs(session, [p.row])
         session.commit()
@@ -219,6 +225,7 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
     publish_rows(state, session, [p.row])
     job = store.get(session, p.row["id"])
     assert job is not None
+    metrics.SUBMITTED.labels(job.model).inc()
     return outs(session, [job])[0], True
 
 
@@ -250,6 +257,7 @@ def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]
             prepared.append((i, prepare(state, key, item, ik)))
         except ApiError as e:
             results[i] = ErrorResponse(error=ErrorBody(code=e.code, message=e.message, details=e.details))
+            metrics.REFUSED.labels(e.code).inc()
     rows = [p.row for _, p in prepared]
     if rows:
         store.insert_jobs(session, rows)
@@ -258,6 +266,7 @@ def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]
         # The new rows are still in memory: answer from them rather than reading 1000 rows back.
         for i, p in prepared:
             results[i] = out_from_row(p.row)
+            metrics.SUBMITTED.labels(p.row["model"]).inc()
     return [r for r in results if r is not None]
 
 

@@ -73,6 +73,9 @@ def test_redis_down_job_still_accepted_then_reconciled(database_url: str, models
                    headers={"Authorization": f"Bearer {secret}"})
         assert r.status_code == 201 and r.json()["status"] == "queued"
         assert c.get("/readyz").status_code == 503
+        line = next(ln for ln in c.get("/metrics").text.splitlines()
+                    if ln.startswith("genqueue_api_publish_failures_total "))
+        assert float(line.split()[-1]) >= 1
     with db.session() as s:
         row = s.get(Job, r.json()["id"])
         assert row is not None and row.status == "queued" and row.published_at is None
