@@ -40,6 +40,14 @@ def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded.stop_all()
 
 
+def _with_db(base: str, db: int) -> str:
+    """The same Redis server, database ``db``."""
+    if base.startswith("redis+socket://"):
+        return f"{base.split('?')[0]}?virtual_host={db}"
+    parts = urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}/{db}"
+
+
 _next_db = iter(range(15, 1, -1))  # database 1 is the per-test scratch database
 
 
@@ -49,12 +57,7 @@ def redis_url_factory(redis_base_url: str):  # type: ignore[no-untyped-def]
     from genqueue.queue import redis_client
 
     def make() -> str:
-        db = next(_next_db)
-        if redis_base_url.startswith("redis+socket://"):
-            url = f"{redis_base_url.split('?')[0]}?virtual_host={db}"
-        else:
-            parts = urlsplit(redis_base_url)
-            url = f"{parts.scheme}://{parts.netloc}/{db}"
+        url = _with_db(redis_base_url, next(_next_db))
         redis_client(url).flushdb()
         return url
 
@@ -66,11 +69,7 @@ def redis_scratch_url(redis_base_url: str) -> str:
     """A flushed Redis database for one test (no worker consumes from it)."""
     from genqueue.queue import redis_client
 
-    if redis_base_url.startswith("redis+socket://"):
-        url = f"{redis_base_url.split('?')[0]}?virtual_host=1"
-    else:
-        parts = urlsplit(redis_base_url)
-        url = f"{parts.scheme}://{parts.netloc}/1"
+    url = _with_db(redis_base_url, 1)
     redis_client(url).flushdb()
     return url
 

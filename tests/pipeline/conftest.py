@@ -48,3 +48,34 @@ def running(database_url: str, redis_url_factory, models_dir: Path,  # type: ign
             c.close()
         stack.stop()
         db.dispose()
+
+
+@dataclass
+class Lone:
+    """A stack of one's own, for tests that stop or kill its processes."""
+
+    stack: Stack
+    db: Database
+    secret: str  # a client key
+
+
+@pytest.fixture
+def lone_stack(redis_url_factory, models_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Starts a SQLite stack with its own Redis database; ``extra_env`` reaches the child processes."""
+    started: list[Lone] = []
+
+    def start(extra_env: dict[str, str] | None = None) -> Lone:
+        settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'gq.db'}",
+                            redis_url=redis_url_factory(), models_dir=models_dir)
+        upgrade(settings.sqlalchemy_url)
+        db = Database(settings.sqlalchemy_url)
+        with db.session() as s:
+            _, secret = create_key(s, "c", Role.client)
+        lone = Lone(Stack(settings, port=free_port(), extra_env=extra_env).start(timeout=180), db, secret)
+        started.append(lone)
+        return lone
+
+    yield start
+    for lone in started:
+        lone.stack.stop()
+        lone.db.dispose()

@@ -5,53 +5,36 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from genqueue.client import Client
 from genqueue.db.models import Review
-from genqueue.db.session import Database, upgrade
-from genqueue.enums import Role
-from genqueue.settings import Settings
-from genqueue.stack import Stack, free_port
-from genqueue_api.auth import create_key
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_killed_worker_jobs_are_finished_by_another(redis_url_factory, models_dir: Path,  # type: ignore[no-untyped-def]
-                                                    tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'gq.db'}",
-                        redis_url=redis_url_factory(), models_dir=models_dir)
-    upgrade(settings.sqlalchemy_url)
-    db = Database(settings.sqlalchemy_url)
-    with db.session() as s:
-        _, secret = create_key(s, "c", Role.client)
-    env = {"GENQUEUE_LEASE_SECONDS": "2", "GENQUEUE_RECONCILE_INTERVAL_S": "0.5",
-           "GENQUEUE_REPUBLISH_AFTER_S": "3", "GENQUEUE_WORKER_CONCURRENCY": "8"}
-    stack = Stack(settings, port=free_port(), extra_env=env).start(timeout=180)
-    try:
-        with Client(stack.base_url, secret, timeout=60) as c:
-            limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
-            items = [{"model": "tiny-lm", "input": {"prompt": f"job {i}", "max_new_tokens": limit - 8,
-                                                    "seed": i, "n": 8}} for i in range(24)]
-            ids = [j["id"] for j in c.submit_bulk(items)]
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not any(c.get(i)["status"] == "running" for i in ids):
-                time.sleep(0.02)
-            worker = stack.procs.pop(1)
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(30)
-            running_at_kill = [i for i in ids if c.get(i)["status"] == "running"]
-            assert running_at_kill, "the kill should interrupt at least one job"
-            stack._spawn("worker-2", ["worker"])
-            final = {i: c.wait(i, timeout=120) for i in ids}
-            assert all(j["status"] == "succeeded" for j in final.values())
-            assert all(final[i]["attempts"] == 2 for i in running_at_kill)
-        with db.session() as s:  # exactly one outcome per job, however often it was delivered
-            assert s.scalar(select(func.count()).select_from(Review).where(Review.job_id.in_(ids))) == len(ids)
-    finally:
-        stack.stop()
-        db.dispose()
+def test_killed_worker_jobs_are_finished_by_another(lone_stack) -> None:  # type: ignore[no-untyped-def]
+    lone = lone_stack({"GENQUEUE_LEASE_SECONDS": "2", "GENQUEUE_RECONCILE_INTERVAL_S": "0.5",
+                       "GENQUEUE_REPUBLISH_AFTER_S": "3", "GENQUEUE_WORKER_CONCURRENCY": "8"})
+    stack, db = lone.stack, lone.db
+    with Client(stack.base_url, lone.secret, timeout=60) as c:
+        limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
+        items = [{"model": "tiny-lm", "input": {"prompt": f"job {i}", "max_new_tokens": limit - 8,
+                                                "seed": i, "n": 8}} for i in range(24)]
+        ids = [j["id"] for j in c.submit_bulk(items)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(c.get(i)["status"] == "running" for i in ids):
+            time.sleep(0.02)
+        worker = stack.procs.pop(1)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+        running_at_kill = [i for i in ids if c.get(i)["status"] == "running"]
+        assert running_at_kill, "the kill should interrupt at least one job"
+        stack._spawn("worker-2", ["worker"])
+        final = {i: c.wait(i, timeout=120) for i in ids}
+        assert all(j["status"] == "succeeded" for j in final.values())
+        assert all(final[i]["attempts"] == 2 for i in running_at_kill)
+    with db.session() as s:  # exactly one outcome per job, however often it was delivered
+        assert s.scalar(select(func.count()).select_from(Review).where(Review.job_id.in_(ids))) == len(ids)

@@ -4,49 +4,33 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from genqueue.client import Client
-from genqueue.db.session import Database, upgrade
-from genqueue.enums import Role
-from genqueue.settings import Settings
-from genqueue.stack import Stack, free_port
-from genqueue_api.auth import create_key
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_sigterm_finishes_or_gives_back_every_job(redis_url_factory, models_dir: Path,  # type: ignore[no-untyped-def]
-                                                  tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'gq.db'}",
-                        redis_url=redis_url_factory(), models_dir=models_dir, worker_concurrency=8)
-    upgrade(settings.sqlalchemy_url)
-    db = Database(settings.sqlalchemy_url)
-    with db.session() as s:
-        _, secret = create_key(s, "c", Role.client)
-    stack = Stack(settings, port=free_port()).start(timeout=180)
-    try:
-        with Client(stack.base_url, secret, timeout=60) as c:
-            limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
-            items = [{"model": "tiny-lm", "input": {"prompt": f"job {i}", "max_new_tokens": limit - 8,
-                                                    "seed": i, "n": 4}} for i in range(24)]
-            ids = [j["id"] for j in c.submit_bulk(items)]
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not any(c.get(i)["status"] == "running" for i in ids):
-                time.sleep(0.05)
-            worker = stack.procs[1]
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(60) == 0
-            after_stop = {i: c.get(i)["status"] for i in ids}
-            # Nothing is left half-done: each job finished, or is back in the queue for another worker.
-            assert set(after_stop.values()) <= {"succeeded", "queued"}, after_stop
-            stack.procs.pop(1)
-            stack._spawn("worker-2", ["worker"])  # a fresh worker picks up what was given back
-            for i in ids:
-                assert c.wait(i, timeout=120)["status"] == "succeeded"
-            assert all(c.get(i)["attempts"] == 1 for i in ids if after_stop[i] == "succeeded")
-    finally:
-        stack.stop()
-        db.dispose()
+def test_sigterm_finishes_or_gives_back_every_job(lone_stack) -> None:  # type: ignore[no-untyped-def]
+    lone = lone_stack({"GENQUEUE_WORKER_CONCURRENCY": "8"})
+    stack = lone.stack
+    with Client(stack.base_url, lone.secret, timeout=60) as c:
+        limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
+        items = [{"model": "tiny-lm", "input": {"prompt": f"job {i}", "max_new_tokens": limit - 8,
+                                                "seed": i, "n": 4}} for i in range(24)]
+        ids = [j["id"] for j in c.submit_bulk(items)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(c.get(i)["status"] == "running" for i in ids):
+            time.sleep(0.05)
+        worker = stack.procs[1]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+        after_stop = {i: c.get(i)["status"] for i in ids}
+        # Nothing is left half-done: each job finished, or is back in the queue for another worker.
+        assert set(after_stop.values()) <= {"succeeded", "queued"}, after_stop
+        stack.procs.pop(1)
+        stack._spawn("worker-2", ["worker"])  # a fresh worker picks up what was given back
+        for i in ids:
+            assert c.wait(i, timeout=120)["status"] == "succeeded"
+        assert all(c.get(i)["attempts"] == 1 for i in ids if after_stop[i] == "succeeded")
