@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     write_linger_ms: float = 5.0
     # ORT pool threads busy-wait between ops: fastest for a lone engine, a loss when cores are shared.
     ort_allow_spinning: bool = False
+    # ONNX Runtime intra-op threads per engine; 0 lets ORT choose (one per physical core).
+    ort_threads: int = 0
     # Prometheus endpoint of each worker (0 disables); a second worker on the host logs and goes without.
     worker_metrics_port: int = 9464
 

@@ -103,7 +103,8 @@ class WorkerRuntime:
 
         for entry in self.entries:
             # ORT's spinning pool threads would busy-wait on the core the glue threads need.
-            config: dict[str, Any] = {"allow_spinning": self.settings.ort_allow_spinning}
+            config: dict[str, Any] = {"allow_spinning": self.settings.ort_allow_spinning,
+                                      "intra_op_threads": self.settings.ort_threads}
             if entry.manifest.kind is ModelKind.text:
                 config.update(max_batch_size=self.settings.text_max_running,
                               max_tokens_per_step=self.settings.text_max_tokens_per_step)
