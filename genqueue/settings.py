@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     ort_allow_spinning: bool = False
     # ONNX Runtime intra-op threads per engine; 0 lets ORT choose (one per physical core).
     ort_threads: int = 0
+    # Log one line per job received and finished (Celery's and genqueue's); off keeps logging off the hot path.
+    worker_log_jobs: bool = False
     # Prometheus endpoint of each worker (0 disables); a second worker on the host logs and goes without.
     worker_metrics_port: int = 9464
 

@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, models: list[str] | None = None, loglevel: str = "INFO") -> None:
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Celery logs every message received and every task finished: lines per job on the hot path. The
+    # outcome of each job is in SQL and in the worker's metrics; GENQUEUE_WORKER_LOG_JOBS=1 restores them.
+    if not settings.worker_log_jobs:
+        for name in ("celery.app.trace", "celery.worker.strategy", "genqueue_worker.tasks"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     db = Database.from_settings(settings)
     try:
         ensure_migrated(db)
