@@ -125,7 +125,13 @@ def test_bad_inputs(running) -> None:  # type: ignore[no-untyped-def]
     assert {d["field"] for d in e.value.details} == {"input.temperature", "input.max_new_tokens"}
     with pytest.raises(GenqueueError) as e:
         c.submit("tiny-lm", {"prompt": "x", "stop": [""]})
-    assert e.value.status == 422
+    assert e.value.status == 422 and e.value.details[0]["field"] == "input.stop"
+    with pytest.raises(GenqueueError) as e:
+        c.submit("tiny-lm", {"prompt": "x", "stop": [f"s{i}" for i in range(9)]})
+    assert e.value.status == 422 and e.value.details[0]["field"] == "input.stop"
+    # An empty prompt is allowed: generation starts from BOS.
+    empty = c.submit("tiny-lm", {"prompt": "", "max_new_tokens": 4, "seed": 1}, wait=30)
+    assert c.wait(empty["id"], timeout=60)["status"] == "succeeded"
     with pytest.raises(GenqueueError) as e:
         c.submit("dcgan-digits", {"num_images": 65, "truncation": 0})
     assert {d["field"] for d in e.value.details} == {"input.num_images", "input.truncation"}
