@@ -10,6 +10,7 @@ import random
 import secrets
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ class Prepared:
 
     row: dict[str, Any]
     idempotency_key: str | None
-    request_hash: str
+    request_hash: str | None  # only for requests with an idempotency key
 
 
 def _request_hash(body: dict[str, Any]) -> str:
@@ -135,7 +136,8 @@ def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None
         "webhook": req.webhook,
         "webhook_events": list(req.webhook_events),
         "idempotency_key": idempotency_key,
-        "request_hash": _request_hash(raw),
+        # The body's hash is what tells a replay from a conflict; requests without a key never need it.
+        "request_hash": _request_hash(raw) if idempotency_key is not None else None,
         "metrics": {},
         "attempts": 0,
         "created_at": utcnow(),
@@ -266,7 +268,8 @@ def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]
         # The new rows are still in memory: answer from them rather than reading 1000 rows back.
         for i, p in prepared:
             results[i] = out_from_row(p.row)
-            metrics.SUBMITTED.labels(p.row["model"]).inc()
+        for model, n in Counter(r["model"] for r in rows).items():
+            metrics.SUBMITTED.labels(model).inc(n)
     return [r for r in results if r is not None]
 
 
