@@ -44,7 +44,7 @@ def _seed(db: Database, n: int) -> list[str]:
                  "created_at": utcnow()} for i in range(n)]
         insert_jobs(s, rows)
         s.commit()
-    return [r["id"] for r in rows]
+    return [str(r["id"]) for r in rows]
 
 
 def per_job(db: Database, ids: list[str]) -> float:

@@ -122,7 +122,7 @@ def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None
         # A conditional model needs a class: draw one from the job's seed and record it.
         inp.class_label = random.Random(inp.seed).randrange(m.image.num_classes)
     job_id = str(uuid.uuid4())
-    row = {
+    row: dict[str, Any] = {
         "id": job_id,
         "owner_id": key.id,
         "model": m.name,
