@@ -397,3 +397,33 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "genqueue export: error:" in capsys.readouterr().err
     assert run(["hf", "x", "--name", "Bad Name"]) == 1
     assert "invalid model name" in capsys.readouterr().err
+
+
+def test_engine_serves_hf_export_like_transformers(hf_dir: Path, tmp_path: Path) -> None:
+    """The worker's continuous-batching engine, fed an exported HF checkpoint, generates the same greedy
+    tokens as transformers run on each prompt alone, although jobs join and leave a 2-row batch."""
+    transformers = pytest.importorskip("transformers")
+    from genqueue.registry import Registry
+    from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
+    from genqueue_worker.engine.types import TextParams, TextRequest
+
+    models = tmp_path / "models"
+    assert run(["hf", str(hf_dir), "--name", "tiny-gpt2", "--models-dir", str(models), "--no-progress"]) == 0
+    entry = Registry(models).resolve("tiny-gpt2")
+    engine = TextEngine(entry, "cpu", TextEngineConfig(max_batch_size=2, return_token_ids=True))
+    prompts = ["the cat", "a dog ran in the", "the moon is bright", "park", "the cat sat on the mat"]
+    new = [10, 4, 12, 7, 9]
+    results = engine.run_all([
+        TextRequest(f"j{i}", p, TextParams(max_new_tokens=n, temperature=0, ignore_eos=True))
+        for i, (p, n) in enumerate(zip(prompts, new, strict=True))
+    ])
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(hf_dir)).eval()
+    for res, prompt, n in zip(results, prompts, new, strict=True):
+        assert res.status == "succeeded", res.error_message
+        ids = list(engine.tokenizer.encode(prompt, add_special_tokens=False).ids)
+        expected = []
+        with torch.no_grad():
+            for _ in range(n):
+                nxt = int(hf(torch.tensor([ids + expected])).logits[0, -1].argmax())
+                expected.append(nxt)
+        assert res.output is not None and res.output["token_ids"][0] == expected, prompt
