@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from genqueue import __version__, queue
 from genqueue.db.session import Database, ensure_migrated
+from genqueue.events import FinishedListener
 from genqueue.reconcile import Reconciler
 from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, JobCreate
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        app_state.listener = FinishedListener(app_state.broker_url)
+        app_state.listener.start()
         reconciler = None
         if settings.reconcile_interval_s > 0:
             reconciler = Reconciler(app_state.db, app_state.celery, settings.reconcile_interval_s,
@@ -46,6 +49,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         yield
         if reconciler is not None:
             reconciler.stop()
+        await app_state.listener.stop()
         app_state.db.dispose()
 
     app = FastAPI(title="genqueue", version=__version__, lifespan=lifespan,

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 
 from genqueue.db.session import Database
+from genqueue.events import FinishedListener
 from genqueue.registry import ModelEntry, Registry
 from genqueue.settings import Settings
 
@@ -20,6 +21,7 @@ class AppState:
     registry: Registry
     celery: Celery
     broker_url: str
+    listener: FinishedListener | None = None  # started with the app; wakes `Prefer: wait` requests
     _tokenizers: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -83,14 +83,16 @@ class Client:
             self._check(r)
         return r.content, r.headers.get("content-type", "")
 
-    def wait(self, job_id: str, timeout: float = 120.0, poll: float = 0.25) -> dict[str, Any]:
-        """Wait until the job is terminal, using the server's long poll (Prefer: wait) where it can."""
+    def wait(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until the job is terminal. Each request is a long poll (``Prefer: wait``): the server
+        answers as soon as the job ends, so waiting costs a request per 30 s, not a poll loop."""
         deadline = time.monotonic() + timeout
         job = self.get(job_id)
         while job["status"] not in TERMINAL:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout:.0f}s")
-            time.sleep(min(poll, left))
-            job = self.get(job_id)
+            hold = max(1, min(30, int(left)))
+            job = self._check(self._http.get(f"/v1/jobs/{job_id}", headers={"Prefer": f"wait={hold}"},
+                                             timeout=hold + 30.0))
         return job

@@ -25,10 +25,19 @@ from genqueue.settings import Settings
 log = logging.getLogger(__name__)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, never the same twice in this process: two ports asked for in a row
+    (the API's and a worker's metrics) must not collide before either is bound."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class Stack:

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from genqueue import queue
+from genqueue import events, queue
 from genqueue.db.session import Database
 from genqueue.registry import ModelEntry, ModelKind, Registry
 from genqueue.settings import Settings
@@ -67,6 +67,7 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._redis_client: Any = None
         # Claims and outcome writes of all task threads go to SQL in groups (see groupsql).
         self.claimer: Grouper[str, service.Claimed | service.Skipped] = Grouper(
             "gq-claim", self._claim_batch, linger_s=settings.claim_linger_ms / 1000)
@@ -88,7 +89,17 @@ class WorkerRuntime:
     def _write_batch(self, outcomes: Sequence[service.Outcome]) -> list[bool]:
         with self.db.session() as s:
             res = service.write_outcomes(s, self.worker_id, outcomes)
+        finished = [o.job_id for o in outcomes if res[o.job_id] and not isinstance(o, service.Release)]
+        try:  # after COMMIT: API requests holding `Prefer: wait` answer now
+            events.publish_finished(self._redis(), finished)
+        except Exception as e:  # only a hint; waiters also poll
+            log.debug("finished-job notification not sent: %s", e)
         return [res[o.job_id] for o in outcomes]
+
+    def _redis(self) -> Any:
+        if self._redis_client is None:
+            self._redis_client = queue.redis_client(self.broker_url)
+        return self._redis_client
 
     @property
     def model_names(self) -> list[str]:

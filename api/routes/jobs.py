@@ -119,10 +119,18 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-def get_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobOut:
+async def get_job(job_id: str, state: StateDep, key: CurrentKey,
+                  prefer: Annotated[str | None, Header()] = None) -> Response:
+    """``Prefer: wait=N`` (an extension of API.md) holds the answer until the job ends, as on submit."""
     if key.role == Role.moderator.value:
         raise not_found()
-    return service.get_job(session, key, job_id)
+    job = await run_in_threadpool(service.reload, state, key, job_id)
+    wait = _prefer_wait(prefer, state.settings.max_wait_seconds)
+    headers = {}
+    if wait > 0:
+        job = await service.wait_for(state, key, job, wait)
+        headers["Preference-Applied"] = f"wait={int(wait)}"
+    return JSONResponse(job.model_dump(mode="json"), headers=headers)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=_ERRORS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -280,20 +281,35 @@ def get_job(session: Session, key: ApiKey, job_id: str) -> JobOut:
     return outs(session, [job])[0]
 
 
-def _reload(state: AppState, key: ApiKey, job_id: str) -> JobOut:
+def reload(state: AppState, key: ApiKey, job_id: str) -> JobOut:
+    """The caller's job, read in a session of its own."""
     with state.db.session() as s:
         return get_job(s, key, job_id)
 
 
 async def wait_for(state: AppState, key: ApiKey, job: JobOut, seconds: float) -> JobOut:
-    """Poll the row until the job is terminal or the time is up (Prefer: wait=N)."""
-    deadline = time.monotonic() + seconds
-    delay = 0.02
-    while not job.status.terminal and time.monotonic() < deadline:
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.25)
-
-        job = await run_in_threadpool(_reload, state, key, job.id)
+    """Hold the answer until the job is terminal or the time is up (Prefer: wait=N). Workers announce
+    finished jobs over Redis pub/sub; without those notifications this falls back to polling SQL."""
+    if job.status.terminal or seconds <= 0:
+        return job
+    listener = state.listener
+    event = listener.register(job.id) if listener is not None else None
+    try:
+        deadline = time.monotonic() + seconds
+        # Re-read once after registering: the job may have finished before the subscription saw it.
+        job = await run_in_threadpool(reload, state, key, job.id)
+        while not job.status.terminal and (left := deadline - time.monotonic()) > 0:
+            if event is not None and listener is not None and listener.connected:
+                # At most 5 s per wait: a cancel publishes nothing, so the row is re-read now and then.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=min(left, 5.0))
+                event.clear()
+            else:
+                await asyncio.sleep(min(left, 0.25))
+            job = await run_in_threadpool(reload, state, key, job.id)
+    finally:
+        if event is not None and listener is not None:
+            listener.unregister(job.id, event)
     return job
 
 
