@@ -58,8 +58,8 @@ class Client:
             headers["Idempotency-Key"] = idempotency_key
         if wait:
             headers["Prefer"] = f"wait={wait}"
-        timeout = httpx.Timeout(self._http.timeout.read or 30.0 + (wait or 0)) if wait else None
-        kwargs: dict[str, Any] = {"timeout": timeout} if timeout else {}
+        # The server may hold the answer for `wait` seconds: allow that on top of the usual read timeout.
+        kwargs: dict[str, Any] = {"timeout": (self._http.timeout.read or 30.0) + wait} if wait else {}
         return self._check(self._http.post("/v1/jobs", json=body, headers=headers, **kwargs))  # type: ignore[no-any-return]
 
     def submit_bulk(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
