@@ -219,3 +219,14 @@ def test_worker_prometheus_metrics(running) -> None:  # type: ignore[no-untyped-
     assert 'genqueue_worker_tokens_total{model="tiny-lm"}' in text
     assert 'genqueue_queue_depth{queue="gen.tiny-lm"}' in text
     assert "genqueue_worker_batch_size_bucket" in text
+
+
+def test_get_long_polls_until_the_job_ends(running) -> None:  # type: ignore[no-untyped-def]
+    job = running.client.submit("tiny-lm", {"prompt": "Long poll", "max_new_tokens": 30, "seed": 9, "n": 4})
+    r = httpx.get(f"{running.stack.base_url}/v1/jobs/{job['id']}", timeout=60,
+                  headers={"Authorization": f"Bearer {running.keys['client']}", "Prefer": "wait=30"})
+    assert r.status_code == 200 and r.headers["Preference-Applied"] == "wait=30"
+    assert r.json()["status"] == "succeeded"
+    other = httpx.get(f"{running.stack.base_url}/v1/jobs/{job['id']}", timeout=10,
+                      headers={"Authorization": f"Bearer {running.keys['other']}", "Prefer": "wait=5"})
+    assert other.status_code == 404  # waiting does not leak someone else's job
