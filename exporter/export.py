@@ -39,6 +39,7 @@ from genqueue.registry import (
     sha256_file,
 )
 from genqueue_exporter.errors import ExportError
+from genqueue_exporter.ortload import ort_session as load_ort_session
 
 log = logging.getLogger(__name__)
 # torch.onnx warns on every export that torchvision's ops cannot be registered; we use none of them.
@@ -256,17 +257,8 @@ def onnx_opset(path: Path) -> int:
 
 
 def ort_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # onnxruntime-gpu warns about the missing CUDA provider on every load
     # Parity inputs are tiny; one thread avoids ORT's spinning thread pool fighting torch's for the cores.
-    opts.intra_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{path}: onnxruntime cannot load it ({first})") from e
+    return load_ort_session(path, threads=1)
 
 
 # --- parity ---------------------------------------------------------------------------------------------------

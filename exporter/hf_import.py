@@ -34,6 +34,17 @@ class ImportedGPT:
     hf_config: dict[str, Any]
 
 
+
+def _check_weight(source: object, key: str, ours_key: str, value: Any, ours: dict[str, Any], kind: str) -> None:
+    """One line naming the weight when a file's tensor has no place in our model or the wrong shape."""
+    if ours_key not in ours:
+        raise ExportError(f"{source}: unexpected weight {key!r} (not {kind}?)")
+    if tuple(value.shape) != tuple(ours[ours_key].shape):
+        raise ExportError(
+            f"{source}: config does not match weights: {key} has shape {tuple(value.shape)}, "
+            f"config implies {tuple(ours[ours_key].shape)}"
+        )
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -106,13 +117,7 @@ def map_hf_gpt2_weights(sd: dict[str, torch.Tensor], model: GPT, source: str) ->
             continue
         if k.endswith(_CONV1D):
             value = value.t()
-        if k not in ours:
-            raise ExportError(f"{source}: unexpected weight {key!r} (not a GPT-2 checkpoint?)")
-        if tuple(value.shape) != tuple(ours[k].shape):
-            raise ExportError(
-                f"{source}: config does not match weights: {key} has shape {tuple(value.shape)}, "
-                f"config implies {tuple(ours[k].shape)}"
-            )
+        _check_weight(source, key, k, value, ours, "a GPT-2 checkpoint")
         mapped[k] = value.to(torch.float32).contiguous()
     # lm_head is tied to wte in our module, so it never needs its own entry.
     missing = sorted(k for k in ours if k not in mapped and k != "lm_head.weight")
@@ -198,13 +203,7 @@ def load_gan_state_dict(weights: Path, config: Path) -> tuple[Generator, DCGANCo
     ours = gen.state_dict()
     sd = {k.removeprefix("generator."): v for k, v in sd.items()}
     for k, v in sd.items():
-        if k not in ours:
-            raise ExportError(f"{weights}: unexpected weight {k!r} (not a genqueue DCGAN generator?)")
-        if tuple(v.shape) != tuple(ours[k].shape):
-            raise ExportError(
-                f"{weights}: config does not match weights: {k} has shape {tuple(v.shape)}, "
-                f"config implies {tuple(ours[k].shape)}"
-            )
+        _check_weight(weights, k, k, v, ours, "a genqueue DCGAN generator")
     missing = sorted(set(ours) - set(sd))
     if missing:
         raise ExportError(f"{weights}: config does not match weights: missing {missing[0]}")

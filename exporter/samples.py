@@ -13,20 +13,9 @@ import numpy as np
 
 from genqueue.registry import Manifest, ModelKind, Registry, RegistryError, load_manifest
 from genqueue_exporter.errors import ExportError
+from genqueue_exporter.ortload import ort_session
 
 DEFAULT_PROMPTS = ("Once upon a time", "The moon", "A kind word")
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{path}: onnxruntime cannot load it ({first})") from e
 
 
 def _np_dtype(name: str) -> Any:
@@ -37,7 +26,7 @@ def generate_images(folder: Path, labels: np.ndarray, seed: int = 0) -> np.ndarr
     """float32 [N,C,H,W] in [-1,1] for the given int64 labels."""
     m = load_manifest(folder)
     assert m.image is not None
-    sess = _session(folder / m.onnx_file)
+    sess = ort_session(folder / m.onnx_file)
     z = np.random.default_rng(seed).standard_normal((len(labels), m.image.latent_size))
     feed: dict[str, np.ndarray] = {"z": z.astype(_np_dtype(m.inputs[0].dtype))}
     if m.image.num_classes > 0:
@@ -73,7 +62,7 @@ def generate_text(folder: Path, prompt: str, max_new_tokens: int = 48, temperatu
     assert m.text is not None
     t = m.text
     tok = Tokenizer.from_file(str(folder / t.tokenizer_file))
-    sess = _session(folder / m.onnx_file)
+    sess = ort_session(folder / m.onnx_file)
     kv_dtype = _np_dtype(t.kv_dtype)
     past_names = [s.name for s in m.inputs[3:]]
     out_names = [s.name for s in m.outputs]
@@ -142,7 +131,7 @@ def verify_folder(folder: Path) -> str:
         raise ExportError(str(e)) from e
     onnx_path = Path(folder) / m.onnx_file
     _check_onnx(onnx_path)
-    sess = _session(onnx_path)
+    sess = ort_session(onnx_path)
     got = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
     want = ([i.name for i in m.inputs], [o.name for o in m.outputs])
     if got != want:
