@@ -25,7 +25,7 @@ def charge(state: AppState, key_id: str, jobs: int) -> None:
     window = int(now // 60)
     name = f"genqueue:rl:{key_id}:{window}"
     try:
-        client = queue.redis_client(state.broker_url)
+        client = queue.shared_redis(state.broker_url)
         pipe = client.pipeline()
         pipe.incrby(name, jobs)
         pipe.expire(name, 120)

@@ -113,9 +113,6 @@ def encode_message(job_id: str, queue: str, priority: int) -> bytes:
     return json.dumps(message).encode()
 
 
-_clients: dict[str, redis.Redis] = {}
-
-
 def publish(app: Celery, items: Sequence[Publication]) -> None:
     """Publish job ids: all of them go out in one Redis pipeline (one round trip), not one each.
 
@@ -124,11 +121,7 @@ def publish(app: Celery, items: Sequence[Publication]) -> None:
     """
     if not items:
         return
-    url = str(app.conf.broker_url)
-    client = _clients.get(url)
-    if client is None:
-        client = _clients[url] = redis_client(url)
-    pipe = client.pipeline(transaction=False)
+    pipe = shared_redis(str(app.conf.broker_url)).pipeline(transaction=False)
     for it in items:
         q = queue_name(it.model)
         pipe.lpush(_bucket_key(q, it.priority), encode_message(it.job_id, q, it.priority))
@@ -137,3 +130,15 @@ def publish(app: Celery, items: Sequence[Publication]) -> None:
 
 def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(embedded.redis_py_url(url), socket_timeout=5, socket_connect_timeout=2)
+
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def shared_redis(url: str) -> redis.Redis:
+    """One client (and connection pool) per URL per process, for request paths: building a client per
+    request would open a connection per request."""
+    client = _clients.get(url)
+    if client is None:
+        client = _clients.setdefault(url, redis_client(url))
+    return client

@@ -67,7 +67,6 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._redis_client: Any = None
         # Claims and outcome writes of all task threads go to SQL in groups (see groupsql).
         self.claimer: Grouper[str, service.Claimed | service.Skipped] = Grouper(
             "gq-claim", self._claim_batch, linger_s=settings.claim_linger_ms / 1000)
@@ -97,9 +96,7 @@ class WorkerRuntime:
         return [res[o.job_id] for o in outcomes]
 
     def _redis(self) -> Any:
-        if self._redis_client is None:
-            self._redis_client = queue.redis_client(self.broker_url)
-        return self._redis_client
+        return queue.shared_redis(self.broker_url)
 
     @property
     def model_names(self) -> list[str]:

@@ -26,7 +26,7 @@ def readyz(state: StateDep) -> Response:
     except Exception as e:
         checks["database"] = f"error: {e.__class__.__name__}"
     try:
-        queue.redis_client(state.broker_url).ping()
+        queue.shared_redis(state.broker_url).ping()
         checks["redis"] = "ok"
     except Exception as e:
         checks["redis"] = f"error: {e.__class__.__name__}"

@@ -16,7 +16,7 @@ WORKER_KEY_PREFIX = "genqueue:worker:"
 
 def live_workers(state: AppState) -> list[dict[str, Any]]:
     try:
-        r = queue.redis_client(state.broker_url)
+        r = queue.shared_redis(state.broker_url)
         keys = list(r.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
         values = r.mget(keys) if keys else []
     except Exception as e:
