@@ -9,7 +9,14 @@ from pathlib import Path
 
 from genqueue.registry import ModelKind, RegistryError, load_manifest
 from genqueue_exporter.errors import ExportError
-from genqueue_exporter.export import ExportJob, Precision, check_target, export_model, variant_version
+from genqueue_exporter.export import (
+    ExportJob,
+    KVContract,
+    Precision,
+    check_target,
+    export_model,
+    variant_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,7 @@ def _existing(models_dir: Path, name: str, versions: Sequence[str]) -> bool:
 
 
 def build_tiny_lm(models_dir: Path, version: str, quick: bool, precisions: Sequence[Precision],
-                  force: bool, progress: bool) -> list[Path]:
+                  force: bool, progress: bool, kv_contract: KVContract = "ragged") -> list[Path]:
     from genqueue_exporter.train_text import TextTrainSettings, train_tiny_lm
 
     settings = TextTrainSettings.quick() if quick else TextTrainSettings()
@@ -44,6 +51,7 @@ def build_tiny_lm(models_dir: Path, version: str, quick: bool, precisions: Seque
         tokenizer_json=trained.tokenizer.to_str(),
         bos_token_id=trained.eot_id, eos_token_id=trained.eot_id, pad_token_id=trained.eot_id,
         prepend_bos=True,  # training put <|endoftext|> before every document
+        kv_contract=kv_contract,
     )
     return export_model(job, models_dir, precisions, force=force)
 
@@ -72,6 +80,7 @@ def build_builtin(
     precisions: Sequence[Precision] = ("fp32",),
     force: bool = False,
     progress: bool = True,
+    kv_contract: KVContract = "ragged",
 ) -> list[Path]:
     """Train and publish the built-in models; returns their version folders (built or already present).
 
@@ -82,7 +91,6 @@ def build_builtin(
     if only is not None and only not in BUILTIN_NAMES:
         raise ExportError(f"unknown built-in model {only!r} (choose from {', '.join(BUILTIN_NAMES)})")
     names = [only] if only else list(BUILTIN_NAMES)
-    builders = {TEXT_NAME: build_tiny_lm, IMAGE_NAME: build_dcgan_digits}
     versions = [variant_version(version, p) for p in precisions]
     todo: list[str] = []
     out: list[Path] = []
@@ -98,6 +106,9 @@ def build_builtin(
         todo.append(name)
     for name in todo:
         t0 = time.monotonic()
-        out += builders[name](models_dir, version, quick, precisions, force or skip_existing, progress)
+        if name == TEXT_NAME:
+            out += build_tiny_lm(models_dir, version, quick, precisions, force or skip_existing, progress, kv_contract)
+        else:
+            out += build_dcgan_digits(models_dir, version, quick, precisions, force or skip_existing, progress)
         log.info("%s built in %.1f s", name, time.monotonic() - t0)
     return out

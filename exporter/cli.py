@@ -34,6 +34,14 @@ def _add_common(p: argparse.ArgumentParser, version_default: str = "1") -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_kv_contract(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kv-contract", choices=["ragged", "append", "concat"], default="ragged",
+        help="text graph's KV cache contract: ragged (default; fastest on CPU), append, or concat (standard "
+             "ops with the cache kept on the device: use it for CUDA workers)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train or import models and export them to ONNX model folders.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -43,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", choices=["tiny-lm", "dcgan-digits"], help="build just one of them")
     b.add_argument("--quick", action="store_true", help="tiny models in seconds (for tests)")
     b.add_argument("--skip-existing", action="store_true", help="keep model folders that are already valid")
+    _add_kv_contract(b)
 
     h = sub.add_parser("hf", help="export a local Hugging Face GPT-2 checkpoint folder")
     h.add_argument("dir", type=Path, help="folder with config.json, model.safetensors|pytorch_model.bin, tokenizer")
     h.add_argument("--name", required=True, help="model name in the registry")
     _add_common(h)
+    _add_kv_contract(h)
 
     g = sub.add_parser("gan-state-dict", help="export a state dict of the built-in DCGAN generator architecture")
     g.add_argument("file", type=Path, help="generator state dict (.pt/.pth/.bin or .safetensors)")
@@ -105,6 +115,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         paths = build_builtin(
             args.models_dir, quick=args.quick, only=args.only, skip_existing=args.skip_existing,
             version=args.version, precisions=_precisions(args), force=args.force, progress=not args.no_progress,
+            kv_contract=args.kv_contract,
         )
         _report(paths)
         return 0
@@ -124,6 +135,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 bos_token_id=imp.bos_token_id, eos_token_id=imp.eos_token_id, pad_token_id=imp.pad_token_id,
                 metrics={"params": float(imp.model.num_params())},
                 extra={"config": imp.model.config.to_dict(), "hf_config": imp.hf_config},
+                kv_contract=args.kv_contract,
             )
         else:
             from genqueue_exporter.hf_import import load_gan_state_dict

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ from genqueue.registry import (
     sha256_file,
 )
 from genqueue_exporter.errors import ExportError
+from genqueue_exporter.gpt_ragged import build_ragged_onnx, ragged_names, ragged_parity
 from genqueue_exporter.ortload import ort_session as load_ort_session
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ Precision = Literal["fp32", "fp16", "int8"]
 # Max |ORT - torch fp32| allowed per precision. fp32 text logits reach |20|+ and float reassociation in
 # ORT's fused kernels moves them by ~1e-5..1e-4, so 1e-3 is strict yet not flaky. Quantized figures only
 # guard against a broken graph; their quality is the metrics' business.
+KVContract = Literal["ragged", "append", "concat"]
 TOLERANCE: dict[str, dict[str, float]] = {
     "text": {"fp32": 1e-3, "fp16": 5e-2, "int8": 1.5},
     "image": {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.25},
@@ -129,9 +131,17 @@ class GraphSpec:
         return {n: {int(i): d for i, d in ax.items()} for n, ax in self.dynamic_axes.items()}
 
 
-def text_graph_spec(n_layer: int, n_head: int, head_dim: int, vocab: int, kv_dtype: str) -> GraphSpec:
+def kv_output_names(n_layer: int, contract: str) -> list[str]:
+    prefix = "new_key_values" if contract == "append" else "present"
+    return [f"{prefix}.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+def text_graph_spec(
+    n_layer: int, n_head: int, head_dim: int, vocab: int, kv_dtype: str, contract: str = "append"
+) -> GraphSpec:
     past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    present = kv_output_names(n_layer, contract)
+    kv_len = "seq" if contract == "append" else "total"
     return GraphSpec(
         inputs=[
             TensorSpec(name="input_ids", dtype="int64", shape=["batch", "seq"]),
@@ -141,9 +151,26 @@ def text_graph_spec(n_layer: int, n_head: int, head_dim: int, vocab: int, kv_dty
         ],
         outputs=[
             TensorSpec(name="logits", dtype=kv_dtype, shape=["batch", "seq", vocab]),
-            *[TensorSpec(name=n, dtype=kv_dtype, shape=["batch", n_head, "total", head_dim]) for n in present],
+            *[TensorSpec(name=n, dtype=kv_dtype, shape=["batch", n_head, kv_len, head_dim]) for n in present],
         ],
         varargs_from=3,
+    )
+
+
+def ragged_graph_spec(n_layer: int, n_head: int, head_dim: int, vocab: int) -> GraphSpec:
+    past, present = ragged_names(n_layer)
+    return GraphSpec(
+        inputs=[
+            TensorSpec(name="input_ids", dtype="int64", shape=["batch", "seq"]),
+            TensorSpec(name="position_ids", dtype="int64", shape=["batch", "seq"]),
+            TensorSpec(name="seqlens_k", dtype="int32", shape=["batch"]),
+            TensorSpec(name="total_sequence_length", dtype="int32", shape=[]),
+            *[TensorSpec(name=n, dtype="float32", shape=["batch", n_head, "past", head_dim]) for n in past],
+        ],
+        outputs=[
+            TensorSpec(name="logits", dtype="float32", shape=["batch", "seq", vocab]),
+            *[TensorSpec(name=n, dtype="float32", shape=["batch", n_head, "present", head_dim]) for n in present],
+        ],
     )
 
 
@@ -280,7 +307,9 @@ def _check(case: str, diff: float, out_name: str, tol: float) -> None:
         raise ExportError(f"parity check failed: case {case}, output {out_name}: max |ORT - torch| = {diff:.3g} > tolerance {tol:g}")
 
 
-def text_parity(model: nn.Module, onnx_path: Path, spec: GraphSpec, tol: float, seed: int = 0) -> dict[str, float]:
+def text_parity(
+    model: nn.Module, onnx_path: Path, spec: GraphSpec, tol: float, seed: int = 0, contract: str = "append"
+) -> dict[str, float]:
     """ORT vs the torch fp32 model on prefill (P=0), decode (P>0, S=1), a chunk (P>0, S>1) and left padding.
 
     ``left_pad_vs_alone`` is ORT against ORT: a left-padded row's real-token logits against the same row
@@ -300,7 +329,7 @@ def text_parity(model: nn.Module, onnx_path: Path, spec: GraphSpec, tol: float, 
 
     def run(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: list[torch.Tensor]) -> tuple[list[np.ndarray], tuple[torch.Tensor, ...]]:
         with torch.no_grad():
-            ref = gpt(ids, mask, pos, *past)
+            ref = gpt.forward_append(ids, mask, pos, *past) if contract == "append" else gpt(ids, mask, pos, *past)
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy()}
         feed.update({n: p.numpy().astype(np_dtype) for n, p in zip(in_names[3:], past, strict=True)})
         return sess.run(out_names, feed), ref
@@ -314,7 +343,10 @@ def text_parity(model: nn.Module, onnx_path: Path, spec: GraphSpec, tol: float, 
         diff, worst = _max_diff(got, ref, out_names)
         _check(name, diff, worst, tol)
         results[name] = diff
-        return ids, list(ref[1:])
+        kv = list(ref[1:])
+        if contract == "append":  # the next case's past is what a worker's cache would hold
+            kv = [torch.cat([p, n], dim=2) for p, n in zip(past, kv, strict=True)]
+        return ids, kv
 
     S0 = min(6, cfg.block_size - 4)
     _, past = case("prefill_b2", 2, S0, gpt.empty_past(2))
@@ -387,6 +419,25 @@ class ExportJob:
     eos_token_id: int = 0
     pad_token_id: int = 0
     prepend_bos: bool = False  # text: the model saw BOS before every training document
+    kv_contract: KVContract = "ragged"  # text: see registry.TextSpec.kv_contract
+
+
+def variant_contract(job: ExportJob, precision: str) -> KVContract:
+    """The KV contract of one precision variant: GroupQueryAttention's CPU kernel is fp32, so a ragged model's
+    fp16 variant uses the append contract (standard ops)."""
+    if job.kv_contract == "ragged" and precision == "fp16":
+        return "append"
+    return job.kv_contract
+
+
+def _export_module(job: ExportJob, model: nn.Module, contract: str) -> nn.Module:
+    """The module whose ``forward`` is the graph: GPT.forward is the concat contract, AppendKV the append one."""
+    if job.kind is ModelKind.text and contract == "append":
+        from genqueue_exporter.gpt import GPT, AppendKV
+
+        assert isinstance(model, GPT)
+        return AppendKV(model)
+    return model
 
 
 def _example_args(job: ExportJob, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -402,10 +453,12 @@ def _example_args(job: ExportJob, dtype: torch.dtype) -> tuple[torch.Tensor, ...
     return (torch.zeros(2, cfg.latent_size, dtype=dtype), torch.zeros(2, dtype=torch.long))
 
 
-def _graph_spec(job: ExportJob, dtype: str) -> GraphSpec:
+def _graph_spec(job: ExportJob, dtype: str, contract: str) -> GraphSpec:
     cfg: Any = job.model.config
     if job.kind is ModelKind.text:
-        return text_graph_spec(cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.vocab_size, dtype)
+        if contract == "ragged":
+            return ragged_graph_spec(cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.vocab_size)
+        return text_graph_spec(cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.vocab_size, dtype, contract)
     return image_graph_spec(cfg.latent_size, cfg.num_classes > 0, cfg.channels, cfg.image_size, cfg.image_size, dtype)
 
 
@@ -416,18 +469,25 @@ def _build_variant(job: ExportJob, precision: Precision, folder: Path, fp32_onnx
     folder.mkdir(parents=True)
     onnx_path = folder / "model.onnx"
     io_dtype: Literal["float32", "float16"] = "float16" if precision == "fp16" else "float32"
-    spec = _graph_spec(job, io_dtype)
+    contract = variant_contract(job, precision)
+    spec = _graph_spec(job, io_dtype, contract)
     if precision == "int8":
         assert fp32_onnx is not None
         method = quantize_int8(fp32_onnx, onnx_path)
     elif precision == "fp16":
-        method = export_fp16(job, spec, onnx_path)
+        method = export_fp16(job, spec, onnx_path, contract)
+    elif job.kind is ModelKind.text and contract == "ragged":
+        method = build_ragged_onnx(job.model.eval().float(), onnx_path)
     else:
-        model = job.model.eval().float()
+        model = _export_module(job, job.model.eval().float(), contract)
         method = to_onnx(model, _example_args(job, torch.float32), spec, onnx_path)
     kind_tol = TOLERANCE[job.kind.value][precision]
-    parity_fn: Callable[..., dict[str, float]] = text_parity if job.kind is ModelKind.text else image_parity
-    diffs = parity_fn(job.model, onnx_path, spec, kind_tol)
+    if job.kind is ModelKind.text and contract == "ragged":
+        diffs = ragged_parity(job.model, ort_session(onnx_path), kind_tol)
+    elif job.kind is ModelKind.text:
+        diffs = text_parity(job.model, onnx_path, spec, kind_tol, contract=contract)
+    else:
+        diffs = image_parity(job.model, onnx_path, spec, kind_tol)
 
     cfg: Any = job.model.config
     text = image = None
@@ -439,7 +499,7 @@ def _build_variant(job: ExportJob, precision: Precision, folder: Path, fp32_onnx
             vocab_size=cfg.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.head_dim,
             n_embd=cfg.n_embd, context_length=cfg.block_size, bos_token_id=job.bos_token_id,
             eos_token_id=job.eos_token_id, pad_token_id=job.pad_token_id, kv_dtype=io_dtype,
-            prepend_bos=job.prepend_bos,
+            prepend_bos=job.prepend_bos, kv_contract=contract,
         )
     else:
         image = ImageSpec(
@@ -533,6 +593,8 @@ def quantize_int8(fp32_onnx: Path, out: Path) -> str:
         quantize_dynamic(
             model_input=str(plain), model_output=str(out), weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
+            # Shape inference cannot type the outputs of com.microsoft ops (the ragged graph's attention).
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     except Exception as e:
         raise ExportError(f"int8 quantization failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
@@ -543,7 +605,7 @@ def quantize_int8(fp32_onnx: Path, out: Path) -> str:
     return "quantize_dynamic(int8)"
 
 
-def export_fp16(job: ExportJob, spec: GraphSpec, out: Path) -> str:
+def export_fp16(job: ExportJob, spec: GraphSpec, out: Path, contract: str = "append") -> str:
     """Export a half-precision copy of the module (fp16 I/O and KV cache).
 
     Exporting ``model.half()`` instead of converting the fp32 graph keeps dtype-dependent constants right:
@@ -554,6 +616,6 @@ def export_fp16(job: ExportJob, spec: GraphSpec, out: Path) -> str:
 
     half = copy.deepcopy(job.model).eval().half()
     try:
-        return to_onnx(half, _example_args(job, torch.float16), spec, out) + "(fp16)"
+        return to_onnx(_export_module(job, half, contract), _example_args(job, torch.float16), spec, out) + "(fp16)"
     except ExportError as e:
         raise ExportError(f"fp16 export failed: {e}") from e

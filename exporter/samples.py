@@ -64,7 +64,7 @@ def generate_text(folder: Path, prompt: str, max_new_tokens: int = 48, temperatu
     tok = Tokenizer.from_file(str(folder / t.tokenizer_file))
     sess = ort_session(folder / m.onnx_file)
     kv_dtype = _np_dtype(t.kv_dtype)
-    past_names = [s.name for s in m.inputs[3:]]
+    past_names = [s.name for s in m.inputs if s.name.startswith("past_key_values.")]
     out_names = [s.name for s in m.outputs]
     ids = [t.bos_token_id, *tok.encode(prompt).ids]
     past = [np.zeros((1, t.n_head, 0, t.head_dim), dtype=kv_dtype) for _ in past_names]
@@ -76,11 +76,17 @@ def generate_text(folder: Path, prompt: str, max_new_tokens: int = 48, temperatu
             break
         feed = {
             "input_ids": np.array([cur], dtype=np.int64),
-            "attention_mask": np.ones((1, total), dtype=np.int64),
             "position_ids": np.arange(total - len(cur), total, dtype=np.int64)[None],
             **dict(zip(past_names, past, strict=True)),
         }
-        logits, *past = sess.run(out_names, feed)
+        if t.kv_contract == "ragged":  # lengths instead of a mask; present = the cache with the new columns
+            feed["seqlens_k"] = np.array([total - 1], np.int32)
+            feed["total_sequence_length"] = np.array(total, np.int32)
+        else:
+            feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
+        logits, *kv = sess.run(out_names, feed)
+        # The append contract returns only the new columns; the caller owns the cache.
+        past = [np.concatenate([p, n], axis=2) for p, n in zip(past, kv, strict=True)] if t.kv_contract == "append" else kv
         last = logits[0, -1].astype(np.float64)
         if temperature <= 0:
             nxt = int(last.argmax())
@@ -141,11 +147,16 @@ def verify_folder(folder: Path) -> str:
         t = m.text
         feed = {
             "input_ids": np.zeros((2, 3), dtype=np.int64),
-            "attention_mask": np.ones((2, 3), dtype=np.int64),
             "position_ids": np.tile(np.arange(3, dtype=np.int64), (2, 1)),
         }
-        for s in m.inputs[3:]:
-            feed[s.name] = np.zeros((2, t.n_head, 0, t.head_dim), dtype=_np_dtype(t.kv_dtype))
+        if t.kv_contract == "ragged":
+            feed["seqlens_k"] = np.full(2, 2, np.int32)
+            feed["total_sequence_length"] = np.array(3, np.int32)
+        else:
+            feed["attention_mask"] = np.ones((2, 3), dtype=np.int64)
+        for s in m.inputs:
+            if s.name.startswith("past_key_values."):
+                feed[s.name] = np.zeros((2, t.n_head, 0, t.head_dim), dtype=_np_dtype(t.kv_dtype))
         first = sess.run(None, feed)[0]
     else:
         first = generate_images(Path(folder), np.zeros(2, dtype=np.int64))

@@ -6,9 +6,18 @@ uses the same reader to validate ``model`` / ``model@version`` and prompt length
 
 ONNX contract (what the worker's runners rely on):
 
-* text: inputs ``input_ids`` int64 [B,S], ``attention_mask`` int64 [B,P+S], ``position_ids`` int64 [B,S],
-  ``past_key_values.<i>.key`` / ``.value`` [B,H,P,D]; outputs ``logits`` [B,S,V] and
-  ``present.<i>.key`` / ``.value`` [B,H,P+S,D]. One graph serves prefill (P=0) and decode.
+* text, by the manifest's ``text.kv_contract``:
+
+  - "ragged" (the exporter's default, exporter/gpt_ragged.py): inputs ``input_ids`` int64 [B,S],
+    ``position_ids`` int64 [B,S], ``seqlens_k`` int32 [B], ``total_sequence_length`` int32 [],
+    ``past_key_values.<i>.key`` / ``.value`` [B,H,M,D]; outputs ``logits`` [B,S,V] and ``present.<i>.*``
+    [B,H,max(M,total),D]. Rows are right-padded and carry their own lengths.
+  - "append" / "concat": inputs ``input_ids`` int64 [B,S], ``attention_mask`` int64 [B,P+S],
+    ``position_ids`` int64 [B,S], ``past_key_values.<i>.key`` / ``.value`` [B,H,P,D]; outputs ``logits``
+    [B,S,V] and either ``new_key_values.<i>.*`` [B,H,S,D] (only the new tokens) or ``present.<i>.*``
+    [B,H,P+S,D] = concat(past, new) (manifests written before the field existed are "concat").
+
+  One graph serves prefill (P=0) and decode.
 * image: inputs ``z`` float32 [B,latent] and, for conditional models, ``class_label`` int64 [B];
   output ``images`` float32 [B,C,H,W] in [-1, 1].
 
@@ -57,6 +66,10 @@ class TextSpec(BaseModel):
     kv_dtype: Literal["float32", "float16"] = "float32"
     # True when the model was trained with BOS in front of every document: the engine prepends it.
     prepend_bos: bool = False
+    # "ragged" (GroupQueryAttention; rows of their own lengths, cache updated in place by the graph),
+    # "append" (the graph returns only the new tokens' keys/values; the worker writes them into its cache)
+    # or "concat" (the graph returns the whole cache, a copy per step; portable, and older exports).
+    kv_contract: Literal["ragged", "append", "concat"] = "concat"
     tokenizer_file: str = "tokenizer.json"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from genqueue_worker.engine.kv_append import AppendKVCache
 from genqueue_worker.engine.kv_cache import (
     DeviceKVCache,
     HostKVCache,
@@ -37,6 +38,11 @@ def check(cache, ref: list[list[np.ndarray]]) -> None:
     assert cache.rows == len(ref)
     if not ref:
         return
+    if isinstance(cache, AppendKVCache):
+        assert cache.width > cache.length, "an append cache always has a spare column for the next step"
+        for a in cache.past():
+            # The graph attends over every column it is given; masked ones must hold zeros, not stale NaN.
+            assert np.all(a[:, :, cache.length :] == 0)
     assert cache.lens.tolist() == [r[0].shape[1] for r in ref]
     assert cache.length >= int(cache.lens.max())
     block = cache.extract(list(range(cache.rows)))
@@ -74,12 +80,29 @@ def step_device(cache: DeviceKVCache, rng: np.random.Generator, ref: list[list[n
     cache.commit_step(present)
 
 
-@pytest.mark.parametrize("kind", ["host", "device-cpu"])
+def step_append(cache: AppendKVCache, rng: np.random.Generator, ref: list[list[np.ndarray]]) -> None:
+    mask = cache.mask_for_step()
+    assert mask.shape == (cache.rows, cache.width + 1)
+    assert mask.sum(axis=1).tolist() == (cache.lens + 1).tolist()  # each row's real tokens + the new one
+    assert np.all(mask[:, -1] == 1) and np.all(mask[:, cache.length : cache.width] == 0)
+    news = []
+    for t in range(T):
+        new = rng.standard_normal((cache.rows, H, 1, D)).astype(np.float32)
+        news.append(new)
+        for i in range(cache.rows):
+            ref[i][t] = np.concatenate([ref[i][t], new[i]], axis=1)
+    cache.commit_step(news)
+
+
+@pytest.mark.parametrize("kind", ["host", "device-cpu", "append"])
 def test_random_joins_leaves_and_steps_match_the_reference(kind: str) -> None:
     if kind == "device-cpu":
         pytest.importorskip("onnxruntime")
         cache = DeviceKVCache(T, H, D, np.float32, "cpu")
         step = step_device
+    elif kind == "append":
+        cache = AppendKVCache(T, H, D, np.float32, block=3)
+        step = step_append
     else:
         cache = HostKVCache(T, H, D, np.float32, trim_slack=2)
         step = step_host
@@ -107,8 +130,29 @@ def test_random_joins_leaves_and_steps_match_the_reference(kind: str) -> None:
         if it % 20 == 19:
             cache.clear()
             ref = []
-    if kind == "host":
+    if kind in ("host", "append"):
         assert cache.relayouts > 0  # joins longer than the batch and trims both happened
+
+
+def test_append_cache_copies_the_batch_once_per_block_of_steps() -> None:
+    cache = AppendKVCache(T, H, D, np.float32, block=8)
+    rng = np.random.default_rng(0)
+    cache.append(make_block(rng, [5] * 4), range(4))
+    assert (cache.length, cache.width, cache.relayouts) == (5, 13, 0)
+    news = [np.ones((4, H, 1, D), np.float32)] * T
+    for _ in range(7):
+        cache.commit_step(news)
+    assert (cache.length, cache.relayouts) == (12, 0)  # seven steps wrote columns in place
+    cache.commit_step(news)
+    assert (cache.length, cache.width, cache.relayouts) == (13, 21, 1)  # spare columns ran out: one copy
+
+
+def test_append_cache_trims_once_the_common_padding_reaches_a_block() -> None:
+    cache = AppendKVCache(T, H, D, np.float32, block=4)
+    rng = np.random.default_rng(0)
+    cache.append(make_block(rng, [40, 3, 3]), [0, 1, 2])
+    cache.remove([0])
+    assert (cache.length, cache.width, cache.relayouts) == (3, 7, 1)
 
 
 def test_trim_bounds_the_length_by_the_longest_live_row() -> None:

@@ -61,12 +61,19 @@ def test_same_tokens_alone_in_a_batch_of_32_and_joining_midway(models: dict[str,
     assert all(r.metrics["wait_ms"] > 0 for r in joined[12:])
 
 
-def test_device_cache_code_path_gives_the_same_tokens(models: dict[str, Any]) -> None:
-    entry = models["text"]
+def test_device_cache_code_path_gives_the_same_tokens(tmp_path: Any) -> None:
+    # The device-resident cache serves concat-contract graphs (the CUDA path): a hand-made one here.
+    pytest.importorskip("onnx")
+    from engine_testmodels import build_text_model
+
+    from genqueue.registry import Registry
+
+    build_text_model(tmp_path / "concat-lm" / "1")
+    entry = Registry(tmp_path).resolve("concat-lm")
     info = TextModelInfo.from_spec(entry.manifest.text)
     runner = OrtTextRunner(entry.onnx_path, info, SessionConfig(provider="cpu"), cache_device="cpu")
     eng = TextEngine(entry, runner=runner, config=TextEngineConfig(max_batch_size=8))
-    host = text_engine(models, max_batch_size=8)
+    host = load_engine(entry, "cpu", max_batch_size=8)
     reqs = [*fillers(10), *probe()]
     assert [key(r) for r in eng.run_all(reqs)] == [key(r) for r in host.run_all(reqs)]
     assert eng.cache.round_trips > 0  # type: ignore[attr-defined]

@@ -37,9 +37,14 @@ def session(folder: Path) -> ort.InferenceSession:
 
 def ort_text(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray,
              past: list[np.ndarray]) -> list[np.ndarray]:
+    """(logits, *cache after the call): an append graph's new columns are appended to ``past`` here, as the
+    worker's cache does, so that callers see the same thing from either contract."""
     names = [i.name for i in sess.get_inputs()]
     feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, **dict(zip(names[3:], past, strict=True))}
-    return sess.run(None, feed)
+    logits, *kv = sess.run(None, feed)
+    if sess.get_outputs()[1].name.startswith("new_key_values."):
+        kv = [np.concatenate([p, n], axis=2) for p, n in zip(past, kv, strict=True)]
+    return [logits, *kv]
 
 
 def empty_past_np(m_text, batch: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
@@ -125,13 +130,14 @@ def test_builtin_quick_round_trip(built: Path) -> None:
     assert text.text is not None and image.image is not None
     assert (built / "tiny-lm" / "1" / "tokenizer.json").is_file()
     assert text.inputs[0].name == "input_ids" and text.outputs[0].name == "logits"
-    assert text.dynamic_axes["attention_mask"] == {"0": "batch", "1": "total"}
-    assert text.dynamic_axes["present.0.key"] == {"0": "batch", "2": "total"}
-    assert {"prefill_b2", "decode_b2", "left_pad_b3", "left_pad_vs_alone"} <= set(text.parity.max_abs_diff)
+    assert text.text.kv_contract == "ragged"  # the default: GroupQueryAttention over rows of their own lengths
+    assert text.dynamic_axes["present.0.key"] == {"0": "batch", "2": "present"}
+    assert text.dynamic_axes["seqlens_k"] == {"0": "batch"}
+    assert {"prompt_ragged_b3", "decode_ragged_b3"} <= set(text.parity.max_abs_diff)
     assert max(text.parity.max_abs_diff.values()) <= text.parity.tolerance
     assert {"val_loss", "train_loss", "params"} <= set(text.metrics)
     assert "class_accuracy" in image.metrics and image.dynamic_axes["z"] == {"0": "batch"}
-    assert text.extra["exporter"] in ("dynamo", "torchscript")
+    assert text.extra["exporter"] == "onnx-helper(ragged)" and image.extra["exporter"] in ("dynamo", "torchscript")
     assert text.exporter_version and text.created_at.endswith("Z") and text.opset >= 17
     no_leftovers(built)
 
@@ -144,8 +150,17 @@ def test_builtin_existing_version_is_refused_or_skipped(built: Path, capsys: pyt
     assert load_manifest(built / "tiny-lm" / "1").sha256 == sha
 
 
-def test_ort_kv_cache_and_left_padding(built: Path) -> None:
-    folder = built / "tiny-lm" / "1"
+@pytest.mark.parametrize("contract", ["append", "concat"])
+def test_ort_kv_cache_and_left_padding(contract: str, tmp_path: Path) -> None:
+    from genqueue.registry import ModelKind
+    from genqueue_exporter.export import ExportJob, export_model
+
+    tok = train_tokenizer(["the cat sat on the mat."] * 4, 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_embd=32, block_size=64)).eval()
+    (folder,) = export_model(
+        ExportJob(ModelKind.text, "m", "1", model, tokenizer_json=tok.to_str(), kv_contract=contract), tmp_path
+    )
     m = load_manifest(folder)
     assert m.text is not None
     sess = session(folder)
@@ -168,6 +183,52 @@ def test_ort_kv_cache_and_left_padding(built: Path) -> None:
     padded = ort_text(sess, batch, mask, pos, empty_past_np(m.text, 2))[0]
     assert np.isfinite(padded).all()
     assert np.abs(padded[1, 5:] - alone[0]).max() <= 1e-4
+
+
+def test_ort_ragged_cache_in_place_matches_the_full_sequence(built: Path) -> None:
+    """The built-in (ragged) graph: a prompt, then decode steps whose present is the past buffer itself, give
+    the logits of the whole sequence at once; two rows of different lengths share every call."""
+    folder = built / "tiny-lm" / "1"
+    m = load_manifest(folder)
+    assert m.text is not None and m.text.kv_contract == "ragged"
+    t = m.text
+    sess = session(folder)
+    names = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, t.vocab_size, (2, 8))
+    lens = [8, 6]  # row 1 is shorter: right-padded, and it decodes from position 4 while row 0 is at 5
+
+    def call(x: np.ndarray, pos: np.ndarray, seqlens: list[int], past: list[np.ndarray]) -> list[np.ndarray]:
+        feed = {"input_ids": x, "position_ids": pos, "seqlens_k": np.array(seqlens, np.int32),
+                "total_sequence_length": np.array(max(seqlens) + x.shape[1] if x.shape[1] == 1 else x.shape[1], np.int32)}
+        feed.update(zip([i.name for i in sess.get_inputs()][4:], past, strict=True))
+        return sess.run(names, feed)
+
+    empty = [np.zeros((2, t.n_head, 0, t.head_dim), np.float32) for _ in range(2 * t.n_layer)]
+    full_ids = ids.copy()
+    full_ids[1, 6:] = 0
+    full = call(full_ids, np.tile(np.arange(8), (2, 1)), [7, 5], empty)[0]
+    prompt = [5, 3]  # prompt tokens per row, right-padded into one [2,5] call
+    x = np.zeros((2, 5), np.int64)
+    x[0], x[1, :3] = ids[0, :5], ids[1, :3]
+    out = call(x, np.tile(np.arange(5), (2, 1)), [4, 2], empty)
+    got = {0: [out[0][0, :5]], 1: [out[0][1, :3]]}
+    cache = [np.zeros((2, t.n_head, 12, t.head_dim), np.float32) for _ in range(2 * t.n_layer)]
+    for c, present in zip(cache, out[1:], strict=True):
+        c[:, :, :5] = present
+    cur = list(prompt)
+    while cur[0] < lens[0]:
+        x = np.array([[ids[0, cur[0]]], [ids[1, min(cur[1], 7)]]], np.int64)
+        step = call(x, np.array([[cur[0]], [cur[1]]], np.int64), cur, cache)
+        for c, present in zip(cache, step[1:], strict=True):
+            assert present.shape == c.shape
+            c[...] = present  # what the worker gets for free by binding present to the past's memory
+        got[0].append(step[0][0, :1])
+        if cur[1] < lens[1]:
+            got[1].append(step[0][1, :1])
+        cur = [cur[0] + 1, cur[1] + 1]
+    assert np.abs(np.concatenate(got[0]) - full[0]).max() <= 1e-4
+    assert np.abs(np.concatenate(got[1]) - full[1, :6]).max() <= 1e-4
 
 
 def test_dcgan_batch_axis_is_dynamic(built: Path) -> None:
@@ -227,9 +288,12 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_hf_gpt2_export_matches_transformers(hf_dir: Path, tmp_path: Path) -> None:
+    # The concat contract takes the same mask and positions as transformers, so logits compare directly;
+    # the default (ragged) export of the same checkpoint is compared through the engine further down.
     transformers = pytest.importorskip("transformers")
     models = tmp_path / "models"
-    assert run(["hf", str(hf_dir), "--name", "tiny-gpt2", "--models-dir", str(models), "--no-progress"]) == 0
+    argv = ["hf", str(hf_dir), "--name", "tiny-gpt2", "--models-dir", str(models), "--no-progress", "--kv-contract", "concat"]
+    assert run(argv) == 0
     folder = models / "tiny-gpt2" / "1"
     m = load_manifest(folder, check_hash=True)
     assert m.source.startswith("hf:") and m.text is not None and m.text.eos_token_id == 0
@@ -386,7 +450,7 @@ def test_parity_failure_publishes_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setitem(export.TOLERANCE, "text", {"fp32": -1.0})  # an impossible bar, real measurement
     job = export.ExportJob(kind=ModelKind.text, name="strict", version="1", model=small_gpt(),
                            tokenizer_json="{}")
-    with pytest.raises(ExportError, match=r"parity check failed: case prefill_b2, output \S+: max \|ORT - torch\|"):
+    with pytest.raises(ExportError, match=r"parity check failed: case prompt_ragged_b3, output \S+: max \|ORT - torch\|"):
         export.export_model(job, tmp_path)
     assert not (tmp_path / "strict").exists()
     no_leftovers(tmp_path)
@@ -397,6 +461,40 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "genqueue export: error:" in capsys.readouterr().err
     assert run(["hf", "x", "--name", "Bad Name"]) == 1
     assert "invalid model name" in capsys.readouterr().err
+
+
+def test_every_kv_contract_generates_the_same_tokens(tmp_path: Path) -> None:
+    """The three KV contracts of one model, served by the continuous-batching engine (jobs join and leave a
+    3-row batch, so the caches grow, trim and swap-remove), give the same greedy tokens."""
+    from genqueue.registry import ModelKind
+    from genqueue_exporter.export import ExportJob, export_model
+    from genqueue_worker.engine.kv_append import AppendKVCache
+    from genqueue_worker.engine.kv_cache import HostKVCache
+    from genqueue_worker.engine.kv_ragged import RaggedKVCache
+    from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
+    from genqueue_worker.engine.types import TextParams, TextRequest
+
+    tok = train_tokenizer(["the cat sat on the mat. a dog ran in the park."] * 4, 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_embd=32, block_size=64)).eval()
+    tokens: dict[str, list[list[int]]] = {}
+    for contract, cache_type in (("ragged", RaggedKVCache), ("append", AppendKVCache), ("concat", HostKVCache)):
+        job = ExportJob(ModelKind.text, f"m-{contract}", "1", model, tokenizer_json=tok.to_str(), kv_contract=contract)
+        export_model(job, tmp_path)
+        entry = Registry(tmp_path).resolve(f"m-{contract}")
+        assert entry.manifest.text is not None and entry.manifest.text.kv_contract == contract
+        engine = TextEngine(entry, "cpu", TextEngineConfig(max_batch_size=3, return_token_ids=True))
+        assert isinstance(engine.cache, cache_type)
+        reqs = [
+            TextRequest(f"j{i}", "the cat sat"[: 3 + 2 * i], TextParams(max_new_tokens=3 + 4 * i, temperature=0, ignore_eos=True))
+            for i in range(6)
+        ]
+        results = engine.run_all(reqs)
+        assert all(r.status == "succeeded" for r in results), [r.error_message for r in results]
+        tokens[contract] = [r.output["token_ids"][0] for r in results if r.output is not None]
+    assert [len(t) for t in tokens["concat"]] == [3 + 4 * i for i in range(6)]
+    assert tokens["ragged"] == tokens["concat"]
+    assert tokens["append"] == tokens["concat"]
 
 
 def test_engine_serves_hf_export_like_transformers(hf_dir: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 
@@ -103,9 +104,15 @@ def test_cancel_and_finished_conflict(running) -> None:  # type: ignore[no-untyp
         running.client.cancel(done["id"])
     assert e.value.status == 409
     limit = {m["name"]: m for m in running.client.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
-    long = running.client.submit("tiny-lm", {"prompt": "b", "max_new_tokens": limit - 2, "seed": 1, "n": 16})
+    # The job to cancel queues behind ~12 batches' worth of long rows, so it is still queued or running when
+    # the cancel arrives however fast the engine is; the jobs ahead of it are canceled too, to free the worker.
+    ahead = [running.client.submit("tiny-lm", {"prompt": "b", "max_new_tokens": limit - 2, "seed": i, "n": 16}) for i in range(12)]
+    long = running.client.submit("tiny-lm", {"prompt": "b", "max_new_tokens": limit - 2, "seed": 99, "n": 16})
     canceled = running.client.cancel(long["id"])
     assert canceled["status"] == "canceled"
+    for job in ahead:
+        with contextlib.suppress(GenqueueError):  # the first ones may have finished already
+            running.client.cancel(job["id"])
     time.sleep(1.0)
     final = running.client.get(long["id"])
     assert final["status"] == "canceled" and final["output"] is None

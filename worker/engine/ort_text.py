@@ -1,9 +1,14 @@
 """ONNX Runtime text runner: prefill and decode over the explicit KV cache (registry.py's contract).
 
-CPU: the cache lives in :class:`HostKVCache`'s ping-pong buffers and is bound by pointer through IO binding,
-so ORT writes ``present`` straight into the buffer the next step reads as ``past`` (no allocation, no copy
-on the Python side). CUDA: :class:`DeviceKVCache`; ``present`` stays on the device between steps and only
-the logits come back to the host.
+Append graphs (the exporter's default): the cache lives in :class:`AppendKVCache`, bound by pointer through
+IO binding with spare masked columns; the graph returns only the new column, which the cache writes in place,
+so a step copies no cache at all. On CUDA the cache is bound from host memory (ORT uploads it each step):
+for GPU serving, export with ``--kv-contract concat``, whose cache stays on the device.
+
+Concat graphs (older exports): CPU: the cache lives in :class:`HostKVCache`'s ping-pong buffers, so ORT
+writes ``present`` straight into the buffer the next step reads as ``past`` (no allocation, no copy on the
+Python side). CUDA: :class:`DeviceKVCache`; ``present`` stays on the device between steps and only the
+logits come back to the host.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from genqueue_worker.engine.kv_append import AppendKVCache
 from genqueue_worker.engine.kv_cache import DeviceKVCache, HostKVCache, KVBlock, KVCache
+from genqueue_worker.engine.kv_ragged import RaggedKVCache
 from genqueue_worker.engine.ort_session import CUDA, SessionConfig, create_session
 from genqueue_worker.engine.runner import TextModelInfo
 
@@ -39,15 +46,24 @@ class OrtTextRunner:
         self.info = info
         self.session_config = session or SessionConfig()
         self.session, self.provider = create_session(model_path, self.session_config, f"text model {model_path}")
-        self.on_device = self.provider == CUDA or cache_device is not None
-        self.cache_device = cache_device or ("cuda" if self.provider == CUDA else "cpu")
         self.trim_slack = trim_slack
         n = info.n_layer
         self.past_names = [f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
-        self.present_names = [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
-        missing = [x for x in ["input_ids", "attention_mask", "position_ids", *self.past_names] if x not in inputs]
+        # The graph's I/O says which contract it follows (older manifests predate text.kv_contract).
+        self.ragged = "seqlens_k" in inputs
+        self.append = "new_key_values.0.key" in outputs
+        self.contract = "ragged" if self.ragged else "append" if self.append else "concat"
+        prefix = "new_key_values" if self.append else "present"
+        self.present_names = [f"{prefix}.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+        self.on_device = self.contract == "concat" and (self.provider == CUDA or cache_device is not None)
+        self.cache_device = cache_device or ("cuda" if self.provider == CUDA else "cpu")
+        if self.contract != "concat" and self.provider == CUDA:
+            log.warning("%s: a %s-contract graph on CUDA keeps its KV cache on the host; export with "
+                        "--kv-contract concat to keep it on the device", model_path, self.contract)
+        step_inputs = ["seqlens_k", "total_sequence_length"] if self.ragged else ["attention_mask"]
+        missing = [x for x in ["input_ids", *step_inputs, "position_ids", *self.past_names] if x not in inputs]
         missing += [x for x in ["logits", *self.present_names] if x not in outputs]
         if missing:
             raise ValueError(f"{model_path}: graph does not follow the text contract, missing {missing}")
@@ -62,6 +78,10 @@ class OrtTextRunner:
     # -- cache ------------------------------------------------------------------------------------------
     def new_cache(self) -> KVCache:
         n = 2 * self.info.n_layer
+        if self.ragged:
+            return RaggedKVCache(n, self.info.n_head, self.info.head_dim, self.kv_dtype)
+        if self.append:
+            return AppendKVCache(n, self.info.n_head, self.info.head_dim, self.kv_dtype)
         if self.on_device:
             return DeviceKVCache(
                 n, self.info.n_head, self.info.head_dim, self.kv_dtype, self.cache_device, self.session_config.device_id
@@ -76,6 +96,9 @@ class OrtTextRunner:
 
     # -- calls ------------------------------------------------------------------------------------------
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> tuple[np.ndarray, KVBlock]:
+        """Left-padded prompts (the engine's convention) -> (last-token logits [B,V], left-padded KVBlock)."""
+        if self.ragged:
+            return self._prefill_ragged(input_ids, attention_mask, position_ids)
         b = input_ids.shape[0]
         feeds: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         feeds.update(zip(self.past_names, self._empty(b), strict=True))
@@ -83,18 +106,49 @@ class OrtTextRunner:
         logits = out[0][:, -1, :]  # [B,V]: left padding puts every row's last token in the last column
         return logits, KVBlock(list(out[1:]), attention_mask.sum(axis=1).astype(np.int64))
 
+    def _prefill_ragged(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> tuple[np.ndarray, KVBlock]:
+        # The ragged graph wants each row's tokens first (right padding) and its length in seqlens_k.
+        b, s = input_ids.shape
+        lens = attention_mask.sum(axis=1).astype(np.int64)
+        ids = np.full_like(input_ids, self.info.pad_token_id)
+        pos = np.zeros_like(position_ids)
+        for r in range(b):
+            n = int(lens[r])
+            ids[r, :n] = input_ids[r, s - n :]
+            pos[r, :n] = position_ids[r, s - n :]
+        feeds: dict[str, Any] = {
+            "input_ids": ids, "position_ids": pos, "seqlens_k": (lens - 1).astype(np.int32),
+            "total_sequence_length": np.array(s, np.int32),
+        }
+        feeds.update(zip(self.past_names, self._empty(b), strict=True))
+        out = self.session.run(["logits", *self.present_names], feeds)
+        rows = np.arange(b)
+        logits = out[0][rows, lens - 1, :]  # [B,V]: each row's last real token
+        arrays = []
+        for present in out[1:]:  # [B,H,S,D] right-padded -> left-padded, the KVBlock convention
+            left = np.zeros_like(present)
+            for r in range(b):
+                n = int(lens[r])
+                left[r, :, s - n :] = present[r, :, :n]
+            arrays.append(left)
+        return logits, KVBlock(arrays, lens)
+
     def _positions(self, cache: KVCache) -> np.ndarray:
         # A static batch's finished rows keep decoding as padding; clamp them inside the position table.
         return np.minimum(cache.lens, self.info.context_length - 1).astype(np.int64)[:, None]  # [rows,1]
 
     def decode(self, cache: KVCache, input_ids: np.ndarray) -> np.ndarray:
-        if isinstance(cache, HostKVCache):
+        if isinstance(cache, RaggedKVCache):
+            return self._decode_ragged(cache, input_ids)
+        if isinstance(cache, HostKVCache | AppendKVCache):
             return self._decode_host(cache, input_ids)
         if isinstance(cache, DeviceKVCache):
             return self._decode_device(cache, input_ids)
         raise TypeError(f"unsupported cache {type(cache).__name__}")
 
-    def _decode_host(self, cache: HostKVCache, input_ids: np.ndarray) -> np.ndarray:
+    def _decode_host(self, cache: HostKVCache | AppendKVCache, input_ids: np.ndarray) -> np.ndarray:
+        """Both host caches bind by address: past from the live buffer, the KV output into the buffer the
+        cache names (the spare ping-pong buffer of a concat cache, the new-column buffer of an append one)."""
         io = self._io
         rows, v = cache.rows, self.info.vocab_size
         mask = cache.mask_for_step()  # [rows,P+1]
@@ -121,6 +175,34 @@ class OrtTextRunner:
             io.clear_binding_outputs()
         cache.commit_step()
         return logits[:, 0, :].copy()  # [rows,V]; the buffer is reused by the next step
+
+    def _decode_ragged(self, cache: RaggedKVCache, input_ids: np.ndarray) -> np.ndarray:
+        """One step with ``present`` bound to ``past``'s memory: the graph reads each row's own length and
+        writes its new column in place, so nothing is copied before or after."""
+        io = self._io
+        rows, v = cache.rows, self.info.vocab_size
+        shape, ptrs = cache.step_binding()
+        lens = cache.lens
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        io.bind_cpu_input("position_ids", self._positions(cache))
+        io.bind_cpu_input("seqlens_k", lens.astype(np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array(int(lens.max()) + 1, np.int32))
+        kv = self.kv_dtype
+        for past, present, ptr in zip(self.past_names, self.present_names, ptrs, strict=True):
+            self._bind.input(past, kv, shape, ptr)
+            self._bind.output(present, kv, shape, ptr)
+        if self._logits_buf.shape[0] < rows * v:
+            self._logits_buf = np.zeros(rows * v, self.logits_dtype)
+            self._logits_ptr = int(self._logits_buf.ctypes.data)
+        logits = self._logits_buf[: rows * v].reshape(rows, 1, v)
+        self._bind.output("logits", self.logits_dtype, [rows, 1, v], self._logits_ptr)
+        try:
+            self.session.run_with_iobinding(io)
+        finally:
+            io.clear_binding_inputs()
+            io.clear_binding_outputs()
+        cache.commit_step()
+        return logits[:, 0, :].copy()
 
     def _decode_device(self, cache: DeviceKVCache, input_ids: np.ndarray) -> np.ndarray:
         io = self._io

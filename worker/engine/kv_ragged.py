@@ -1,0 +1,171 @@
+"""The decode batch's KV cache for "ragged" graphs (exporter/gpt_ragged.py): rows of their own lengths, updated
+in place by the graph.
+
+A ragged graph's attention (onnxruntime's GroupQueryAttention) reads row r's first ``lens[r]`` cached
+positions and writes the new token's keys/values at position ``lens[r]`` of the very buffer it read, when
+``present`` is bound to ``past``'s memory. So the cache is one buffer per tensor, [rows, H, cap, D] with each
+row's tokens from column 0: a step copies nothing, and no row pays for another row's length (a left-padded
+cache makes every row attend over the longest live row).
+
+Measured on 2 CPU cores with a 4-layer d128 GPT, 32 rows with lengths spread over 10..140: ~0.55 ms per
+decode step against ~1.2 ms for the append graph over a left-padded cache of width ~150.
+
+``cap`` is kept near the longest live row (``block`` spare columns): GroupQueryAttention measured slower with
+a much wider buffer than the rows need (0.61 ms at cap 144 vs 0.94 ms at cap 256 with every row 140 long).
+Growing or trimming ``cap`` is the only whole-cache copy ("relayout"); rows leave by swap-remove and join by
+copying just their prompt's columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from genqueue_worker.engine.kv_cache import KVBlock
+
+
+class RaggedKVCache:
+    """Host cache for ragged graphs; implements the engine's ``KVCache`` protocol."""
+
+    def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any = np.float32, block: int = 32) -> None:
+        if block < 1:
+            raise ValueError("block must be >= 1")
+        self.n_tensors = n_tensors  # 2 x n_layer
+        self.n_head = n_head
+        self.head_dim = head_dim
+        self.dtype = np.dtype(dtype)
+        self.block = block  # spare columns after a relayout; trims happen past 2 x block
+        self._bufs: list[np.ndarray] = [np.zeros(0, self.dtype) for _ in range(n_tensors)]  # flat
+        self._ptrs: list[int] | None = None
+        self._rows = 0
+        self._cap = 0  # columns per row in the current layout
+        self._lens = np.zeros(0, np.int64)
+        self.relayouts = 0  # whole-cache copies so far; for profiling
+
+    # -- shape -----------------------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def length(self) -> int:
+        """The longest row (rows are not padded to a common length)."""
+        return int(self._lens.max()) if self._rows else 0
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    @property
+    def lens(self) -> np.ndarray:
+        return self._lens
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._bufs)
+
+    def _view(self, t: int, rows: int, cap: int, buf: np.ndarray | None = None) -> np.ndarray:
+        b = self._bufs[t] if buf is None else buf
+        return b[: rows * self.n_head * cap * self.head_dim].reshape(rows, self.n_head, cap, self.head_dim)
+
+    def _ensure_rows(self, rows: int) -> None:
+        elems = rows * self.n_head * self._cap * self.head_dim
+        for t in range(self.n_tensors):
+            buf = self._bufs[t]
+            if buf.shape[0] < elems:
+                new = np.zeros(max(elems, buf.shape[0] * 3 // 2), self.dtype)
+                keep = self._rows * self.n_head * self._cap * self.head_dim
+                new[:keep] = buf[:keep]  # rows are the outer axis: the live rows keep their offsets
+                self._bufs[t] = new
+                self._ptrs = None
+
+    def _relayout(self, cap: int) -> None:
+        """Re-lay every row out with ``cap`` columns (a new buffer; only each row's real columns are copied)."""
+        per_row = self.n_head * self.head_dim
+        row_room = self._bufs[0].shape[0] // (per_row * self._cap) if self._cap else 0  # keep room for joins
+        n = max(self._rows, row_room, 1) * per_row * cap
+        longest = self.length
+        for t in range(self.n_tensors):
+            new = np.zeros(n, self.dtype)
+            if self._rows:
+                src = self._view(t, self._rows, self._cap)
+                self._view(t, self._rows, cap, new)[:, :, :longest] = src[:, :, :longest]
+            self._bufs[t] = new
+        self._ptrs = None
+        self._cap = cap
+        self.relayouts += 1
+
+    # -- the decode step (used by runners) ------------------------------------------------------------
+    def past(self) -> list[np.ndarray]:
+        return [self._view(t, self._rows, self._cap) for t in range(self.n_tensors)]
+
+    def step_binding(self) -> tuple[list[int], list[int]]:
+        """(shape, pointers) to bind as both ``past_key_values.*`` and ``present.*``: the graph writes each
+        row's new column in place. Makes room for that column first."""
+        if self.length + 1 > self._cap:
+            self._relayout(self.length + self.block)
+        if self._ptrs is None:
+            self._ptrs = [int(b.ctypes.data) for b in self._bufs]
+        return [self._rows, self.n_head, self._cap, self.head_dim], self._ptrs
+
+    def commit_step(self) -> None:
+        self._lens = self._lens + 1
+
+    # -- membership -----------------------------------------------------------------------------------
+    def remove(self, rows: Sequence[int]) -> list[int]:
+        order = list(range(self._rows))
+        lens = self._lens.copy()
+        for i in sorted(set(rows), reverse=True):
+            last = self._rows - 1
+            if i != last:
+                n = int(lens[last])
+                for t in range(self.n_tensors):
+                    v = self._view(t, self._rows, self._cap)
+                    v[i, :, :n] = v[last, :, :n]
+                lens[i] = lens[last]
+                order[i] = order[last]
+            order.pop()
+            self._rows -= 1
+        self._lens = lens[: self._rows]
+        if self._rows == 0:
+            self._cap = 0
+        elif self._cap - self.length > 2 * self.block:
+            self._relayout(self.length + self.block)
+        return order
+
+    def append(self, block: KVBlock, take: Sequence[int]) -> None:
+        if not take:
+            return
+        need = int(block.lens[list(take)].max())
+        if need + 1 > self._cap:
+            self._relayout(max(need, self.length) + self.block)
+        rows = self._rows + len(take)
+        self._ensure_rows(rows)
+        for t in range(self.n_tensors):
+            dst = self._view(t, rows, self._cap)
+            src = block.arrays[t]
+            width = src.shape[2]
+            for j, r in enumerate(take):
+                n = int(block.lens[r])
+                dst[self._rows + j, :, :n] = src[r, :, width - n :]  # blocks are left-padded
+        self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
+        self._rows = rows
+
+    def extract(self, rows: Sequence[int]) -> KVBlock:
+        """Rows as a left-padded block (the convention every cache reads)."""
+        idx = list(rows)
+        lens = self._lens[idx].copy()
+        width = int(lens.max()) if idx else 0
+        arrays = []
+        for t in range(self.n_tensors):
+            v = self._view(t, self._rows, self._cap)
+            out = np.zeros((len(idx), self.n_head, width, self.head_dim), self.dtype)
+            for j, r in enumerate(idx):
+                n = int(lens[j])
+                out[j, :, width - n :] = v[r, :, :n]
+            arrays.append(out)
+        return KVBlock(arrays, lens)
+
+    def clear(self) -> None:
+        self._rows, self._cap, self._lens = 0, 0, np.zeros(0, np.int64)
