@@ -91,10 +91,35 @@ def onnx_state_dict(model: torch.nn.Module, onnx_path: Path) -> dict[str, torch.
     return out
 
 
+def ragged_state_dict(model: torch.nn.Module, onnx_path: Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a ragged-contract graph (exporter/gpt_ragged.py names its initializers after
+    the parameters: ``<module>.w`` is a Linear weight stored [in,out] or a LayerNorm weight, ``<module>.b``
+    the bias)."""
+    graph = onnx.load(str(onnx_path)).graph
+    target = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        name = {"wte": "wte.weight", "wpe": "wpe.weight", "lm_head.w": "lm_head.weight"}.get(init.name)
+        if name is None and init.name.endswith((".w", ".b")):
+            name = init.name[:-2] + (".weight" if init.name.endswith(".w") else ".bias")
+        if name is None or name not in target:
+            continue
+        if arr.ndim == 2 and name not in ("wte.weight", "wpe.weight"):
+            arr = arr.T  # MatMul weights are stored [in,out]; nn.Linear keeps [out,in]
+        out[name] = torch.from_numpy(arr.copy())
+    missing = sorted(set(target) - set(out))
+    if missing:
+        raise ValueError(f"{onnx_path}: no ONNX initializer found for {missing}")
+    return out
+
+
 def load_gpt(entry: ModelEntry) -> GPT:
     cfg = dict(entry.manifest.extra["config"])
     model = GPT(GPTConfig(**cfg))
-    model.load_state_dict(onnx_state_dict(model, entry.onnx_path))
+    spec = entry.manifest.text
+    ragged = spec is not None and spec.kv_contract == "ragged"
+    model.load_state_dict((ragged_state_dict if ragged else onnx_state_dict)(model, entry.onnx_path))
     return model.eval()
 
 
@@ -126,8 +151,16 @@ def verify_gpt(model: GPT, entry: ModelEntry, batch: int = 3, prompt: int = 12, 
         mask = np.ones((batch, t + s), np.int64)
         pos = np.tile(np.arange(t, t + s, dtype=np.int64), (batch, 1))
         lt, *past_t = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos), *past_t)
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, **dict(zip(names, past_o, strict=True))}
-        lo, *past_o = sess.run(None, feeds)
+        feeds = {"input_ids": ids, "position_ids": pos, **dict(zip(names, past_o, strict=True))}
+        if entry.manifest.text is not None and entry.manifest.text.kv_contract == "ragged":
+            feeds["seqlens_k"] = np.full(batch, t + s - 1, np.int32)
+            feeds["total_sequence_length"] = np.array(t + s, np.int32)
+        else:
+            feeds["attention_mask"] = mask
+        lo, *kv = sess.run(None, feeds)
+        # The append contract returns only the new columns; the others return the whole cache.
+        append = entry.manifest.text is not None and entry.manifest.text.kv_contract == "append"
+        past_o = [np.concatenate([p, n], axis=2) for p, n in zip(past_o, kv, strict=True)] if append else kv
         worst = max(worst, float(np.abs(lt.numpy() - lo).max()))
         t += s
         ids = lo[:, -1].argmax(-1)[:, None].astype(np.int64)

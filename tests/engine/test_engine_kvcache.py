@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from genqueue_worker.engine.kv_append import AppendKVCache
+from genqueue_worker.engine.kv_ragged import RaggedKVCache
 from genqueue_worker.engine.kv_cache import (
     DeviceKVCache,
     HostKVCache,
@@ -94,7 +95,19 @@ def step_append(cache: AppendKVCache, rng: np.random.Generator, ref: list[list[n
     cache.commit_step(news)
 
 
-@pytest.mark.parametrize("kind", ["host", "device-cpu", "append"])
+def step_ragged(cache: RaggedKVCache, rng: np.random.Generator, ref: list[list[np.ndarray]]) -> None:
+    shape, _ = cache.step_binding()
+    assert shape[2] > int(cache.lens.max()), "room for every row's new column"
+    past = cache.past()  # what the graph reads and, bound as present, writes in place
+    for t in range(T):
+        new = rng.standard_normal((cache.rows, H, 1, D)).astype(np.float32)
+        for i in range(cache.rows):
+            past[t][i, :, int(cache.lens[i])] = new[i, :, 0]
+            ref[i][t] = np.concatenate([ref[i][t], new[i]], axis=1)
+    cache.commit_step()
+
+
+@pytest.mark.parametrize("kind", ["host", "device-cpu", "append", "ragged"])
 def test_random_joins_leaves_and_steps_match_the_reference(kind: str) -> None:
     if kind == "device-cpu":
         pytest.importorskip("onnxruntime")
@@ -103,6 +116,9 @@ def test_random_joins_leaves_and_steps_match_the_reference(kind: str) -> None:
     elif kind == "append":
         cache = AppendKVCache(T, H, D, np.float32, block=3)
         step = step_append
+    elif kind == "ragged":
+        cache = RaggedKVCache(T, H, D, np.float32, block=3)
+        step = step_ragged
     else:
         cache = HostKVCache(T, H, D, np.float32, trim_slack=2)
         step = step_host
@@ -130,7 +146,7 @@ def test_random_joins_leaves_and_steps_match_the_reference(kind: str) -> None:
         if it % 20 == 19:
             cache.clear()
             ref = []
-    if kind in ("host", "append"):
+    if kind in ("host", "append", "ragged"):
         assert cache.relayouts > 0  # joins longer than the batch and trims both happened
 
 
@@ -179,3 +195,14 @@ def test_masks_and_prefill_inputs() -> None:
     np.testing.assert_array_equal(ids, [[5, 6, 7], [0, 0, 8]])
     np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1]])
     np.testing.assert_array_equal(pos, [[0, 1, 2], [0, 0, 0]])
+
+
+def test_ragged_cache_rows_keep_their_own_lengths() -> None:
+    cache = RaggedKVCache(T, H, D, np.float32, block=4)
+    rng = np.random.default_rng(0)
+    cache.append(make_block(rng, [40, 3]), [0, 1])
+    assert cache.lens.tolist() == [40, 3] and cache.capacity == 44
+    past = cache.past()
+    assert np.array_equal(past[0][1, :, :3], make_block(np.random.default_rng(0), [40, 3]).arrays[0][1, :, 37:])
+    cache.remove([0])  # the long row leaves: the buffer shrinks to the short row plus spare columns
+    assert (cache.capacity, cache.length) == (7, 3)

@@ -2,9 +2,11 @@
 
 Reproducibility (DESIGN.md invariant 4): each candidate owns a ``np.random.Generator(PCG64)`` derived from
 (job seed, candidate index), draws exactly one uniform per sampled token, and every operation below is
-row-local on a float64 copy of that row's logits (elementwise ops, per-row max/argmax, sequential cumsum;
-no pairwise sums across a row whose grouping could depend on the batch). So a row's token depends only on
-its own logits, history and generator, never on its neighbours.
+row-local on a float32 copy of that row's logits (elementwise ops, per-row max/argmax, block sums and
+cumsums along the row; nothing whose grouping could depend on the batch). So a row's token depends only on
+its own logits, history and generator, never on its neighbours. float32 because the logits are float32
+anyway and exp() over the vocabulary is most of the sampling time: with 32 rows x 1882 logits, exp took
+44 us in float64 and 20 us in float32, and the whole call 175 vs 127 us.
 
 Order of the logit processors (the Hugging Face order): repetition penalty, no-repeat n-gram ban,
 temperature (0 = greedy argmax), top-k, top-p, then inverse-CDF sampling.
@@ -95,7 +97,7 @@ class SamplingState:
 
 
 def _apply_penalties(x: np.ndarray, st: SamplingState) -> None:
-    """In place on one float64 row: repetition penalty (CTRL/HF style) and the n-gram ban."""
+    """In place on one float32 row: repetition penalty (CTRL/HF style) and the n-gram ban."""
     p = st.params.repetition_penalty
     if st.seen is not None and p != 1.0:
         vals = x[st.seen]
@@ -132,13 +134,13 @@ _tls = threading.local()  # per-thread scratch: each engine samples on its own l
 
 
 def _scratch(rows: int, vocab: int) -> np.ndarray:
-    """A float64 [rows, ceil(V/64)*64] buffer reused across steps (fresh ~0.5 MB temporaries cost page
+    """A float32 [rows, ceil(V/64)*64] buffer reused across steps (fresh ~0.5 MB temporaries cost page
     faults on every call). Its pad columns are set to -inf, so exp() turns them into zero mass and the
     whole-width (contiguous, faster) operations below need no special case."""
     width = -(-vocab // _BLOCK) * _BLOCK
     buf: np.ndarray | None = getattr(_tls, "buf", None)
     if buf is None or buf.shape[1] != width or buf.shape[0] < rows:
-        buf = np.empty((max(rows, 32), width))
+        buf = np.empty((max(rows, 32), width), np.float32)
         _tls.buf = buf
     out = buf[:rows]
     out[:, vocab:] = -np.inf
@@ -177,17 +179,17 @@ def sample_rows(logits: np.ndarray, states: Sequence[SamplingState]) -> tuple[np
     row's token is -1 (the engine fails the job with ``nan_output``). A row's generator is only advanced
     when it samples (temperature > 0), once per token.
 
-    Each row is sampled from its own float64 copy, and rows are vectorized only through row-local
+    Each row is sampled from its own float32 copy, and rows are vectorized only through row-local
     operations (elementwise arithmetic and exp, per-row max/argmax, block sums and cumsums along the row,
     exact counts): no operation mixes rows or regroups a row's elements by batch size, so neighbours cannot
     change a token. Rows with top-k/top-p take the per-row path. Measured with 32 rows x 1882 logits (the
-    built-in tiny-lm): ~19 us per token per-row, ~4 us vectorized with the two-level inverse CDF.
+    built-in tiny-lm): ~19 us per token per-row, ~4 us vectorized in float32 with the two-level inverse CDF.
     """
     r, v = logits.shape
     ok = np.isfinite(logits).all(axis=1)  # [R]
     tokens = np.full(r, -1, dtype=np.int64)
     buf = _scratch(r, v)  # [R, Vp]
-    x = buf[:, :v]  # [R,V] view: each row's own float64 copy
+    x = buf[:, :v]  # [R,V] view: each row's own float32 copy
     np.copyto(x, logits)
     greedy: list[int] = []
     plain: list[int] = []  # temperature only
@@ -213,12 +215,12 @@ def sample_rows(logits: np.ndarray, states: Sequence[SamplingState]) -> tuple[np
         pl = np.asarray(plain)
         u = np.array([states[i].rng.random() for i in plain])  # one draw per row, always
         e = buf if len(plain) == r else buf[pl]  # [R',Vp] contiguous, pad columns -inf
-        temps = np.array([states[i].params.temperature for i in plain])
+        temps = np.array([states[i].params.temperature for i in plain], np.float32)
         if np.any(temps != 1.0):
             e /= temps[:, None]
         m = e.max(axis=1, keepdims=True)  # [R',1]
         finite = np.isfinite(m[:, 0])
-        e -= np.where(finite[:, None], m, 0.0)
+        e -= np.where(finite[:, None], m, np.float32(0.0))
         np.exp(e, out=e)  # pad: exp(-inf) = 0
         idx = np.minimum(_inverse_cdf(e, u), v - 1)
         if not finite.all():  # every id banned: fall back to the raw argmax

@@ -446,11 +446,14 @@ class TextEngine(EngineThread):
                 else:
                     self._fail(job, ErrorCode.engine_error, f"the runner failed on this job {self.config.max_attempts} times alone: {last}")
         blocks: list[tuple[_Job, KVBlock, int]] = []
-        for job, lg, block, row in results:
-            n = job.group.n
-            seqs = [s.seq_id for s in job.group.seqs]
-            tokens, ok = sample_rows(np.repeat(lg[None, :], n, axis=0), job.states)  # candidates share the prompt
+        if results:
+            # One sampler call for every admitted candidate (candidates of a job share its prompt's logits).
+            rows = np.concatenate([np.repeat(lg[None, :], job.group.n, axis=0) for job, lg, _, _ in results])
+            seqs = [s.seq_id for job, _, _, _ in results for s in job.group.seqs]
+            states = [st for job, _, _, _ in results for st in job.states]
+            tokens, ok = sample_rows(rows, states)
             self._accept(seqs, tokens, ok, sampled, ended)
+        for job, _, block, row in results:
             if job.error is None:
                 blocks.append((job, block, row))
         return blocks
