@@ -22,6 +22,9 @@ class BenchConfig:
     continuous_slots: int = 32
     continuous_min_new: int = 8
     continuous_max_new: int = 128
+    # Each policy keeps its fastest of this many alternating runs: a run takes ~0.5 s, and on a shared
+    # machine two runs left the short-latency ratio swinging by +-0.05 between otherwise equal runs.
+    continuous_repeats: int = 5
     # system and naive: the same N text jobs and N image jobs (one image each)
     system_text_jobs: int = 512
     system_image_jobs: int = 1024
@@ -44,7 +47,7 @@ FULL = replace(
 SMOKE = replace(
     QUICK, mode="smoke", repeats=1, text_batches=(1, 4), engine_new_tokens=8, engine_min_tokens=64,
     image_batches=(1, 8), engine_images=32, torch_batches=(1, 4), torch_image_batches=(1, 8), continuous_jobs=8,
-    continuous_slots=4, continuous_min_new=2, continuous_max_new=12, system_text_jobs=8, system_image_jobs=8,
+    continuous_slots=4, continuous_min_new=2, continuous_max_new=12, continuous_repeats=1, system_text_jobs=8, system_image_jobs=8,
     text_min_new=4, text_max_new=8, submit_jobs=50, load_fractions=(0.5,), load_duration_s=2.0,
 )
 

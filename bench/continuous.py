@@ -14,7 +14,7 @@ from genqueue_worker.engine.benchmarks import compare_policies
 
 def run(cfg: BenchConfig, text: ModelEntry, log: Callable[[str], None] = print) -> dict[str, Any]:
     out = compare_policies(
-        text, repeats=cfg.repeats, jobs=cfg.continuous_jobs, slots=cfg.continuous_slots,
+        text, repeats=cfg.continuous_repeats, jobs=cfg.continuous_jobs, slots=cfg.continuous_slots,
         min_new=cfg.continuous_min_new, max_new=cfg.continuous_max_new, temperature=TEMPERATURE,
     )
     s, c = out["static"], out["continuous"]

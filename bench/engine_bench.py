@@ -114,6 +114,29 @@ def ort_forward(entry: ModelEntry, images: int, batch: int) -> dict[str, Any]:
     return {"batch": batch, "images": images, "wall_s": round(wall, 4), "images_per_s": round(images / wall, 1)}
 
 
+def gan_flops_per_image(cfg: Any) -> float:
+    """FLOPs (2 x multiply-adds) of one dcgan.Generator forward: the projection and the three transposed
+    convolutions (Cin x Cout x k x k per input pixel); BatchNorm is folded at export, activations are ignored."""
+    g = cfg.ngf
+    project = (cfg.latent_size + cfg.embed_dim) * 4 * g * 16
+    convs = 4 * g * 2 * g * 16 * 4 * 4 + 2 * g * g * 16 * 8 * 8 + g * cfg.channels * 16 * 16 * 16
+    return 2.0 * (project + convs)
+
+
+def gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-multiply rate (numpy's BLAS, all cores): the compute ceiling any batch
+    size of a compute-bound forward can approach."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    a @ b  # noqa: B018  (warm the BLAS threads)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b  # noqa: B018
+        best = min(best, time.perf_counter() - t0)
+    return round(2.0 * n**3 / best / 1e9, 1)
+
+
 def torch_forward(model: Any, images: int, batch: int, threads: int) -> dict[str, Any]:
     import torch
 
@@ -183,6 +206,16 @@ def run(cfg: BenchConfig, text: ModelEntry, image: ModelEntry, log: Callable[[st
         if str(b) not in out["image"]["ort_forward"]:
             out["image"]["ort_forward"][str(b)] = best_of(cfg.repeats, lambda b=b: ort_forward(image, cfg.engine_images, b))  # type: ignore[misc]
         log(f"engine image batch {b:>3}: {r['images_per_s']:>9.1f} images/s (PyTorch forward, {r['threads']} threads)")
+    # Why the GAN's batch gain is small on a CPU: how close batch 1 already is to the machine's GEMM rate.
+    flops = gan_flops_per_image(gen.config)
+    out["image"]["compute"] = {
+        "mflop_per_image": round(flops / 1e6, 2),
+        "gemm_gflops": gemm_gflops(),
+        "forward_gflops": {b: round(f["images_per_s"] * flops / 1e9, 1) for b, f in out["image"]["ort_forward"].items()},
+    }
+    c = out["image"]["compute"]
+    log(f"engine image compute: {c['mflop_per_image']} MFLOP/image; forward GFLOP/s {c['forward_gflops']}; "
+        f"fp32 GEMM on this machine {c['gemm_gflops']} GFLOP/s")
     return out
 
 
@@ -210,6 +243,11 @@ def metrics(res: dict[str, Any]) -> dict[str, float]:
         m[f"engine.image.torch_images_per_s.b{b}"] = r["images_per_s"]
         m[f"engine.image.ort_vs_torch.b{b}"] = round(fwd[b]["images_per_s"] / r["images_per_s"], 2)
     m["engine.image.ort_vs_torch"] = m[f"engine.image.ort_vs_torch.b{max(map(int, ti))}"]
+    comp = res["image"].get("compute")
+    if comp:
+        m["machine.gemm_gflops"] = comp["gemm_gflops"]
+        for b, v in comp["forward_gflops"].items():
+            m[f"engine.image.forward_gflops.b{b}"] = v
     m["engine.parity.text_max_abs_diff"] = res["parity"]["text_max_abs_diff"]
     m["engine.parity.image_max_abs_diff"] = res["parity"]["image_max_abs_diff"]
     return m

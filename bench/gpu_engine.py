@@ -55,8 +55,10 @@ def build_model(models_dir: Path, precision: str, n_layer: int, n_head: int, n_e
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=ctx, dropout=0.0))
+    # The concat contract keeps the KV cache on the device between steps (the ragged default is CPU-oriented).
     job = ExportJob(kind=ModelKind.text, name="gpt2-small-random", version="1", model=model.eval(), source="random",
-                    extra={"config": model.config.to_dict()}, tokenizer_json=word_tokenizer(vocab))
+                    extra={"config": model.config.to_dict()}, tokenizer_json=word_tokenizer(vocab),
+                    kv_contract="concat")
     export_model(job, models_dir, (precision,))  # type: ignore[arg-type]
     return Registry(models_dir).resolve(f"gpt2-small-random@{variant_version('1', precision)}")
 

@@ -21,6 +21,8 @@ TARGETS: list[tuple[str, str, float]] = [
     ("system.image.vs_naive", ">=", 20),
     ("system.text.efficiency", ">=", 0.8),
     ("system.image.efficiency", ">=", 0.8),
+    ("engine.text.batch_gain", ">=", 4),
+    ("engine.image.batch_gain", ">=", 4),
     ("engine.text.continuous_vs_static", ">=", 1.5),
     ("engine.text.short_latency_ratio", "<=", 0.5),
     ("submit.bulk_vs_delay", ">=", 10),
@@ -123,7 +125,9 @@ def render(results: dict[str, Any], pngs: list[Path]) -> str:
         out += ["## Continuous vs static batching (engine, in process)\n",
                 f"{c['continuous']['jobs']} jobs, max_new_tokens uniform in {cfg.get('continuous_min_new')}–"
                 f"{cfg.get('continuous_max_new')}, {c['continuous']['slots']} slots, EOS ignored (both policies "
-                f"generate the same tokens); each policy's fastest of {cfg.get('repeats')} alternating runs.\n",
+                f"generate the same tokens); each policy's fastest of {cfg.get('continuous_repeats', cfg.get('repeats'))} "
+                f"alternating runs. Every run pair, in order (tokens/s ratio; short-job latency ratio): "
+                f"{c.get('throughput_ratio_by_pair')}; {c.get('short_latency_ratio_by_pair')}.\n",
                 _table(["policy", "tokens/s", "wall s", "decode steps", "useful row fraction",
                         "median latency ms", "short-job median ms"],
                        [[p, c[p]["tokens_per_s"], c[p]["wall_s"], c[p]["steps"], c[p]["useful_row_fraction"],
@@ -196,6 +200,22 @@ def _engine_section(e: dict[str, Any], m: dict[str, Any]) -> list[str]:
         _table(["batch", "engine images/s", "ORT forward images/s", "PyTorch forward images/s", "ORT ÷ torch"], irows),
         f"batch gain (64 ÷ 1): engine **{m.get('engine.image.batch_gain')}**, forward only "
         f"{m.get('engine.image.forward_batch_gain')}\n",
+        *_compute_note(e["image"].get("compute")),
+    ]
+
+
+def _compute_note(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    fg = c["forward_gflops"]
+    lo, hi = ("1", "64") if {"1", "64"} <= set(fg) else (min(fg, key=int), max(fg, key=int))
+    share = fg[lo] / c["gemm_gflops"] if c["gemm_gflops"] else 0.0
+    return [
+        f"Compute: the generator costs {c['mflop_per_image']} MFLOP per image, so the ORT forward runs at "
+        f"{fg[lo]} GFLOP/s at batch {lo} and {fg[hi]} GFLOP/s at batch {hi}, against {c['gemm_gflops']} GFLOP/s "
+        f"for a 1024³ fp32 matrix product (numpy, all cores) on this machine: batch {lo} already runs at "
+        f"{share:.0%} of that rate, so no batch size can be much more than {1 / share if share else 0:.1f}× faster "
+        f"here. Batching pays where a batch-1 forward leaves the device idle (a GPU); see FINDINGS.\n",
     ]
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from genqueue_worker.engine.kv_append import AppendKVCache
-from genqueue_worker.engine.kv_ragged import RaggedKVCache
 from genqueue_worker.engine.kv_cache import (
     DeviceKVCache,
     HostKVCache,
@@ -15,6 +14,7 @@ from genqueue_worker.engine.kv_cache import (
     attention_mask,
     prefill_inputs,
 )
+from genqueue_worker.engine.kv_ragged import RaggedKVCache
 
 H, D, T = 2, 3, 4  # heads, head_dim, tensors (2 layers x k/v)
 

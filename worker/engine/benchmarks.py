@@ -110,11 +110,15 @@ def compare_policies(entry: ModelEntry, repeats: int = 1, **kw: Any) -> dict[str
         for policy in runs:
             runs[policy].append(engine_throughput(entry, policy, **kw))
     static, cont = _best(runs["static"]), _best(runs["continuous"])
+    pairs = list(zip(runs["static"], runs["continuous"], strict=True))
     return {
         "static": static,
         "continuous": cont,
         "throughput_ratio": round(cont["tokens_per_s"] / static["tokens_per_s"], 2),
         "short_latency_ratio": round(cont["short_latency_p50_ms"] / static["short_latency_p50_ms"], 2),
+        # Each alternating pair on its own, so that the spread a shared machine adds stays visible.
+        "throughput_ratio_by_pair": [round(c["tokens_per_s"] / s["tokens_per_s"], 2) for s, c in pairs],
+        "short_latency_ratio_by_pair": [round(c["short_latency_p50_ms"] / s["short_latency_p50_ms"], 2) for s, c in pairs],
     }
 
 
