@@ -27,6 +27,7 @@ from genqueue.registry import ModelEntry
 from genqueue_worker.engine.base import EngineThread
 from genqueue_worker.engine.kv_append import AppendKVCache
 from genqueue_worker.engine.kv_cache import HostKVCache, KVBlock, KVCache, prefill_inputs
+from genqueue_worker.engine.kv_ragged import RaggedKVCache
 from genqueue_worker.engine.runner import TextModelInfo, TextRunner
 from genqueue_worker.engine.sampling import SamplingState, StopMatcher, sample_rows, validate_text_params
 from genqueue_worker.engine.scheduler import (
@@ -127,7 +128,7 @@ class TextEngine(EngineThread):
         self.prepend_bos = bool(text_spec and text_spec.prepend_bos)
         self.name = entry.ref if entry is not None else "text"
         self.cache: KVCache = runner.new_cache()
-        copies = 2 if isinstance(self.cache, HostKVCache | AppendKVCache) else 1
+        copies = 2 if isinstance(self.cache, HostKVCache | AppendKVCache | RaggedKVCache) else 1
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=self.config.max_batch_size,
