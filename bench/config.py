@@ -38,7 +38,7 @@ class BenchConfig:
     stack_timeout_s: float = 180.0
 
 
-QUICK = BenchConfig(mode="quick", repeats=2)
+QUICK = BenchConfig(mode="quick", repeats=3)
 FULL = replace(
     QUICK, mode="full", repeats=3, engine_min_tokens=16384, engine_images=8192, system_text_jobs=2048,
     system_image_jobs=4096, submit_jobs=10000, load_duration_s=40.0,

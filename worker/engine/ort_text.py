@@ -174,7 +174,7 @@ class OrtTextRunner:
             io.clear_binding_inputs()
             io.clear_binding_outputs()
         cache.commit_step()
-        return logits[:, 0, :].copy()  # [rows,V]; the buffer is reused by the next step
+        return logits[:, 0, :]  # [rows,V]: a view of the reused buffer (the sampler copies what it needs)
 
     def _decode_ragged(self, cache: RaggedKVCache, input_ids: np.ndarray) -> np.ndarray:
         """One step with ``present`` bound to ``past``'s memory: the graph reads each row's own length and
@@ -202,7 +202,7 @@ class OrtTextRunner:
             io.clear_binding_inputs()
             io.clear_binding_outputs()
         cache.commit_step()
-        return logits[:, 0, :].copy()
+        return logits[:, 0, :]  # [rows,V]: a view of the reused buffer, as in _decode_host
 
     def _decode_device(self, cache: DeviceKVCache, input_ids: np.ndarray) -> np.ndarray:
         io = self._io

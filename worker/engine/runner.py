@@ -73,7 +73,8 @@ class TextRunner(Protocol):
         """One step for every row of ``cache``: input_ids [rows,1] -> logits [rows,V].
 
         Positions and the attention mask follow from ``cache.lens``. The cache advances (P+1) only when the
-        call succeeds, so a failed step can be retried.
+        call succeeds, so a failed step can be retried. The logits may be a view of a buffer that the next
+        call reuses: use them before decoding again.
         """
         ...
 

@@ -382,7 +382,7 @@ class TextEngine(EngineThread):
         self.stats.useful_rows += len(live)
         seqs = [self._row_seq[r] for r in live]
         states = [self._seq_job[s][0].states[self._seq_job[s][1]] for s in seqs]
-        tokens, ok = sample_rows(logits[live], states)
+        tokens, ok = sample_rows(logits if len(live) == rows else logits[live], states)
         self._accept(seqs, tokens, ok, sampled, ended)
 
     def _decode_solo(self, ids: np.ndarray, error: Exception) -> np.ndarray:
