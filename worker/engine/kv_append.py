@@ -6,10 +6,10 @@ spare columns: the graph sees W columns, of which the first P hold the cache (le
 newest token in column P-1) and columns P..W-1 are masked out. After a step the engine writes the new
 column into column P, a copy of rows x H x D values per tensor instead of the whole cache.
 
-Measured with a 4-layer d128 GPT (the built-in tiny-lm's shape) on 2 CPU cores, 32 rows: a decode step
-took 1.56 ms with the concat graph at P=140 and 0.98 ms with the append graph at W=144. The concat graph
-copies the cache into ``present`` on every step; the DESIGN.md calibration found that moving the cache,
-not computing attention, is what limits continuous batching on a CPU.
+Measured with ``python -m bench.kvstep`` (tiny-lm's shape, 32 rows, 2 CPU cores, through the runner): a
+decode step took 1.26-1.27 ms with this graph against 2.81-3.00 ms for the concat graph with every row 140
+long, and 1.21-1.28 vs 2.72-2.81 ms with lengths spread over 10..140. The DESIGN.md calibration found that
+moving the cache, not computing attention, is what limits continuous batching on a CPU.
 
 Like :class:`~genqueue_worker.engine.kv_cache.HostKVCache`, rows leave by swap-remove and join into the free
 rows after the batch; a whole-batch copy (a "relayout", into the spare buffer) happens only when the spare

@@ -4,18 +4,19 @@ in place by the graph.
 A ragged graph's attention (onnxruntime's GroupQueryAttention) reads row r's first ``lens[r]`` cached
 positions and writes the new token's keys/values at position ``lens[r]`` of the very buffer it read, when
 ``present`` is bound to ``past``'s memory. So the cache is one live buffer per tensor, [rows, H, cap, D] with
-each row's tokens from column 0 (plus a spare buffer that relayouts copy into): a step copies nothing, and no row pays for another row's length (a left-padded
-cache makes every row attend over the longest live row).
+each row's tokens from column 0 (plus a spare buffer that relayouts copy into): a step copies nothing, and
+no row pays for another row's length (a left-padded cache makes every row attend over the longest one).
 
-Measured on 2 CPU cores with a 4-layer d128 GPT, 32 rows with lengths spread over 10..140: ~0.55 ms per
-decode step against ~1.2 ms for the append graph over a left-padded cache of width ~150.
+Measured with ``python -m bench.kvstep`` (tiny-lm's shape, 32 rows, 2 CPU cores, through the runner): a
+decode step with lengths spread over 10..140 took 1.00-1.16 ms against 1.21-1.28 ms for the append graph
+and 2.72-2.81 ms for the concat graph; with every row 140 long the append graph was faster (1.26 vs
+1.52-1.56 ms): GroupQueryAttention's CPU kernel costs more per position, and pays off when rows differ in
+length, as they do under continuous batching.
 
 ``cap`` is the longest live row plus ``block`` spare columns. Growing or trimming it is the only whole-cache
-copy ("relayout", ~3 ms at 32 rows of ~100 tokens here), so spare columns are cheap insurance: the step time
-does not depend on them (32 rows of 100 tokens: 0.513 ms at cap 132, 196 or 256), with one exception that
-:meth:`_fit` avoids: a row stride of exactly 32 KB (cap 256 at D=32) measured 0.78 ms against 0.59 ms at
-cap 240 with rows of 140 tokens, presumably L1 set aliasing across rows. Rows leave by swap-remove and join
-by copying just their prompt's columns.
+copy ("relayout", a few ms at 32 rows of ~100 tokens here); spare columns cost nothing per step, because the
+graph reads only each row's own length. Rows leave by swap-remove and join by copying just their prompt's
+columns.
 """
 
 from __future__ import annotations
@@ -83,10 +84,6 @@ class RaggedKVCache:
                 self._bufs[t] = new
                 self._ptrs = None
 
-    def _fit(self, cap: int) -> int:
-        stride = cap * self.head_dim * self.dtype.itemsize  # bytes from one (row, head) to the next
-        return cap + 1 if stride % 32768 == 0 else cap
-
     def _relayout(self, cap: int) -> None:
         """Re-lay every row out with ``cap`` columns, copying only each row's real columns.
 
@@ -119,7 +116,7 @@ class RaggedKVCache:
         """(shape, pointers) to bind as both ``past_key_values.*`` and ``present.*``: the graph writes each
         row's new column in place. Makes room for that column first."""
         if self.length + 1 > self._cap:
-            self._relayout(self._fit(self.length + self.block))
+            self._relayout(self.length + self.block)
         if self._ptrs is None:
             self._ptrs = [int(b.ctypes.data) for b in self._bufs]
         return [self._rows, self.n_head, self._cap, self.head_dim], self._ptrs
@@ -146,7 +143,7 @@ class RaggedKVCache:
         if self._rows == 0:
             self._cap = 0
         elif self._cap - self.length > 2 * self.block:
-            self._relayout(self._fit(self.length + self.block))
+            self._relayout(self.length + self.block)
         return order
 
     def append(self, block: KVBlock, take: Sequence[int]) -> None:
@@ -154,7 +151,7 @@ class RaggedKVCache:
             return
         need = int(block.lens[list(take)].max())
         if need + 1 > self._cap:
-            self._relayout(self._fit(max(need, self.length) + self.block))
+            self._relayout(max(need, self.length) + self.block)
         rows = self._rows + len(take)
         self._ensure_rows(rows)
         for t in range(self.n_tensors):
