@@ -26,76 +26,28 @@ from typing import Any
 
 import numpy as np
 
-from genqueue_worker.engine.kv_cache import KVBlock
+from genqueue_worker.engine.kv_cache import KVBlock, PingPongBuffers, swap_remove
 
 
-class AppendKVCache:
-    """Host cache for append graphs; implements the engine's ``KVCache`` protocol."""
+class AppendKVCache(PingPongBuffers):
+    """Host cache for append graphs; implements the engine's ``KVCache`` protocol. ``length`` is P, the
+    columns in use; ``width`` is W, the columns the graph sees (P < W once rows exist)."""
 
     def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any = np.float32, block: int = 16) -> None:
         if block < 1:
             raise ValueError("block must be >= 1")
-        self.n_tensors = n_tensors  # 2 x n_layer
-        self.n_head = n_head
-        self.head_dim = head_dim
-        self.dtype = np.dtype(dtype)
+        super().__init__(n_tensors, n_head, head_dim, dtype)
         self.block = block  # spare columns after a relayout; also the trim threshold
-        # Two flat buffers per tensor: the live one and the spare that relayouts copy into.
-        self._bufs: list[list[np.ndarray]] = [[np.zeros(0, self.dtype) for _ in range(n_tensors)] for _ in range(2)]
         self._new: list[np.ndarray] = [np.zeros(0, self.dtype) for _ in range(n_tensors)]  # step outputs [rows,H,1,D]
-        self._cur = 0
-        self._rows = 0
-        self._length = 0  # P: columns in use
-        self._width = 0  # W: columns the graph sees (P < W once rows exist)
-        self._lens = np.zeros(0, np.int64)
-        self._ptrs: list[list[int] | None] = [None, None]
+        self._width = 0
         self._new_ptrs: list[int] | None = None
-        self.relayouts = 0  # whole-batch copies so far; for profiling
-
-    # -- shape -----------------------------------------------------------------------------------------
-    @property
-    def rows(self) -> int:
-        return self._rows
-
-    @property
-    def length(self) -> int:
-        return self._length
 
     @property
     def width(self) -> int:
         return self._width
 
-    @property
-    def lens(self) -> np.ndarray:
-        return self._lens
-
     def nbytes(self) -> int:
-        return sum(b.nbytes for pair in self._bufs for b in pair) + sum(b.nbytes for b in self._new)
-
-    def _row_elems(self, width: int) -> int:
-        return self.n_head * width * self.head_dim
-
-    def _view(self, which: int, t: int, rows: int, width: int) -> np.ndarray:
-        n = rows * self._row_elems(width)
-        return self._bufs[which][t][:n].reshape(rows, self.n_head, width, self.head_dim)
-
-    def _ensure(self, which: int, elems: int, keep: int = 0) -> None:
-        # Grows by 1.5x so that capacity settles after a few joins and the steady state allocates nothing.
-        for t in range(self.n_tensors):
-            buf = self._bufs[which][t]
-            if buf.shape[0] >= elems:
-                continue
-            new = np.zeros(max(elems, buf.shape[0] * 3 // 2), self.dtype)
-            if keep:
-                new[:keep] = buf[:keep]
-            self._bufs[which][t] = new
-            self._ptrs[which] = None
-
-    def _pointers(self, which: int) -> list[int]:
-        ptrs = self._ptrs[which]
-        if ptrs is None:
-            ptrs = self._ptrs[which] = [int(b.ctypes.data) for b in self._bufs[which]]
-        return ptrs
+        return super().nbytes() + sum(b.nbytes for b in self._new)
 
     # -- the decode step (used by runners) ------------------------------------------------------------
     def past(self) -> list[np.ndarray]:
@@ -154,19 +106,13 @@ class AppendKVCache:
         self.relayouts += 1
 
     def remove(self, rows: Sequence[int]) -> list[int]:
-        order = list(range(self._rows))
-        lens = self._lens.copy()
-        for i in sorted(set(rows), reverse=True):
-            last = self._rows - 1
-            if i != last:
-                for t in range(self.n_tensors):
-                    v = self._view(self._cur, t, self._rows, self._width)
-                    v[i] = v[last]
-                lens[i] = lens[last]
-                order[i] = order[last]
-            order.pop()
-            self._rows -= 1
-        self._lens = lens[: self._rows]
+        def move(dst: int, src: int, _n: int) -> None:
+            for t in range(self.n_tensors):
+                v = self._view(self._cur, t, self._rows, self._width)
+                v[dst] = v[src]
+
+        order, self._lens = swap_remove(self._rows, self._lens, rows, move)
+        self._rows = len(order)
         if self._rows == 0:
             self._length = self._width = 0
         elif self._length - int(self._lens.max()) >= self.block:

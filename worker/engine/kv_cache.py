@@ -24,7 +24,7 @@ changes go through a host copy (one round trip per step at most, batched by the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,6 +76,25 @@ class KVCache(Protocol):
         ...
 
 
+def swap_remove(
+    count: int, lens: np.ndarray, rows: Sequence[int], move: Callable[[int, int, int], None]
+) -> tuple[list[int], np.ndarray]:
+    """Drop ``rows`` from a batch of ``count`` by moving the last row into each hole (one row copied per
+    removal, not the batch). ``move(dst, src, n)`` copies the cache row at position ``src`` (``n`` real
+    tokens) to ``dst``; returns (old index of each surviving row in its new position, the survivors' lens)."""
+    order = list(range(count))
+    lens = lens.copy()
+    for i in sorted(set(rows), reverse=True):
+        last = count - 1
+        if i != last:
+            move(i, last, int(lens[last]))
+            lens[i] = lens[last]
+            order[i] = order[last]
+        order.pop()
+        count -= 1
+    return order, lens[:count]
+
+
 def attention_mask(lens: np.ndarray, length: int) -> np.ndarray:
     """int64 [rows, length]: 1 on each row's last ``lens[r]`` positions (left padding)."""
     return (np.arange(length)[None, :] >= (length - lens)[:, None]).astype(np.int64)
@@ -97,15 +116,15 @@ def prefill_inputs(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.nd
     return ids, mask, pos
 
 
-class HostKVCache:
-    """Host (numpy) cache in two ping-pong buffers; see the module docstring for the why."""
+class PingPongBuffers:
+    """Two sets of flat host buffers per cache tensor (the live one and the one a copy goes into), with
+    row-major [rows, H, columns, D] views; shared by the left-padded host caches."""
 
-    def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any = np.float32, trim_slack: int = 2) -> None:
+    def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any = np.float32) -> None:
         self.n_tensors = n_tensors  # 2 x n_layer
         self.n_head = n_head
         self.head_dim = head_dim
         self.dtype = np.dtype(dtype)
-        self.trim_slack = trim_slack  # re-lay out once the common left padding exceeds this many columns
         self._bufs: list[list[np.ndarray]] = [
             [np.zeros(0, self.dtype) for _ in range(n_tensors)] for _ in range(2)
         ]  # [which][tensor] flat buffers
@@ -114,9 +133,8 @@ class HostKVCache:
         self._length = 0
         self._lens = np.zeros(0, np.int64)
         self._ptrs: list[list[int] | None] = [None, None]  # cached data pointers per buffer set
-        self.relayouts = 0  # full-batch copies so far (joins longer than the batch, trims); for profiling
+        self.relayouts = 0  # full-batch copies so far; for profiling
 
-    # -- shape -----------------------------------------------------------------------------------------
     @property
     def rows(self) -> int:
         return self._rows
@@ -152,6 +170,20 @@ class HostKVCache:
             self._bufs[which][t] = new
             self._ptrs[which] = None
 
+    def _pointers(self, which: int) -> list[int]:
+        ptrs = self._ptrs[which]
+        if ptrs is None:
+            ptrs = self._ptrs[which] = [int(b.ctypes.data) for b in self._bufs[which]]
+        return ptrs
+
+
+class HostKVCache(PingPongBuffers):
+    """Host (numpy) cache in two ping-pong buffers; see the module docstring for the why."""
+
+    def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any = np.float32, trim_slack: int = 2) -> None:
+        super().__init__(n_tensors, n_head, head_dim, dtype)
+        self.trim_slack = trim_slack  # re-lay out once the common left padding exceeds this many columns
+
     # -- the decode step (used by runners) ------------------------------------------------------------
     def past(self) -> list[np.ndarray]:
         """Views [rows,H,P,D] of the live cache: bind these as ``past_key_values.*``."""
@@ -162,12 +194,6 @@ class HostKVCache:
         other = 1 - self._cur
         self._ensure(other, self._rows * self._row_elems(self._length + 1))
         return [self._view(other, t, self._rows, self._length + 1) for t in range(self.n_tensors)]
-
-    def _pointers(self, which: int) -> list[int]:
-        ptrs = self._ptrs[which]
-        if ptrs is None:
-            ptrs = self._ptrs[which] = [int(b.ctypes.data) for b in self._bufs[which]]
-        return ptrs
 
     def step_binding(self) -> tuple[list[int], list[int], list[int], list[int]]:
         """(past shape, past pointers, present shape, present pointers) for binding by address.
@@ -192,19 +218,13 @@ class HostKVCache:
 
     # -- membership -----------------------------------------------------------------------------------
     def remove(self, rows: Sequence[int]) -> list[int]:
-        order = list(range(self._rows))
-        lens = self._lens.copy()
-        for i in sorted(set(rows), reverse=True):
-            last = self._rows - 1
-            if i != last:
-                for t in range(self.n_tensors):
-                    v = self._view(self._cur, t, self._rows, self._length)
-                    v[i] = v[last]
-                lens[i] = lens[last]
-                order[i] = order[last]
-            order.pop()
-            self._rows -= 1
-        self._lens = lens[: self._rows]
+        def move(dst: int, src: int, _n: int) -> None:
+            for t in range(self.n_tensors):
+                v = self._view(self._cur, t, self._rows, self._length)
+                v[dst] = v[src]
+
+        order, self._lens = swap_remove(self._rows, self._lens, rows, move)
+        self._rows = len(order)
         if self._rows == 0:
             self._length = 0
         else:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from genqueue_worker.engine.kv_cache import KVBlock
+from genqueue_worker.engine.kv_cache import KVBlock, swap_remove
 
 
 class RaggedKVCache:
@@ -126,20 +126,13 @@ class RaggedKVCache:
 
     # -- membership -----------------------------------------------------------------------------------
     def remove(self, rows: Sequence[int]) -> list[int]:
-        order = list(range(self._rows))
-        lens = self._lens.copy()
-        for i in sorted(set(rows), reverse=True):
-            last = self._rows - 1
-            if i != last:
-                n = int(lens[last])
-                for t in range(self.n_tensors):
-                    v = self._view(t, self._rows, self._cap)
-                    v[i, :, :n] = v[last, :, :n]
-                lens[i] = lens[last]
-                order[i] = order[last]
-            order.pop()
-            self._rows -= 1
-        self._lens = lens[: self._rows]
+        def move(dst: int, src: int, n: int) -> None:
+            for t in range(self.n_tensors):  # only the moving row's own n columns
+                v = self._view(t, self._rows, self._cap)
+                v[dst, :, :n] = v[src, :, :n]
+
+        order, self._lens = swap_remove(self._rows, self._lens, rows, move)
+        self._rows = len(order)
         if self._rows == 0:
             self._cap = 0
         elif self._cap - self.length > 2 * self.block:

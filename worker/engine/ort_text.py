@@ -150,7 +150,7 @@ class OrtTextRunner:
         """Both host caches bind by address: past from the live buffer, the KV output into the buffer the
         cache names (the spare ping-pong buffer of a concat cache, the new-column buffer of an append one)."""
         io = self._io
-        rows, v = cache.rows, self.info.vocab_size
+        rows = cache.rows
         mask = cache.mask_for_step()  # [rows,P+1]
         pos = self._positions(cache)
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
@@ -163,24 +163,31 @@ class OrtTextRunner:
             self._bind.input(name, kv, past_shape, ptr)
         for name, ptr in zip(self.present_names, present_ptrs, strict=True):
             self._bind.output(name, kv, present_shape, ptr)
+        logits = self._run_bound(rows)
+        cache.commit_step()
+        return logits
+
+    def _run_bound(self, rows: int) -> np.ndarray:
+        """Bind the logits to the reused host buffer, run the bound step and clear the bindings; returns
+        logits [rows,V], a view of that buffer (valid until the next step; the sampler copies what it needs)."""
+        v = self.info.vocab_size
         if self._logits_buf.shape[0] < rows * v:
             self._logits_buf = np.zeros(rows * v, self.logits_dtype)
             self._logits_ptr = int(self._logits_buf.ctypes.data)
         logits = self._logits_buf[: rows * v].reshape(rows, 1, v)
         self._bind.output("logits", self.logits_dtype, [rows, 1, v], self._logits_ptr)
         try:
-            self.session.run_with_iobinding(io)
+            self.session.run_with_iobinding(self._io)
         finally:
-            io.clear_binding_inputs()
-            io.clear_binding_outputs()
-        cache.commit_step()
-        return logits[:, 0, :]  # [rows,V]: a view of the reused buffer (the sampler copies what it needs)
+            self._io.clear_binding_inputs()
+            self._io.clear_binding_outputs()
+        return logits[:, 0, :]
 
     def _decode_ragged(self, cache: RaggedKVCache, input_ids: np.ndarray) -> np.ndarray:
         """One step with ``present`` bound to ``past``'s memory: the graph reads each row's own length and
         writes its new column in place, so nothing is copied before or after."""
         io = self._io
-        rows, v = cache.rows, self.info.vocab_size
+        rows = cache.rows
         shape, ptrs = cache.step_binding()
         lens = cache.lens
         io.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
@@ -191,18 +198,9 @@ class OrtTextRunner:
         for past, present, ptr in zip(self.past_names, self.present_names, ptrs, strict=True):
             self._bind.input(past, kv, shape, ptr)
             self._bind.output(present, kv, shape, ptr)
-        if self._logits_buf.shape[0] < rows * v:
-            self._logits_buf = np.zeros(rows * v, self.logits_dtype)
-            self._logits_ptr = int(self._logits_buf.ctypes.data)
-        logits = self._logits_buf[: rows * v].reshape(rows, 1, v)
-        self._bind.output("logits", self.logits_dtype, [rows, 1, v], self._logits_ptr)
-        try:
-            self.session.run_with_iobinding(io)
-        finally:
-            io.clear_binding_inputs()
-            io.clear_binding_outputs()
+        logits = self._run_bound(rows)
         cache.commit_step()
-        return logits[:, 0, :]  # [rows,V]: a view of the reused buffer, as in _decode_host
+        return logits
 
     def _decode_device(self, cache: DeviceKVCache, input_ids: np.ndarray) -> np.ndarray:
         io = self._io
