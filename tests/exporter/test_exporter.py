@@ -497,6 +497,34 @@ def test_every_kv_contract_generates_the_same_tokens(tmp_path: Path) -> None:
     assert tokens["append"] == tokens["concat"]
 
 
+def test_text_precision_variants_are_served(tmp_path: Path) -> None:
+    """int8 keeps the ragged graph (only MatMul weights are quantized); fp16 falls back to the append
+    contract, since GroupQueryAttention's CPU kernel is fp32. Both pass their parity checks and serve jobs."""
+    from genqueue.registry import ModelKind
+    from genqueue_exporter.export import ExportJob, export_model
+    from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
+    from genqueue_worker.engine.types import TextParams, TextRequest
+
+    tok = train_tokenizer(["the cat sat on the mat. a dog ran in the park."] * 4, 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_embd=32, block_size=64)).eval()
+    job = ExportJob(ModelKind.text, "m", "1", model, tokenizer_json=tok.to_str())
+    export_model(job, tmp_path, ("fp32", "int8", "fp16"))
+    reg = Registry(tmp_path, check_hash=True)
+    for version, contract, precision in (("1", "ragged", "fp32"), ("1-int8", "ragged", "int8"), ("1-fp16", "append", "fp16")):
+        entry = reg.resolve(f"m@{version}")
+        assert entry.manifest.text is not None and entry.manifest.precision == precision
+        assert entry.manifest.text.kv_contract == contract, version
+        assert max(entry.manifest.parity.max_abs_diff.values()) <= entry.manifest.parity.tolerance
+        engine = TextEngine(entry, "cpu", TextEngineConfig(max_batch_size=2, return_token_ids=True))
+        results = engine.run_all([
+            TextRequest(f"j{i}", "the cat", TextParams(max_new_tokens=4 + i, temperature=0.8, seed=i, ignore_eos=True))
+            for i in range(3)
+        ])
+        assert [r.status for r in results] == ["succeeded"] * 3, [r.error_message for r in results]
+        assert [len(r.output["token_ids"][0]) for r in results if r.output] == [4, 5, 6]
+
+
 def test_engine_serves_hf_export_like_transformers(hf_dir: Path, tmp_path: Path) -> None:
     """The worker's continuous-batching engine, fed an exported HF checkpoint, generates the same greedy
     tokens as transformers run on each prompt alone, although jobs join and leave a 2-row batch."""
