@@ -17,6 +17,9 @@ class BenchConfig:
     engine_images: int = 2048  # images per image batch-size measurement
     torch_batches: tuple[int, ...] = (1, 32)  # ORT vs PyTorch eager at these batch sizes (text)
     torch_image_batches: tuple[int, ...] = (1, 64)
+    # text engine lanes (worker/engine/lanes.py) measured beside the one-loop engine: batch-32 throughput and
+    # continuous vs static; 0 = one lane per CPU core, at most 4
+    lanes: int = 0
     # continuous vs static (DESIGN.md calibration workload)
     continuous_jobs: int = 128
     continuous_slots: int = 32

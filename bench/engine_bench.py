@@ -39,6 +39,12 @@ def sweep_jobs(cfg: BenchConfig, batch: int) -> int:
     return max(2 * batch, math.ceil(cfg.engine_min_tokens / cfg.engine_new_tokens))
 
 
+def bench_lanes(cfg: BenchConfig) -> int:
+    import os
+
+    return cfg.lanes or min(4, os.cpu_count() or 1)
+
+
 def ort_text(entry: ModelEntry, reqs: list[TextRequest], batch: int, config: TextEngineConfig | None = None) -> dict[str, Any]:
     base = config or TextEngineConfig()
     return engine_throughput(entry, "continuous", slots=batch, requests=reqs, config=replace(base, max_batch_size=batch))
@@ -176,6 +182,13 @@ def run(cfg: BenchConfig, text: ModelEntry, image: ModelEntry, log: Callable[[st
         r = best_of(cfg.repeats, lambda reqs=reqs, b=b: ort_text(text, reqs, b))  # type: ignore[misc]
         out["text"]["ort"][str(b)] = r
         log(f"engine text  batch {b:>3}: {r['tokens_per_s']:>9.1f} tokens/s (ORT engine)")
+    lanes = bench_lanes(cfg)
+    if lanes > 1:
+        b = max(x for x in cfg.text_batches if x <= 32)
+        reqs = fixed_length_requests(sweep_jobs(cfg, b), cfg.engine_new_tokens)
+        r = best_of(cfg.repeats, lambda reqs=reqs, b=b: ort_text(text, reqs, b, TextEngineConfig(lanes=lanes)))  # type: ignore[misc]
+        out["text"]["lanes"] = {"lanes": lanes, "batch": b, **r}
+        log(f"engine text  batch {b:>3}: {r['tokens_per_s']:>9.1f} tokens/s (ORT engine, {lanes} lanes)")
     gpt = torch_models.load_gpt(text)
     gen = torch_models.load_generator(image)
     out["parity"] = {"text_max_abs_diff": torch_models.verify_gpt(gpt, text),
@@ -227,6 +240,11 @@ def metrics(res: dict[str, Any]) -> dict[str, float]:
         m[f"engine.text.tokens_per_s.b{b}"] = r["tokens_per_s"]
     lo, hi = ("1", "32") if {"1", "32"} <= set(ort) else (str(min(map(int, ort))), str(max(map(int, ort))))
     m["engine.text.batch_gain"] = round(ort[hi]["tokens_per_s"] / ort[lo]["tokens_per_s"], 2)
+    ln = res["text"].get("lanes")
+    if ln:
+        m["engine.text.lanes"] = ln["lanes"]
+        m[f"engine.text.tokens_per_s.b{ln['batch']}_lanes"] = ln["tokens_per_s"]
+        m["engine.text.batch_gain_lanes"] = round(ln["tokens_per_s"] / ort[lo]["tokens_per_s"], 2)
     for b, r in tt.items():
         m[f"engine.text.torch_tokens_per_s.b{b}"] = r["tokens_per_s"]
         m[f"engine.text.ort_vs_torch.b{b}"] = round(ort[b]["tokens_per_s"] / r["tokens_per_s"], 2)

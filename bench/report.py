@@ -134,6 +134,14 @@ def render(results: dict[str, Any], pngs: list[Path]) -> str:
                          c[p]["latency_p50_ms"], c[p]["short_latency_p50_ms"]] for p in ("static", "continuous")]),
                 f"continuous ÷ static tokens/s = **{c['throughput_ratio']}**; short jobs' median latency ratio = "
                 f"**{c['short_latency_ratio']}**\n"]
+        if "lanes" in c:
+            ln = c["lanes"]
+            out += [f"The same comparison with {ln['lanes']} lanes (each policy per lane, the 32 slots split "
+                    f"between lanes): continuous {ln['continuous']['tokens_per_s']} vs static "
+                    f"{ln['static']['tokens_per_s']} tokens/s = **{ln['throughput_ratio']}×**, short-job median "
+                    f"latency {ln['continuous']['short_latency_p50_ms']} vs {ln['static']['short_latency_p50_ms']} ms "
+                    f"= **{ln['short_latency_ratio']}** (pairs: {ln['throughput_ratio_by_pair']}; "
+                    f"{ln['short_latency_ratio_by_pair']}).\n"]
     if "system" in sc:
         out += _system_section(sc, m)
     if "submit" in sc:
@@ -194,7 +202,10 @@ def _engine_section(e: dict[str, Any], m: dict[str, Any]) -> list[str]:
         f"(checked before timing). PyTorch eager = exporter/gpt.py with the ONNX weights, static batch with KV "
         f"cache, its best thread count.\n",
         _table(["batch", "ORT engine tokens/s", "PyTorch eager tokens/s", "ORT ÷ torch", "jobs", "tokens"], rows),
-        f"batch gain (32 ÷ 1) = **{m.get('engine.text.batch_gain')}**\n",
+        f"batch gain (32 ÷ 1) = **{m.get('engine.text.batch_gain')}**"
+        + (f"; with {m['engine.text.lanes']} lanes (worker/engine/lanes.py: one batching loop per core over one "
+           f"session) batch 32 makes {m.get('engine.text.tokens_per_s.b32_lanes')} tokens/s, "
+           f"{m.get('engine.text.batch_gain_lanes')}× batch 1" if m.get("engine.text.lanes") else "") + "\n",
         f"Images: engine = dynamic batcher + PNG encoding; forward = bare ORT session.run; torch = exporter/dcgan.py "
         f"forward with the ONNX weights (max |Δ| = {e['parity']['image_max_abs_diff']:.2e}).\n",
         _table(["batch", "engine images/s", "ORT forward images/s", "PyTorch forward images/s", "ORT ÷ torch"], irows),

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # Text: iteration-level batching budgets.
     text_max_running: int = 32
     text_max_tokens_per_step: int = 2048
+    # Text engine lanes on CPU workers: independent batching loops over one ONNX session, each on one
+    # intra-op thread (worker/engine/lanes.py); the budgets above are split between them. GPUs use one.
+    text_lanes: int = Field(default=1, ge=1)
     # Images: request-level dynamic batching.
     image_max_batch_size: int = 64
     image_max_queue_delay_ms: float = 5.0

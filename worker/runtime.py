@@ -115,7 +115,8 @@ class WorkerRuntime:
                                       "intra_op_threads": self.settings.ort_threads}
             if entry.manifest.kind is ModelKind.text:
                 config.update(max_batch_size=self.settings.text_max_running,
-                              max_tokens_per_step=self.settings.text_max_tokens_per_step)
+                              max_tokens_per_step=self.settings.text_max_tokens_per_step,
+                              lanes=self.settings.text_lanes)
             else:
                 config.update(max_batch_size=self.settings.image_max_batch_size,
                               max_queue_delay_ms=self.settings.image_max_queue_delay_ms)

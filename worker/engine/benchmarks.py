@@ -19,7 +19,8 @@ import numpy as np
 
 from genqueue.registry import ModelEntry, Registry
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig
-from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
+from genqueue_worker.engine.lanes import create_text_engine
+from genqueue_worker.engine.text_engine import TextEngineConfig
 from genqueue_worker.engine.types import ImageParams, ImageRequest, TextParams, TextRequest
 
 PROMPTS = [
@@ -63,7 +64,7 @@ def engine_throughput(
     """Tokens/s and latencies of one policy on one job set. ``short`` jobs are those whose max_new_tokens is
     at most the set's 25th percentile; their latency is submit -> finish (all jobs are submitted at t=0)."""
     cfg = replace(config or TextEngineConfig(), max_batch_size=slots, policy=policy)  # type: ignore[arg-type]
-    engine = TextEngine(entry, provider, cfg)
+    engine = create_text_engine(entry, provider, cfg)
     reqs = requests or text_jobs(jobs, min_new, max_new, seed, temperature)
     t0 = time.perf_counter()
     results = engine.run_all(reqs)
@@ -92,7 +93,8 @@ def engine_throughput(
         "mean_rows_per_decode": round(st.decode_rows / max(1, st.decode_calls), 2),
         "useful_row_fraction": round(st.useful_rows / max(1, st.decode_rows), 3),
         "prefill_calls": st.prefill_calls,
-        "cache_relayouts": getattr(engine.cache, "relayouts", None),
+        "cache_relayouts": getattr(getattr(engine, "cache", None), "relayouts", None),
+        "lanes": cfg.lanes,
     }
 
 
@@ -123,12 +125,13 @@ def compare_policies(entry: ModelEntry, repeats: int = 1, **kw: Any) -> dict[str
 
 
 def batch_scaling(
-    entry: ModelEntry, small: int = 1, large: int = 32, jobs: int = 64, max_new: int = 64, provider: str = "cpu", repeats: int = 1
+    entry: ModelEntry, small: int = 1, large: int = 32, jobs: int = 64, max_new: int = 64, provider: str = "cpu", repeats: int = 1,
+    config: TextEngineConfig | None = None,
 ) -> dict[str, Any]:
     """Tokens/s with ``large`` slots vs ``small`` slots (continuous), same jobs of equal length."""
     reqs = text_jobs(jobs, max_new, max_new)
-    a = _best([engine_throughput(entry, "continuous", slots=small, provider=provider, requests=reqs[: max(small * 4, 8)]) for _ in range(repeats)])
-    b = _best([engine_throughput(entry, "continuous", slots=large, provider=provider, requests=reqs) for _ in range(repeats)])
+    a = _best([engine_throughput(entry, "continuous", slots=small, provider=provider, requests=reqs[: max(small * 4, 8)], config=config) for _ in range(repeats)])
+    b = _best([engine_throughput(entry, "continuous", slots=large, provider=provider, requests=reqs, config=config) for _ in range(repeats)])
     return {"small": a, "large": b, "ratio": round(b["tokens_per_s"] / a["tokens_per_s"], 2)}
 
 
@@ -164,13 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=128)
     ap.add_argument("--only", choices=["policies", "scaling", "images"], default=None)
     ap.add_argument("--repeats", type=int, default=1, help="alternate runs and keep each variant's fastest")
+    ap.add_argument("--lanes", type=int, default=1, help="text engine lanes (lanes.py); 1 = one batching loop")
     args = ap.parse_args(argv)
+    tcfg = TextEngineConfig(lanes=args.lanes)
     reg = Registry(args.models_dir)
     out: dict[str, Any] = {}
     if args.only in (None, "policies"):
-        out["policies"] = compare_policies(reg.resolve(args.text), repeats=args.repeats, jobs=args.jobs, provider=args.provider)
+        out["policies"] = compare_policies(reg.resolve(args.text), repeats=args.repeats, jobs=args.jobs, provider=args.provider, config=tcfg)
     if args.only in (None, "scaling"):
-        out["batch_scaling"] = batch_scaling(reg.resolve(args.text), provider=args.provider, repeats=args.repeats)
+        out["batch_scaling"] = batch_scaling(reg.resolve(args.text), provider=args.provider, repeats=args.repeats, config=tcfg)
     if args.only in (None, "images"):
         out["image_scaling"] = image_scaling(reg.resolve(args.image), provider=args.provider, repeats=args.repeats)
     print(json.dumps(out, indent=1))

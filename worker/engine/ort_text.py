@@ -13,6 +13,7 @@ logits come back to the host.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,11 +70,22 @@ class OrtTextRunner:
             raise ValueError(f"{model_path}: graph does not follow the text contract, missing {missing}")
         self.kv_dtype = np.dtype(_ORT_TYPES.get(inputs[self.past_names[0]].type, np.float32))
         self.logits_dtype = np.dtype(_ORT_TYPES.get(outputs["logits"].type, np.float32))
+        self._init_call_state()
+
+    def _init_call_state(self) -> None:
+        """What one calling thread needs of its own: an IO binding and the reused output buffers."""
         self._io = self.session.io_binding()
         self._bind = _Binder(self._io)
         self._logits_buf = np.zeros(0, self.logits_dtype)  # reused [rows,1,V] output of host decode steps
         self._logits_ptr = 0
         self._empty_past: dict[int, list[np.ndarray]] = {}
+
+    def sibling(self) -> OrtTextRunner:
+        """A runner on the same session (one copy of the weights) with its own binding and buffers, for
+        another thread: ORT sessions take concurrent runs, IO bindings do not."""
+        twin = copy.copy(self)
+        twin._init_call_state()
+        return twin
 
     # -- cache ------------------------------------------------------------------------------------------
     def new_cache(self) -> KVCache:

@@ -56,6 +56,7 @@ class TextEngineConfig:
     warmup: bool = True  # run common shapes once at start()
     trim_slack: int = 2  # re-lay the cache out once its common left padding exceeds this many columns
     return_token_ids: bool = False  # add output["token_ids"] (generated ids per candidate, EOS excluded)
+    lanes: int = 1  # CPU: independent batching loops sharing one session (lanes.py); 1 = this engine alone
 
 
 @dataclass(eq=False)
