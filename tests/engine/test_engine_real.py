@@ -163,3 +163,18 @@ def test_engines_report_the_provider_that_runs(models: dict[str, Any]) -> None:
         eng = load_engine(models[kind], "auto")  # auto may ask for CUDA; without a GPU ORT falls back
         assert eng.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
         eng.stop()
+
+
+def test_a_manifest_that_misnames_the_kv_contract_is_refused(tmp_path: Any) -> None:
+    pytest.importorskip("onnx")
+    from engine_testmodels import build_text_model
+
+    from genqueue.registry import Registry
+
+    folder = build_text_model(tmp_path / "lm" / "1")  # a concat graph
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["text"]["kv_contract"] = "ragged"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    entry = Registry(tmp_path).resolve("lm")
+    with pytest.raises(ValueError, match="kv_contract='ragged' but the graph"):
+        OrtTextRunner(entry.onnx_path, TextModelInfo.from_spec(entry.manifest.text), SessionConfig(provider="cpu"))

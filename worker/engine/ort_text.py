@@ -63,6 +63,9 @@ class OrtTextRunner:
         if self.contract != "concat" and self.provider == CUDA:
             log.warning("%s: a %s-contract graph on CUDA keeps its KV cache on the host; export with "
                         "--kv-contract concat to keep it on the device", model_path, self.contract)
+        if info.kv_contract is not None and info.kv_contract != self.contract:
+            raise ValueError(f"{model_path}: the manifest says kv_contract={info.kv_contract!r} but the graph's "
+                             f"inputs and outputs follow {self.contract!r}; re-export the model")
         step_inputs = ["seqlens_k", "total_sequence_length"] if self.ragged else ["attention_mask"]
         missing = [x for x in ["input_ids", *step_inputs, "position_ids", *self.past_names] if x not in inputs]
         missing += [x for x in ["logits", *self.present_names] if x not in outputs]

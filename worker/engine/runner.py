@@ -27,12 +27,13 @@ class TextModelInfo:
     eos_token_id: int  # ends a candidate with finish_reason "eos"
     pad_token_id: int  # fed to static batching's finished rows and to left padding
     kv_dtype: str = "float32"  # cache element type
+    kv_contract: str | None = None  # what the manifest says the graph returns; None: take the graph's word
 
     @classmethod
     def from_spec(cls, t: TextSpec) -> TextModelInfo:
         return cls(
             t.vocab_size, t.n_layer, t.n_head, t.head_dim, t.context_length,
-            t.bos_token_id, t.eos_token_id, t.pad_token_id, t.kv_dtype,
+            t.bos_token_id, t.eos_token_id, t.pad_token_id, t.kv_dtype, t.kv_contract,
         )
 
     @property
