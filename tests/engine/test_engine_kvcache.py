@@ -107,7 +107,7 @@ def step_ragged(cache: RaggedKVCache, rng: np.random.Generator, ref: list[list[n
     cache.commit_step()
 
 
-@pytest.mark.parametrize("kind", ["host", "device-cpu", "append", "ragged"])
+@pytest.mark.parametrize("kind", ["host", "device-cpu", "append", "ragged", "ragged-reserved"])
 def test_random_joins_leaves_and_steps_match_the_reference(kind: str) -> None:
     if kind == "device-cpu":
         pytest.importorskip("onnxruntime")
@@ -116,8 +116,10 @@ def test_random_joins_leaves_and_steps_match_the_reference(kind: str) -> None:
     elif kind == "append":
         cache = AppendKVCache(T, H, D, np.float32, block=3)
         step = step_append
-    elif kind == "ragged":
+    elif kind.startswith("ragged"):
         cache = RaggedKVCache(T, H, D, np.float32, block=3)
+        if kind == "ragged-reserved":
+            cache.reserve(8, 64)  # fewer rows than the test joins (rows may grow), every length fits
         step = step_ragged
     else:
         cache = HostKVCache(T, H, D, np.float32, trim_slack=2)
@@ -148,6 +150,8 @@ def test_random_joins_leaves_and_steps_match_the_reference(kind: str) -> None:
             ref = []
     if kind in ("host", "append", "ragged"):
         assert cache.relayouts > 0  # joins longer than the batch and trims both happened
+    if kind == "ragged-reserved":
+        assert cache.relayouts == 0 and cache.capacity == 64  # the reserved layout served every length
 
 
 def test_append_cache_copies_the_batch_once_per_block_of_steps() -> None:

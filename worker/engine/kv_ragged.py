@@ -13,10 +13,11 @@ and 2.72-2.81 ms for the concat graph; with every row 140 long the append graph 
 1.52-1.56 ms): GroupQueryAttention's CPU kernel costs more per position, and pays off when rows differ in
 length, as they do under continuous batching.
 
-``cap`` is the longest live row plus ``block`` spare columns. Growing or trimming it is the only whole-cache
-copy ("relayout", a few ms at 32 rows of ~100 tokens here); spare columns cost nothing per step, because the
-graph reads only each row's own length. Rows leave by swap-remove and join by copying just their prompt's
-columns.
+Every row has ``cap`` columns. Spare columns cost a step nothing (the graph reads each row's own length), so
+the engine reserves the whole batch at the whole context when it starts (:meth:`reserve`) and no step ever
+grows the buffer; without a reservation ``cap`` follows the longest live row plus ``block`` columns, and
+growing or trimming it is a whole-cache copy ("relayout", a few ms at 32 rows of ~100 tokens here). Rows
+leave by swap-remove and join by copying just their prompt's columns.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class RaggedKVCache:
         self._rows = 0
         self._cap = 0  # columns per row in the current layout
         self._lens = np.zeros(0, np.int64)
+        self._reserved_cap = 0  # the layout reserve() set up; never trimmed below
         self.relayouts = 0  # whole-cache copies so far; for profiling
 
     # -- shape -----------------------------------------------------------------------------------------
@@ -72,6 +74,20 @@ class RaggedKVCache:
     def _view(self, t: int, rows: int, cap: int, buf: np.ndarray | None = None) -> np.ndarray:
         b = self._bufs[t] if buf is None else buf
         return b[: rows * self.n_head * cap * self.head_dim].reshape(rows, self.n_head, cap, self.head_dim)
+
+    def reserve(self, rows: int, cap: int) -> None:
+        """Allocate and touch room for ``rows`` rows of ``cap`` columns up front (engine start). Growing
+        during a run costs page faults on fresh memory and whole-cache copies, while spare columns cost a
+        step nothing (the graph reads each row's own length); with ``cap`` past the context, a served job
+        never needs a relayout."""
+        if self._rows:
+            raise RuntimeError("reserve() needs an empty cache")
+        n = rows * self.n_head * cap * self.head_dim
+        self._bufs = [np.empty(n, self.dtype) for _ in range(self.n_tensors)]
+        for b in self._bufs:
+            b.fill(0)  # touch every page now rather than inside the first steps
+        self._ptrs = None
+        self._cap = self._reserved_cap = cap
 
     def _ensure_rows(self, rows: int) -> None:
         elems = rows * self.n_head * self._cap * self.head_dim
@@ -134,9 +150,9 @@ class RaggedKVCache:
         order, self._lens = swap_remove(self._rows, self._lens, rows, move)
         self._rows = len(order)
         if self._rows == 0:
-            self._cap = 0
-        elif self._cap - self.length > 2 * self.block:
-            self._relayout(self.length + self.block)
+            self._cap = self._reserved_cap
+        elif self._cap > self._reserved_cap and self._cap - self.length > 2 * self.block:
+            self._relayout(max(self.length + self.block, self._reserved_cap))
         return order
 
     def append(self, block: KVBlock, take: Sequence[int]) -> None:
@@ -173,4 +189,4 @@ class RaggedKVCache:
         return KVBlock(arrays, lens)
 
     def clear(self) -> None:
-        self._rows, self._cap, self._lens = 0, 0, np.zeros(0, np.int64)
+        self._rows, self._cap, self._lens = 0, self._reserved_cap, np.zeros(0, np.int64)

@@ -236,6 +236,15 @@ class TextEngine(EngineThread):
             t0 = time.perf_counter()
             warm(sorted({1, self.config.max_batch_size}))
             log.info("%s: warm-up took %.0f ms", self.name, (time.perf_counter() - t0) * 1000)
+        self._reserve_cache()
+
+    def _reserve_cache(self) -> None:
+        """Give a cache that can reserve its full size up front (kv_ragged.py) the whole batch at the whole
+        context, when that fits the KV budget, so that no step grows or re-lays it out."""
+        reserve = getattr(self.cache, "reserve", None)
+        rows, cap = self.config.max_batch_size, self.info.context_length + 1
+        if reserve is not None and self.cache.rows == 0 and rows * cap * self.info.kv_bytes_per_token <= self.config.max_kv_bytes // 2:
+            reserve(rows, cap)
 
     def _loop(self, until_idle: bool = False) -> None:
         try:
@@ -294,6 +303,8 @@ class TextEngine(EngineThread):
             if job is not None:
                 self._resolve(job, self._failure(job, ErrorCode.engine_error, f"internal engine error: {error!r}"))
         self.cache = self.runner.new_cache()
+        if self._warm:
+            self._reserve_cache()
         self._row_seq = []
         self._seq_job.clear()
         self._retired.clear()
