@@ -117,6 +117,10 @@ class WorkerRuntime:
                 config.update(max_batch_size=self.settings.text_max_running,
                               max_tokens_per_step=self.settings.text_max_tokens_per_step,
                               lanes=self.settings.text_lanes)
+                per_lane = -(-self.settings.text_max_running // self.settings.text_lanes)
+                if self.settings.text_lanes > 1 and per_lane < 16:
+                    log.warning("%s: %d text lanes leave %d rows each; a job with more candidates (n, up to 16) "
+                                "fails there: raise GENQUEUE_TEXT_MAX_RUNNING", entry.ref, self.settings.text_lanes, per_lane)
             else:
                 config.update(max_batch_size=self.settings.image_max_batch_size,
                               max_queue_delay_ms=self.settings.image_max_queue_delay_ms)

@@ -4,14 +4,15 @@ On a CPU, one decode step of a small model is a chain of small kernels; ORT's in
 much of each step synchronizing its threads, and the loop's Python (sampling, bookkeeping) runs while the
 cores wait. Measured on 2 cores with the built-in tiny-lm (32 rows of lengths 10..140, random cache): one
 2-thread run for 32 rows took 0.59-0.60 ms, two 1-thread runs of 16 rows each on two Python threads
-0.43-0.48 ms for the same 32 rows; with another process busy on the machine, 2.15 against 0.84 ms (a
-thread pool that synchronizes every op suffers most from a stolen core). Lanes are that: N :class:`TextEngine` loops, each with its own scheduler, cache and
-thread, sharing one session (one copy of the weights) created with one intra-op thread; ORT releases the GIL
-while it runs, so one lane's step overlaps another lane's Python.
+0.43-0.48 ms for the same 32 rows; with another process busy on the machine, 2.15 against 0.84 ms (a pool
+that synchronizes on every op suffers most from a stolen core).
 
-A job runs entirely in one lane (the one with the fewest unfinished jobs when it arrives), so its tokens
-are exactly those it would get alone (DESIGN.md invariant 4): lanes change where a job runs, never what it
-computes. ``max_batch_size``, the token budget and the KV budget are split evenly between the lanes.
+Lanes are N :class:`TextEngine` loops, each with its own scheduler, cache and thread, sharing one session
+(one copy of the weights) created with one intra-op thread; ORT releases the GIL while it runs, so one
+lane's step overlaps another lane's Python. A job runs entirely in one lane (the one with the fewest
+unfinished jobs when it arrives), so its tokens are exactly those it would get alone (DESIGN.md invariant
+4): lanes change where a job runs, never what it computes. ``max_batch_size``, the token budget and the KV
+budget are split evenly between the lanes, so a job's ``n`` candidates must fit in one lane's share.
 """
 
 from __future__ import annotations
