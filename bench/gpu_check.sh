@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CUDA check of the text engine (NOT RUN YET: the session that wrote this had no GPU machine).
+# CUDA check of the text engine (not run yet: no GPU machine has been available to the project).
 #
 #   bench/gpu_check.sh                 # on a machine with an NVIDIA GPU, from the repository root
 #   WHEELS=shared/wheels bench/gpu_check.sh --batches 1,8,64,256

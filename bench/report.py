@@ -179,7 +179,7 @@ def render(results: dict[str, Any], pngs: list[Path]) -> str:
     if pngs:
         out += ["## Plots\n"] + [f"![{p.stem}]({p.as_posix()})\n" for p in pngs]
     out += ["## GPU (CUDA) run: pending\n",
-            "No device machine was available to this session, so nothing here ran on CUDA and no GPU figure is "
+            "No GPU machine was available for these runs, so nothing here ran on CUDA and no GPU figure is "
             "reported. The planned check is `bench/gpu_check.sh` (installs onnxruntime-gpu from carried wheels, "
             "exports a GPT-2-small-sized random model, runs the text engine on CUDA at batch 1–256 and compares "
             "each decode step with the memory-bandwidth bound: model bytes ÷ HBM bandwidth). It has not been "
