@@ -41,9 +41,10 @@ class OrtTextRunner:
         trim_slack: int = 2,
         cache_device: str | None = None,
     ) -> None:
-        """``cache_device``: None picks by the provider that runs (CUDA: device-resident cache; CPU: host
-        ping-pong buffers); "cpu" forces the device-resident code path on the CPU, which is how tests
-        exercise the CUDA path's logic on machines without a GPU."""
+        """``cache_device`` (concat graphs): None picks by the provider that runs (CUDA: device-resident
+        cache; CPU: host ping-pong buffers); "cpu" forces the device-resident code path on the CPU, which is
+        how tests exercise the CUDA path's logic on machines without a GPU. Ragged and append graphs always
+        keep a host cache."""
         self.info = info
         self.session_config = session or SessionConfig()
         self.session, self.provider = create_session(model_path, self.session_config, f"text model {model_path}")
