@@ -186,6 +186,7 @@ class WorkerRuntime:
         while True:
             info = {"id": self.worker_id, "models": self.model_names, "refs": sorted(self.engines),
                     "providers": self.providers, "pid": os.getpid(), "inflight": len(self._inflight),
+                    "lanes": {ref: len(getattr(e, "lanes", [e])) for ref, e in self.engines.items()},
                     "torch_loaded": "torch" in sys.modules, "at": time.time()}
             try:
                 client.set(WORKER_KEY_PREFIX + self.worker_id, json.dumps(info), ex=HEARTBEAT_TTL_S)

@@ -12,9 +12,12 @@ from genqueue.client import Client
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_sigterm_finishes_or_gives_back_every_job(lone_stack) -> None:  # type: ignore[no-untyped-def]
-    lone = lone_stack({"GENQUEUE_WORKER_CONCURRENCY": "8"})
+@pytest.mark.parametrize("lanes", ["1", "2"])  # one batching loop, or two lanes (worker/engine/lanes.py)
+def test_sigterm_finishes_or_gives_back_every_job(lone_stack, lanes: str) -> None:  # type: ignore[no-untyped-def]
+    lone = lone_stack({"GENQUEUE_WORKER_CONCURRENCY": "8", "GENQUEUE_TEXT_LANES": lanes})
     stack = lone.stack
+    (beat,) = stack.worker_heartbeats()
+    assert beat["lanes"]["tiny-lm@1"] == int(lanes)  # the text engine runs the lanes asked for
     with Client(stack.base_url, lone.secret, timeout=60) as c:
         limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
         items = [{"model": "tiny-lm", "input": {"prompt": f"job {i}", "max_new_tokens": limit - 8,

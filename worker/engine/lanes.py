@@ -138,11 +138,13 @@ class LanedTextEngine:
 
 def create_text_engine(entry: ModelEntry, provider: str, config: TextEngineConfig) -> Any:
     """A plain TextEngine for one lane, lanes otherwise. A GPU gets one lane whatever the setting: it
-    parallelizes a step by itself, and lanes would only split its batches."""
-    import onnxruntime as ort
-
-    gpu = provider == "cuda" or (provider == "auto" and "CUDAExecutionProvider" in ort.get_available_providers())
+    parallelizes a step by itself, and lanes would only split its batches. Whether a GPU runs is read from
+    the session, since onnxruntime-gpu lists CUDA as available even where it falls back to the CPU."""
     lanes = min(config.lanes, config.max_batch_size)  # a lane holds at least one row
-    if lanes <= 1 or gpu:
-        return TextEngine(entry, provider, replace(config, lanes=1))
-    return LanedTextEngine(entry, provider, replace(config, lanes=lanes))
+    one = replace(config, lanes=1)
+    if lanes <= 1 or provider == "cuda":
+        return TextEngine(entry, provider, one)
+    engine = LanedTextEngine(entry, provider, replace(config, lanes=lanes))
+    if engine.provider == "CUDAExecutionProvider":
+        return TextEngine(entry, provider, one)
+    return engine
