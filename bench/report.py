@@ -67,14 +67,16 @@ def target_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def write_all(results: dict[str, Any], out_dir: Path, markdown: bool = True) -> list[Path]:
+def write_all(results: dict[str, Any], out_dir: Path, markdown: bool = True, record: bool = True) -> list[Path]:
+    """<timestamp>.json always; with ``record``, also latest.json and (with ``markdown``) RESULTS.md + plots,
+    the record that README and FINDINGS quote."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = results["started_at"].replace(":", "").replace("-", "").replace("+0000", "Z")
     text = json.dumps(results, indent=1, default=str) + "\n"
-    written = [out_dir / f"{stamp}.json", out_dir / "latest.json"]
+    written = [out_dir / f"{stamp}.json", *([out_dir / "latest.json"] if record else [])]
     for p in written:
         p.write_text(text)
-    if markdown:
+    if markdown and record:
         from bench import plots
 
         base = out_dir.parent

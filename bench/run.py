@@ -33,9 +33,9 @@ def _log(msg: str) -> None:
 
 
 def run(cfg: BenchConfig, settings: Settings, only: set[str], out_dir: Path, log: Callable[[str], None] = _log,
-        markdown: bool = True) -> dict[str, Any]:
-    """``out_dir`` gets <timestamp>.json and latest.json; with ``markdown``, its parent gets RESULTS.md and
-    plots/*.png (bench/ for the default bench/results)."""
+        markdown: bool = True, record: bool = True) -> dict[str, Any]:
+    """``out_dir`` gets <timestamp>.json and, with ``record``, latest.json; with ``markdown`` and ``record``,
+    its parent gets RESULTS.md and plots/*.png (bench/ for the default bench/results)."""
     t_start = time.monotonic()
     reg = Registry(settings.models_dir)
     text, image = reg.resolve("tiny-lm"), reg.resolve("dcgan-digits")
@@ -96,7 +96,7 @@ def run(cfg: BenchConfig, settings: Settings, only: set[str], out_dir: Path, log
         timed("stack with worker", _stack)
     results["timings_s"]["total"] = round(time.monotonic() - t_start, 1)
     results["metrics"] = report.collect_metrics(results)
-    written = report.write_all(results, out_dir, markdown=markdown)
+    written = report.write_all(results, out_dir, markdown=markdown, record=record)
     log(f"done in {results['timings_s']['total']} s; wrote {', '.join(str(p) for p in written)}")
     return results
 
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     ap.add_argument("--data-dir", type=Path, default=None, help="default: <GENQUEUE_DATA_DIR>/bench (wiped first)")
     ap.add_argument("--no-report", action="store_true", help="write the JSON only (no RESULTS.md, no plots)")
+    ap.add_argument("--record", action="store_true",
+                    help="with --only: still replace latest.json and RESULTS.md (a full run always does)")
     args = ap.parse_args(argv)
     cfg = MODES[args.mode or "quick"]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -168,5 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(target, ignore_errors=True)
         elif target.exists():
             target.unlink()
-    run(cfg, settings, only, args.results_dir, markdown=not args.no_report)
+    # A subset run must not replace the full record that README and FINDINGS quote with a partial one.
+    record = only >= set(SCENARIOS) or args.record
+    if not record:
+        _log("a subset run: only results/<timestamp>.json is written (--record to replace the full record)")
+    run(cfg, settings, only, args.results_dir, markdown=not args.no_report, record=record)
     return 0
