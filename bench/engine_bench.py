@@ -11,6 +11,7 @@ same length, so static batching wastes nothing here), one forward per batch for 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -40,8 +41,6 @@ def sweep_jobs(cfg: BenchConfig, batch: int) -> int:
 
 
 def bench_lanes(cfg: BenchConfig) -> int:
-    import os
-
     return cfg.lanes or min(4, os.cpu_count() or 1)
 
 

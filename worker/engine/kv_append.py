@@ -133,13 +133,11 @@ class AppendKVCache(PingPongBuffers):
         self._ensure(self._cur, rows * self._row_elems(width), keep=self._rows * self._row_elems(width))
         for t in range(self.n_tensors):
             dst = self._view(self._cur, t, rows, width)
-            src = block.arrays[t]
-            have = src.shape[2]
             for j, r in enumerate(take):
                 n = int(block.lens[r])
                 row = dst[self._rows + j]
                 row[:, : length - n] = 0
-                row[:, length - n : length] = src[r, :, have - n :]
+                row[:, length - n : length] = block.tokens(t, r)
                 row[:, length:] = 0
         self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
         self._rows = rows

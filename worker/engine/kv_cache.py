@@ -36,11 +36,19 @@ class KVBlock:
     """KV rows outside the batch: a prefill's output, or rows extracted for a solo retry."""
 
     arrays: list[np.ndarray]  # 2 x n_layer host arrays [k,H,L,D] (k0, v0, k1, v1, ...)
-    lens: np.ndarray  # int64 [k]: real tokens per row, right-aligned in L (left padding)
+    lens: np.ndarray  # int64 [k]: real tokens per row
+    # True: a row's tokens are the last lens[r] of L (left padding); False: the first (a ragged prefill's
+    # output, which then joins a ragged cache without being re-padded).
+    left_padded: bool = True
 
     @property
     def rows(self) -> int:
         return int(self.lens.shape[0])
+
+    def tokens(self, t: int, r: int) -> np.ndarray:
+        """Tensor ``t``'s real columns of row ``r``: [H, lens[r], D], whichever side the padding is on."""
+        a, n = self.arrays[t], int(self.lens[r])
+        return a[r, :, a.shape[2] - n :] if self.left_padded else a[r, :, :n]
 
 
 class KVCache(Protocol):
@@ -264,14 +272,12 @@ class HostKVCache(PingPongBuffers):
         length = self._length
         for t in range(self.n_tensors):
             dst = self._view(self._cur, t, rows, length)
-            src = block.arrays[t]
-            width = src.shape[2]
             for j, r in enumerate(take):
                 n = int(block.lens[r])
                 row = dst[self._rows + j]
                 # Zero the pad: masked keys get probability 0, but 0 x NaN from stale memory would be NaN.
                 row[:, : length - n] = 0
-                row[:, length - n :] = src[r, :, width - n :]
+                row[:, length - n :] = block.tokens(t, r)
         self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
         self._rows = rows
 

@@ -165,11 +165,8 @@ class RaggedKVCache:
         self._ensure_rows(rows)
         for t in range(self.n_tensors):
             dst = self._view(t, rows, self._cap)
-            src = block.arrays[t]
-            width = src.shape[2]
             for j, r in enumerate(take):
-                n = int(block.lens[r])
-                dst[self._rows + j, :, :n] = src[r, :, width - n :]  # blocks are left-padded
+                dst[self._rows + j, :, : int(block.lens[r])] = block.tokens(t, r)
         self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
         self._rows = rows
 

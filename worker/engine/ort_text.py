@@ -138,16 +138,9 @@ class OrtTextRunner:
         }
         feeds.update(zip(self.past_names, self._empty(b), strict=True))
         out = self.session.run(["logits", *self.present_names], feeds)
-        rows = np.arange(b)
-        logits = out[0][rows, lens - 1, :]  # [B,V]: each row's last real token
-        arrays = []
-        for present in out[1:]:  # [B,H,S,D] right-padded -> left-padded, the KVBlock convention
-            left = np.zeros_like(present)
-            for r in range(b):
-                n = int(lens[r])
-                left[r, :, s - n :] = present[r, :, :n]
-            arrays.append(left)
-        return logits, KVBlock(arrays, lens)
+        logits = out[0][np.arange(b), lens - 1, :]  # [B,V]: each row's last real token
+        # present [B,H,S,D] holds each row's tokens first; the block says so and joins the cache as it is.
+        return logits, KVBlock(list(out[1:]), lens, left_padded=False)
 
     def _positions(self, cache: KVCache) -> np.ndarray:
         # A static batch's finished rows keep decoding as padding; clamp them inside the position table.
