@@ -171,7 +171,7 @@ class RaggedKVCache:
         self._rows = rows
 
     def extract(self, rows: Sequence[int]) -> KVBlock:
-        """Rows as a left-padded block (the convention every cache reads)."""
+        """Rows as a left-padded block (what solo retries and the other caches were written against)."""
         idx = list(rows)
         lens = self._lens[idx].copy()
         width = int(lens.max()) if idx else 0
