@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # Text engine lanes on CPU workers: independent batching loops over one ONNX session, each on one
     # intra-op thread (worker/engine/lanes.py); the budgets above are split between them. GPUs use one.
     text_lanes: int = Field(default=1, ge=1)
+    # Waiting text jobs whose prompts run inside another admission's prefill call, so that they later join
+    # the batch without an ONNX Runtime call of their own (worker/engine/text_engine.py); 0 turns it off.
+    text_prefill_ahead: int = Field(default=8, ge=0)
     # Images: request-level dynamic batching.
     image_max_batch_size: int = 64
     image_max_queue_delay_ms: float = 5.0

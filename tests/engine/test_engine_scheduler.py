@@ -34,6 +34,17 @@ def test_admission_by_priority_then_arrival() -> None:
     assert [g.group_id for g in out.prefill] == ["a", "c"]  # same priority: arrival order
 
 
+def test_peek_waiting_shows_the_admission_order_without_admitting() -> None:
+    s = Scheduler(SchedulerConfig(max_num_seqs=1))
+    for gid, prio in [("a", 5), ("b", 1), ("c", 5), ("d", 0)]:
+        s.add(group(gid, priority=prio))
+    assert [g.group_id for g in s.peek_waiting(3)] == ["d", "b", "a"]
+    assert s.num_waiting == 4
+    out = s.schedule()
+    assert [g.group_id for g in out.prefill] == ["d"]
+    assert [g.group_id for g in s.peek_waiting(5)] == ["b", "a", "c"]
+
+
 def test_budget_max_seqs_counts_candidates() -> None:
     s = Scheduler(SchedulerConfig(max_num_seqs=4))
     s.add(group("a", n=3))

@@ -69,6 +69,53 @@ def test_finished_rows_cost_no_compute_in_continuous(byte_tokenizer: Any) -> Non
     assert static.stats.useful_rows == cont.stats.useful_rows == sum(rows)
 
 
+def test_prefill_ahead_runs_waiting_prompts_early_without_changing_tokens(byte_tokenizer: Any) -> None:
+    reqs = mixed_requests()
+    off = engine(byte_tokenizer, max_batch_size=4, prefill_ahead=0)
+    on = engine(byte_tokenizer, max_batch_size=4, prefill_ahead=3)
+    assert outputs(on.run_all(reqs)) == outputs(off.run_all(reqs))
+    assert off.stats.prefill_ahead_rows == 0 and on.stats.prefill_ahead_rows > 0
+    assert on.stats.prefill_calls < off.stats.prefill_calls
+    prefills = [c.rows for c in on.runner.calls if c.kind == "prefill"]  # type: ignore[attr-defined]
+    # One row per prompt: the first batch (jobs 0-2, four candidate rows) plus the next three waiting prompts.
+    assert prefills[0] == 3 + 3
+    assert max(prefills[1:]) <= 1 + 3
+    # Static batching (the benchmark's baseline) prefills each batch as it is admitted, nothing ahead.
+    static = engine(byte_tokenizer, max_batch_size=4, policy="static")
+    static.run_all(reqs)
+    assert static.stats.prefill_ahead_rows == 0
+
+
+def test_a_prefilled_waiting_job_can_be_canceled(byte_tokenizer: Any) -> None:
+    def req(job_id: str, prompt: str, n: int) -> TextRequest:
+        return TextRequest(job_id, prompt, TextParams(max_new_tokens=n, temperature=0.9, seed=7, ignore_eos=True))
+
+    alone = outputs(engine(byte_tokenizer).run_all([req("c", "xyz", 5)]))
+    eng = engine(byte_tokenizer, runner=FakeTextRunner(delay_s=0.003), max_batch_size=1)
+    futs = [eng.submit(r) for r in (req("a", "x", 40), req("b", "xy", 5), req("c", "xyz", 5))]
+    eng.start()  # the first step admits a, and its prefill call runs b's and c's prompts too
+    try:
+        time.sleep(0.03)
+        eng.cancel("b")
+        ra, rb, rc = (f.result(10) for f in futs)
+    finally:
+        eng.stop()
+    assert eng.stats.prefill_ahead_rows == 2
+    assert ra.status == "succeeded" and rb.status == "canceled" and rb.metrics["tokens"] == 0
+    assert outputs([rc]) == alone
+
+
+def test_a_failed_call_leaves_the_prompts_run_ahead_waiting(byte_tokenizer: Any) -> None:
+    reqs = [r for r in mixed_requests(6) if r.params.n == 1][:4]
+    clean = outputs(engine(byte_tokenizer, max_batch_size=1).run_all(reqs))
+    eng = engine(byte_tokenizer, runner=FakeTextRunner(fail_calls={0}), max_batch_size=1)
+    assert outputs(eng.run_all(reqs)) == clean
+    prefills = [c.rows for c in eng.runner.calls if c.kind == "prefill"]  # type: ignore[attr-defined]
+    # Call 0 (the first job plus three prompts ahead) fails; the first job is retried alone, the other three are not run
+    # ahead again and each gets its own call when admitted.
+    assert prefills == [4, 1, 1, 1, 1]
+
+
 def test_futures_resolve_in_finish_order(byte_tokenizer: Any) -> None:
     eng = engine(byte_tokenizer, runner=FakeTextRunner(delay_s=0.002), max_batch_size=8)
     eng.start()

@@ -93,6 +93,7 @@ def engine_throughput(
         "mean_rows_per_decode": round(st.decode_rows / max(1, st.decode_calls), 2),
         "useful_row_fraction": round(st.useful_rows / max(1, st.decode_rows), 3),
         "prefill_calls": st.prefill_calls,
+        "prefill_ahead_rows": st.prefill_ahead_rows,
         "cache_relayouts": getattr(getattr(engine, "cache", None), "relayouts", None),
         "lanes": cfg.lanes,
     }

@@ -137,6 +137,10 @@ class Scheduler:
         """Whether the sequence occupies a batch row (running, or finished but kept by static batching)."""
         return seq_id in self._running
 
+    def peek_waiting(self, k: int) -> list[SequenceGroup]:
+        """The next ``k`` waiting groups in admission order, without admitting them."""
+        return [e[2] for e in heapq.nsmallest(k, self._waiting)]
+
     def get_group(self, group_id: str) -> SequenceGroup | None:
         return self._groups.get(group_id)
 
