@@ -3,9 +3,11 @@
 Shapes: B batch, S new tokens, P cached positions, T = P + S, C = n_embd, H = n_head, D = C // H, V vocab.
 
 ``forward(input_ids[B,S], attention_mask[B,T], position_ids[B,S], *past)`` where ``past`` is the flat
-sequence ``k0, v0, k1, v1, ...`` of ``[B,H,P,D]`` tensors, and returns ``(logits[B,S,V], *present)`` with
-present ``[B,H,T,D]`` = concat(past, new): the "concat" contract. ``forward_append`` (exported through
-:class:`AppendKV`) is the "append" contract, the default export: it returns only the new tokens' keys and
+sequence ``k0, v0, k1, v1, ...`` of ``[B,H,P,D]`` tensors, and returns ``(logits[B,1,V], *present)`` with
+present ``[B,H,T,D]`` = concat(past, new): the "concat" contract. The logits are the last position's only:
+prompts are left-padded, so that is every row's last real token, the only one a server samples from (the
+whole [B,S,V] would be ~400 MB for 32 prompts of 64 tokens at GPT-2's vocabulary). ``forward_append``
+(exported through :class:`AppendKV`) is the "append" contract: it returns only the new tokens' keys and
 values ``[B,H,S,D]`` and never copies the past, so the worker can keep its cache in place. The cache is
 explicit so that the worker owns it (continuous batching moves rows in and out between steps); one graph
 serves prefill (P=0) and decode (S=1).
@@ -166,20 +168,20 @@ class GPT(nn.Module):
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor
     ) -> tuple[Tensor, ...]:
-        """The "concat" contract: ``(logits, *present)`` with present = concat(past, new) [B,H,T,D]."""
-        logits, new = self._run(input_ids, attention_mask, position_ids, past)
+        """The "concat" contract: ``(logits [B,1,V], *present)`` with present = concat(past, new) [B,H,T,D]."""
+        logits, new = self._run(input_ids, attention_mask, position_ids, past, last_only=True)
         presents = [torch.cat([p, n], dim=2) for p, n in zip(past, new, strict=True)]  # [B,H,T,D]
         return (logits, *presents)
 
     def forward_append(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor
     ) -> tuple[Tensor, ...]:
-        """The "append" contract: ``(logits, *new)`` with new [B,H,S,D]; the caller appends to its cache."""
-        logits, new = self._run(input_ids, attention_mask, position_ids, past)
+        """The "append" contract: ``(logits [B,1,V], *new)`` with new [B,H,S,D]; the caller appends to its cache."""
+        logits, new = self._run(input_ids, attention_mask, position_ids, past, last_only=True)
         return (logits, *new)
 
     def _run(
-        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, past: tuple[Tensor, ...]
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, past: tuple[Tensor, ...], last_only: bool
     ) -> tuple[Tensor, list[Tensor]]:
         _, S = input_ids.shape
         n_layer = len(self.h)
@@ -191,14 +193,16 @@ class GPT(nn.Module):
         for i, block in enumerate(self.h):
             x, k, v = block(x, mask, past[2 * i], past[2 * i + 1])  # k, v [B,H,S,D]
             new += [k, v]
-        return self.lm_head(self.ln_f(x)), new  # logits [B,S,V]
+        if last_only:
+            x = x[:, -1:]  # [B,1,C]: the head for the last position alone (serving); training wants all S
+        return self.lm_head(self.ln_f(x)), new  # logits [B,S or 1,V]
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Next-token cross-entropy for training on unpadded [B,S] windows (no cache)."""
         B, S = idx.shape
         ones = torch.ones(B, S, dtype=torch.long, device=idx.device)
         pos = torch.arange(S, device=idx.device).unsqueeze(0).expand(B, S)
-        logits = self(idx, ones, pos, *self.empty_past(B))[0]  # [B,S,V]
+        logits, _ = self._run(idx, ones, pos, tuple(self.empty_past(B)), last_only=False)  # [B,S,V]
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 

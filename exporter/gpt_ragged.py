@@ -13,8 +13,9 @@ GELU, tied head), checked against that module by :func:`ragged_parity` before an
 Contract (registry.py): inputs ``input_ids`` int64 [B,S], ``position_ids`` int64 [B,S], ``seqlens_k`` int32
 [B] (each row's total length minus one: past + its real new tokens - 1), ``total_sequence_length`` int32
 scalar (the longest row's total), ``past_key_values.<i>.key`` / ``.value`` [B,H,M,D]; outputs ``logits``
-[B,S,V] and ``present.<i>.key`` / ``.value`` [B,H,max(M,total),D]. Rows are right-padded: a row's tokens
-sit at positions 0..len-1 of its cache row, and a prompt batch puts each row's real tokens first.
+[B,1,V] (each row's last real token; graphs written before this was so return [B,S,V], which the worker
+still reads) and ``present.<i>.key`` / ``.value`` [B,H,max(M,total),D]. Rows are right-padded: a row's
+tokens sit at positions 0..len-1 of its cache row, and a prompt batch puts each row's real tokens first.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ def ragged_names(n_layer: int) -> tuple[list[str], list[str]]:
     return past, present
 
 
-def build_ragged_onnx(model: Any, path: Path) -> str:
-    """Write the ragged graph of ``model`` (a GPT, fp32) to ``path``; returns the exporter label."""
+def build_ragged_onnx(model: Any, path: Path, all_logits: bool = False) -> str:
+    """Write the ragged graph of ``model`` (a GPT, fp32) to ``path``; returns the exporter label.
+
+    ``all_logits`` writes every position's logits [B,S,V] instead of each row's last token's, the layout of
+    earlier exports; only ``bench.prefill`` uses it, to measure what the last-token head saves."""
     cfg = model.config
     sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     C, H, D, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.vocab_size
@@ -53,7 +57,9 @@ def build_ragged_onnx(model: Any, path: Path) -> str:
         return name
 
     def linear(x: str, prefix: str, out: str) -> str:
-        # nn.Linear stores [out,in]; MatMul wants [in,out]. ORT fuses the bias Add into the MatMul kernel.
+        # nn.Linear stores [out,in]; MatMul wants [in,out]. The bias Add stays a node of its own after ORT's
+        # optimizations (ORT's profiler lists one Add per bias); a SkipLayerNormalization graph that folds it
+        # in measured slower on the CPU (bench/FINDINGS.md).
         w = init(f"{prefix}.w", sd[f"{prefix}.weight"].T)
         b = init(f"{prefix}.b", sd[f"{prefix}.bias"])
         nodes.append(helper.make_node("MatMul", [x, w], [f"{out}.mm"]))
@@ -95,9 +101,28 @@ def build_ragged_onnx(model: Any, path: Path) -> str:
         m = linear(f"{p}.g", f"{p}.mlp.c_proj", f"{p}.m")
         nodes.append(helper.make_node("Add", [f"{p}.r1", m], [f"{p}.out"]))
         h = f"{p}.out"
+    if not all_logits:
+        # Each row's last real token alone goes through ln_f and the head: in a right-padded prompt batch
+        # that is position seqlens_k (its length - 1); in a decode step (S=1) position 0. min(seqlens_k, S-1)
+        # is both. Every position's [B,S,V] logits would cost S x V floats per row (GPT.forward says why).
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "one_i64"))
+        inits.append(numpy_helper.from_array(np.array([2], np.int64), "two_i64"))
+        inits.append(numpy_helper.from_array(np.array([1, 2], np.int64), "axes_12"))
+        inits.append(numpy_helper.from_array(np.array([1, 1, C], np.int64), "last_shape"))
+        nodes += [
+            helper.make_node("Shape", ["input_ids"], ["ids_shape"]),  # [2]: B, S
+            helper.make_node("Slice", ["ids_shape", "one_i64", "two_i64"], ["seq_len"]),  # [1]: S
+            helper.make_node("Sub", ["seq_len", "one_i64"], ["seq_last"]),
+            helper.make_node("Cast", ["seqlens_k"], ["seqlens_i64"], to=TensorProto.INT64),
+            helper.make_node("Min", ["seqlens_i64", "seq_last"], ["last_pos"]),  # [B]
+            helper.make_node("Unsqueeze", ["last_pos", "axes_12"], ["last_pos3"]),  # [B,1,1]
+            helper.make_node("Expand", ["last_pos3", "last_shape"], ["last_idx"]),  # [B,1,C]
+            helper.make_node("GatherElements", [h, "last_idx"], ["h_last"], axis=1),  # [B,1,C]
+        ]
+        h = "h_last"
     xf = layer_norm(h, "ln_f", "xf")
     head = init("lm_head.w", sd["lm_head.weight"].T)  # tied to wte: [C,V]
-    nodes.append(helper.make_node("MatMul", [xf, head], ["logits"]))
+    nodes.append(helper.make_node("MatMul", [xf, head], ["logits"]))  # [B,1,V] ([B,S,V] with all_logits)
 
     f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
     inputs = [
@@ -108,7 +133,7 @@ def build_ragged_onnx(model: Any, path: Path) -> str:
         *[helper.make_tensor_value_info(n, f32, ["batch", H, "past", D]) for n in past],
     ]
     outputs = [
-        helper.make_tensor_value_info("logits", f32, ["batch", "seq", V]),
+        helper.make_tensor_value_info("logits", f32, ["batch", "seq" if all_logits else 1, V]),
         *[helper.make_tensor_value_info(n, f32, ["batch", H, "present", D]) for n in present],
     ]
     # Contrib-op outputs get explicit types: ONNX shape inference cannot see through com.microsoft ops, and
@@ -140,11 +165,12 @@ def ragged_parity(model: Any, sess: Any, tol: float, seed: int = 0) -> dict[str,
     g = torch.Generator().manual_seed(seed)
     results: dict[str, float] = {}
 
-    def torch_row(ids: list[int]) -> np.ndarray:
-        """Logits [n,V] of one unpadded row through the torch module."""
+    def torch_row(ids: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One unpadded row through the torch module: its last token's logits [V] and its KV [H,n,D] each."""
         t = torch.tensor([ids])
         with torch.no_grad():
-            return gpt(t, torch.ones_like(t), torch.arange(len(ids)).unsqueeze(0), *gpt.empty_past(1))[0][0].numpy()
+            logits, *kv = gpt(t, torch.ones_like(t), torch.arange(len(ids)).unsqueeze(0), *gpt.empty_past(1))
+        return logits[0, -1].numpy(), [x[0].numpy() for x in kv]
 
     def run(ids: np.ndarray, pos: np.ndarray, seqlens: np.ndarray, total: int, past: list[np.ndarray]) -> list[np.ndarray]:
         feed: dict[str, Any] = {
@@ -154,9 +180,9 @@ def ragged_parity(model: Any, sess: Any, tol: float, seed: int = 0) -> dict[str,
         feed.update(zip(past_names, past, strict=True))
         return list(sess.run(out_names, feed))
 
-    def check(name: str, diff: float) -> None:
+    def check(name: str, diff: float, output: str = "logits") -> None:
         if not diff <= tol:  # also catches NaN; the same message as export.py's other parity checks
-            raise ExportError(f"parity check failed: case {name}, output logits: max |ORT - torch| = {diff:.3g} > tolerance {tol:g}")
+            raise ExportError(f"parity check failed: case {name}, output {output}: max |ORT - torch| = {diff:.3g} > tolerance {tol:g}")
         results[name] = diff
 
     lengths = [min(8, cfg.block_size - 2), max(1, min(8, cfg.block_size - 2) - 3), max(1, min(8, cfg.block_size - 2) - 6)]
@@ -164,7 +190,7 @@ def ragged_parity(model: Any, sess: Any, tol: float, seed: int = 0) -> dict[str,
     S = max(lengths)
     empty = [np.zeros((len(rows), H, 0, D), np.float32) for _ in past_names]
 
-    # Right-padded prompts: each row's real logits equal the row alone through torch.
+    # Right-padded prompts: each row's last-token logits and its keys/values equal the row alone through torch.
     ids = np.zeros((len(rows), S), np.int64)
     pos = np.zeros((len(rows), S), np.int64)
     for r, row in enumerate(rows):
@@ -172,7 +198,11 @@ def ragged_parity(model: Any, sess: Any, tol: float, seed: int = 0) -> dict[str,
         pos[r, : len(row)] = np.arange(len(row))
     out = run(ids, pos, np.array(lengths) - 1, S, empty)
     ref = [torch_row(row) for row in rows]
-    check("prompt_ragged_b3", max(float(np.abs(out[0][r, : len(row)] - ref[r]).max()) for r, row in enumerate(rows)))
+    check("prompt_ragged_b3", max(float(np.abs(out[0][r, -1] - ref[r][0]).max()) for r in range(len(rows))))
+    # The logits cover each row's last token only; the keys and values cover every position of every row.
+    check("prompt_ragged_b3_kv", max(
+        float(np.abs(out[1 + t][r, :, : len(row)] - ref[r][1][t]).max()) for r, row in enumerate(rows) for t in range(len(past_names))
+    ), "present")
 
     # Decode: rows of different cache lengths take one step together, the cache in a wider buffer.
     M = S + 4
@@ -183,6 +213,6 @@ def ragged_parity(model: Any, sess: Any, tol: float, seed: int = 0) -> dict[str,
     step = run(
         np.array(nxt, np.int64)[:, None], np.array(lengths, np.int64)[:, None], np.array(lengths), S + 1, cache,
     )
-    ref = [torch_row([*row, n])[-1] for row, n in zip(rows, nxt, strict=True)]
-    check("decode_ragged_b3", max(float(np.abs(step[0][r, 0] - ref[r]).max()) for r in range(len(rows))))
+    ref = [torch_row([*row, n]) for row, n in zip(rows, nxt, strict=True)]
+    check("decode_ragged_b3", max(float(np.abs(step[0][r, -1] - ref[r][0]).max()) for r in range(len(rows))))
     return results

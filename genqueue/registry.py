@@ -10,14 +10,17 @@ ONNX contract (what the worker's runners rely on):
 
   - "ragged" (the exporter's default, exporter/gpt_ragged.py): inputs ``input_ids`` int64 [B,S],
     ``position_ids`` int64 [B,S], ``seqlens_k`` int32 [B], ``total_sequence_length`` int32 [],
-    ``past_key_values.<i>.key`` / ``.value`` [B,H,M,D]; outputs ``logits`` [B,S,V] and ``present.<i>.*``
-    [B,H,max(M,total),D]. Rows are right-padded and carry their own lengths.
+    ``past_key_values.<i>.key`` / ``.value`` [B,H,M,D]; outputs ``logits`` [B,1,V] (each row's last
+    real token) and ``present.<i>.*`` [B,H,max(M,total),D]. Rows are right-padded and carry their own
+    lengths.
   - "append" / "concat": inputs ``input_ids`` int64 [B,S], ``attention_mask`` int64 [B,P+S],
     ``position_ids`` int64 [B,S], ``past_key_values.<i>.key`` / ``.value`` [B,H,P,D]; outputs ``logits``
-    [B,S,V] and either ``new_key_values.<i>.*`` [B,H,S,D] (only the new tokens) or ``present.<i>.*``
-    [B,H,P+S,D] = concat(past, new) (manifests written before the field existed are "concat").
+    [B,1,V] (the last position, every row's last token under left padding) and either
+    ``new_key_values.<i>.*`` [B,H,S,D] (only the new tokens) or ``present.<i>.*`` [B,H,P+S,D] =
+    concat(past, new) (manifests written before the field existed are "concat").
 
-  One graph serves prefill (P=0) and decode.
+  One graph serves prefill (P=0) and decode. Graphs exported before the logits were the last token's
+  return [B,S,V]; the runners read the last token's row from either.
 * image: inputs ``z`` float32 [B,latent] and, for conditional models, ``class_label`` int64 [B];
   output ``images`` float32 [B,C,H,W] in [-1, 1].
 

@@ -87,17 +87,23 @@ def small_gpt(seed: int = 0) -> GPT:
     return model
 
 
+def all_logits(model: GPT, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Every position's logits [B,S,V] (the training path); ``forward`` keeps the last position's only."""
+    return model._run(ids, mask, pos, tuple(past), last_only=False)
+
+
 def test_kv_cache_prefill_then_decode_equals_full_sequence_torch() -> None:
     model = small_gpt()
     ids = torch.randint(0, 97, (2, 9))
     with torch.no_grad():
-        full = model(ids, torch.ones(2, 9, dtype=torch.long), torch.arange(9).expand(2, 9), *model.empty_past(2))[0]
-        out, *past = model(ids[:, :5], torch.ones(2, 5, dtype=torch.long), torch.arange(5).expand(2, 5),
-                           *model.empty_past(2))
+        full, _ = all_logits(model, ids, torch.ones(2, 9, dtype=torch.long), torch.arange(9).expand(2, 9), model.empty_past(2))
+        last, *_ = model(ids, torch.ones(2, 9, dtype=torch.long), torch.arange(9).expand(2, 9), *model.empty_past(2))
+        assert last.shape == (2, 1, 97) and (last - full[:, -1:]).abs().max().item() <= 1e-5
+        out, new = all_logits(model, ids[:, :5], torch.ones(2, 5, dtype=torch.long), torch.arange(5).expand(2, 5), model.empty_past(2))
         steps = [out]
+        past = list(new)
         for t in range(5, 9):
-            out, *past = model(ids[:, t : t + 1], torch.ones(2, t + 1, dtype=torch.long),
-                               torch.tensor([[t], [t]]), *past)
+            out, *past = model(ids[:, t : t + 1], torch.ones(2, t + 1, dtype=torch.long), torch.tensor([[t], [t]]), *past)
             steps.append(out)
     assert past[0].shape == (2, 4, 9, 8)
     assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-4
@@ -111,11 +117,11 @@ def test_left_padded_rows_equal_rows_alone_torch() -> None:
     for r, row in enumerate(rows):
         ids[r, 7 - len(row):], mask[r, 7 - len(row):] = row, 1
     with torch.no_grad():
-        padded = model(ids, mask, position_ids_from_mask(mask, 7), *model.empty_past(3))[0]
+        padded, _ = all_logits(model, ids, mask, position_ids_from_mask(mask, 7), model.empty_past(3))
         assert torch.isfinite(padded).all()  # fully-masked pad queries must not produce NaN
         for r, row in enumerate(rows):
             n = len(row)
-            alone = model(row[None], torch.ones(1, n, dtype=torch.long), torch.arange(n)[None], *model.empty_past(1))[0]
+            alone, _ = all_logits(model, row[None], torch.ones(1, n, dtype=torch.long), torch.arange(n)[None], model.empty_past(1))
             assert (padded[r, 7 - n:] - alone[0]).abs().max().item() <= 1e-4
 
 
@@ -167,27 +173,35 @@ def test_ort_kv_cache_and_left_padding(contract: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     ids = rng.integers(0, m.text.vocab_size, (2, 8))
     ones = lambda n: np.ones((2, n), np.int64)  # noqa: E731
-    full = ort_text(sess, ids, ones(8), np.tile(np.arange(8), (2, 1)), empty_past_np(m.text, 2))[0]
-    out, *past = ort_text(sess, ids[:, :5], ones(5), np.tile(np.arange(5), (2, 1)), empty_past_np(m.text, 2))
-    steps = [out]
+
+    def prefill(n: int) -> list[np.ndarray]:
+        return ort_text(sess, ids[:, :n], ones(n), np.tile(np.arange(n), (2, 1)), empty_past_np(m.text, 2))
+
+    # The graph returns the last position's logits; each decode step's equal a prefill of the same prefix,
+    # and the cache built step by step equals the one prefill writes.
+    out, *past = prefill(5)
+    assert out.shape == (2, 1, m.text.vocab_size)
     for t in range(5, 8):
         out, *past = ort_text(sess, ids[:, t : t + 1], ones(t + 1), np.full((2, 1), t), past)
-        steps.append(out)
-    assert np.abs(np.concatenate(steps, axis=1) - full).max() <= 1e-4
+        ref, *ref_kv = prefill(t + 1)
+        assert np.abs(out - ref).max() <= 1e-4
+    assert max(float(np.abs(a - b).max()) for a, b in zip(past, ref_kv, strict=True)) <= 1e-4
 
-    # Left padding: row 1 is row 0's last three tokens; its logits must match row 0 run alone on them.
-    alone = ort_text(sess, ids[:1, 5:], np.ones((1, 3), np.int64), np.arange(3)[None], empty_past_np(m.text, 1))[0]
+    # Left padding: row 1 is row 0's last three tokens; its logits and KV must match them run alone.
+    alone, *alone_kv = ort_text(sess, ids[:1, 5:], np.ones((1, 3), np.int64), np.arange(3)[None], empty_past_np(m.text, 1))
     batch = np.stack([ids[0], np.concatenate([np.zeros(5, np.int64), ids[0, 5:]])])
     mask = np.array([[1] * 8, [0] * 5 + [1] * 3], np.int64)
     pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    padded = ort_text(sess, batch, mask, pos, empty_past_np(m.text, 2))[0]
+    padded, *padded_kv = ort_text(sess, batch, mask, pos, empty_past_np(m.text, 2))
     assert np.isfinite(padded).all()
-    assert np.abs(padded[1, 5:] - alone[0]).max() <= 1e-4
+    assert np.abs(padded[1, -1] - alone[0, -1]).max() <= 1e-4
+    assert max(float(np.abs(a[1, :, 5:] - b[0]).max()) for a, b in zip(padded_kv, alone_kv, strict=True)) <= 1e-4
 
 
 def test_ort_ragged_cache_in_place_matches_the_full_sequence(built: Path) -> None:
     """The built-in (ragged) graph: a prompt, then decode steps whose present is the past buffer itself, give
-    the logits of the whole sequence at once; two rows of different lengths share every call."""
+    each position the logits a prompt ending there gets, and the cache a whole-sequence prompt writes; two
+    rows of different lengths share every call."""
     folder = built / "tiny-lm" / "1"
     m = load_manifest(folder)
     assert m.text is not None and m.text.kv_contract == "ragged"
@@ -205,30 +219,35 @@ def test_ort_ragged_cache_in_place_matches_the_full_sequence(built: Path) -> Non
         return sess.run(names, feed)
 
     empty = [np.zeros((2, t.n_head, 0, t.head_dim), np.float32) for _ in range(2 * t.n_layer)]
-    full_ids = ids.copy()
-    full_ids[1, 6:] = 0
-    full = call(full_ids, np.tile(np.arange(8), (2, 1)), [7, 5], empty)[0]
-    prompt = [5, 3]  # prompt tokens per row, right-padded into one [2,5] call
-    x = np.zeros((2, 5), np.int64)
-    x[0], x[1, :3] = ids[0, :5], ids[1, :3]
-    out = call(x, np.tile(np.arange(5), (2, 1)), [4, 2], empty)
-    got = {0: [out[0][0, :5]], 1: [out[0][1, :3]]}
+
+    def prompt(n: list[int]) -> list[np.ndarray]:
+        """Row r's first n[r] tokens as one right-padded prompt call."""
+        x = np.zeros((2, max(n)), np.int64)
+        for r in range(2):
+            x[r, : n[r]] = ids[r, : n[r]]
+        return call(x, np.tile(np.arange(max(n)), (2, 1)), [k - 1 for k in n], empty)
+
+    cur = [5, 3]  # prompt tokens per row
+    out = prompt(cur)
+    assert out[0].shape == (2, 1, t.vocab_size)  # each row's last real token only
     cache = [np.zeros((2, t.n_head, 12, t.head_dim), np.float32) for _ in range(2 * t.n_layer)]
     for c, present in zip(cache, out[1:], strict=True):
         c[:, :, :5] = present
-    cur = list(prompt)
     while cur[0] < lens[0]:
         x = np.array([[ids[0, cur[0]]], [ids[1, min(cur[1], 7)]]], np.int64)
         step = call(x, np.array([[cur[0]], [cur[1]]], np.int64), cur, cache)
         for c, present in zip(cache, step[1:], strict=True):
             assert present.shape == c.shape
             c[...] = present  # what the worker gets for free by binding present to the past's memory
-        got[0].append(step[0][0, :1])
-        if cur[1] < lens[1]:
-            got[1].append(step[0][1, :1])
         cur = [cur[0] + 1, cur[1] + 1]
-    assert np.abs(np.concatenate(got[0]) - full[0]).max() <= 1e-4
-    assert np.abs(np.concatenate(got[1]) - full[1, :6]).max() <= 1e-4
+        ref = prompt([cur[0], min(cur[1], lens[1])])[0]
+        assert np.abs(step[0][0] - ref[0]).max() <= 1e-4
+        if cur[1] <= lens[1]:
+            assert np.abs(step[0][1] - ref[1]).max() <= 1e-4
+    full = prompt(lens)
+    for c, present in zip(cache, full[1:], strict=True):
+        assert np.abs(c[0, :, :8] - present[0, :, :8]).max() <= 1e-4
+        assert np.abs(c[1, :, :6] - present[1, :, :6]).max() <= 1e-4
 
 
 def test_dcgan_batch_axis_is_dynamic(built: Path) -> None:
@@ -304,10 +323,13 @@ def test_hf_gpt2_export_matches_transformers(hf_dir: Path, tmp_path: Path) -> No
     sess = session(folder)
     ones = lambda n: np.ones((2, n), np.int64)  # noqa: E731
     full = ort_text(sess, ids, ones(8), np.tile(np.arange(8), (2, 1)), empty_past_np(m.text, 2))[0]
-    assert np.abs(full - ref).max() <= 1e-4
-    _, *past = ort_text(sess, ids[:, :6], ones(6), np.tile(np.arange(6), (2, 1)), empty_past_np(m.text, 2))
-    step = ort_text(sess, ids[:, 6:7], ones(7), np.full((2, 1), 6), past)[0]  # with past
-    assert np.abs(step[:, 0] - ref[:, 6]).max() <= 1e-4
+    assert np.abs(full[:, 0] - ref[:, -1]).max() <= 1e-4  # the graph returns the last position's logits
+    # Every other position through the cache: one token, then one decode step per token.
+    out, *past = ort_text(sess, ids[:, :1], ones(1), np.zeros((2, 1), np.int64), empty_past_np(m.text, 2))
+    assert np.abs(out[:, 0] - ref[:, 0]).max() <= 1e-4
+    for t in range(1, 8):
+        out, *past = ort_text(sess, ids[:, t : t + 1], ones(t + 1), np.full((2, 1), t), past)
+        assert np.abs(out[:, 0] - ref[:, t]).max() <= 1e-4
 
     # Left padding agrees with transformers given the same mask and positions.
     mask = np.array([[1] * 8, [0] * 3 + [1] * 5], np.int64)
@@ -316,7 +338,7 @@ def test_hf_gpt2_export_matches_transformers(hf_dir: Path, tmp_path: Path) -> No
         ref_pad = hf(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                      position_ids=torch.from_numpy(pos)).logits.numpy()
     got = ort_text(sess, ids, mask, pos, empty_past_np(m.text, 2))[0]
-    assert np.abs(got[1, 3:] - ref_pad[1, 3:]).max() <= 1e-4
+    assert np.abs(got[:, 0] - ref_pad[:, -1]).max() <= 1e-4
 
 
 def test_hf_vocab_merges_and_bin_weights(hf_dir: Path, tmp_path: Path) -> None:

@@ -119,7 +119,9 @@ class OrtTextRunner:
         feeds: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         feeds.update(zip(self.past_names, self._empty(b), strict=True))
         out = self.session.run(["logits", *self.present_names], feeds)
-        logits = out[0][:, -1, :]  # [B,V]: left padding puts every row's last token in the last column
+        # [B,V]: left padding puts every row's last token in the last column; graphs exported with all
+        # positions' logits [B,S,V] and those with the last one's [B,1,V] both end there.
+        logits = out[0][:, -1, :]
         return logits, KVBlock(list(out[1:]), attention_mask.sum(axis=1).astype(np.int64))
 
     def _prefill_ragged(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> tuple[np.ndarray, KVBlock]:
@@ -138,7 +140,8 @@ class OrtTextRunner:
         }
         feeds.update(zip(self.past_names, self._empty(b), strict=True))
         out = self.session.run(["logits", *self.present_names], feeds)
-        logits = out[0][np.arange(b), lens - 1, :]  # [B,V]: each row's last real token
+        # [B,1,V]: the graph kept each row's last real token; [B,S,V] (graphs exported before it did): pick it.
+        logits = out[0][:, 0, :] if out[0].shape[1] == 1 else out[0][np.arange(b), lens - 1, :]  # [B,V]
         # present [B,H,S,D] holds each row's tokens first; the block says so and joins the cache as it is.
         return logits, KVBlock(list(out[1:]), lens, left_padded=False)
 
