@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", choices=["policies", "scaling", "images"], default=None)
     ap.add_argument("--repeats", type=int, default=1, help="alternate runs and keep each variant's fastest")
     ap.add_argument("--lanes", type=int, default=1, help="text engine lanes (lanes.py); 1 = one batching loop")
+    ap.add_argument("--prefill-ahead", type=int, default=TextEngineConfig.prefill_ahead,
+                    help="waiting prompts run inside an admission's prefill call (text_engine.py); 0 = off")
     args = ap.parse_args(argv)
-    tcfg = TextEngineConfig(lanes=args.lanes)
+    tcfg = TextEngineConfig(lanes=args.lanes, prefill_ahead=args.prefill_ahead)
     reg = Registry(args.models_dir)
     out: dict[str, Any] = {}
     if args.only in (None, "policies"):
