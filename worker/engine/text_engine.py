@@ -479,8 +479,8 @@ class TextEngine(EngineThread):
             # decode call already (0.49 ms for one 12-token tiny-lm prompt against 2.1 ms for nine 15-token
             # ones, `python -m bench.prefill`). Running the next waiting prompts in this call turns about
             # prefill_ahead+1 such calls into one (76 -> 11 on the calibration workload, FINDINGS item 11).
-            # A prompt's logits and KV depend on that prompt alone, so when it runs does not change its
-            # tokens (the determinism tests run with it on).
+            # A prompt's logits and KV do not depend on which prompts share its call (invariant 4, which
+            # the determinism tests check with this on), so running it early does not change its tokens.
             ahead = self._ahead(todo)
             try:
                 logits, block = self._run_prefill([j.prompt_ids for j in [*todo, *ahead]])
