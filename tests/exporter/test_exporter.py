@@ -250,6 +250,35 @@ def test_ort_ragged_cache_in_place_matches_the_full_sequence(built: Path) -> Non
         assert np.abs(c[1, :, :6] - present[1, :, :6]).max() <= 1e-4
 
 
+def test_runner_reads_the_last_token_from_either_logits_layout(tmp_path: Path) -> None:
+    """Ragged graphs exported before the head kept only the last token return every position's logits
+    [B,S,V]; the worker's runner must give the same last-token logits from those as from [B,1,V] graphs."""
+    from genqueue_exporter.gpt_ragged import build_ragged_onnx
+    from genqueue_worker.engine.kv_cache import prefill_inputs
+    from genqueue_worker.engine.ort_session import SessionConfig
+    from genqueue_worker.engine.ort_text import OrtTextRunner
+    from genqueue_worker.engine.runner import TextModelInfo
+
+    model = small_gpt(3)
+    cfg = model.config
+    info = TextModelInfo(cfg.vocab_size, cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.block_size, 0, 0, 0, kv_contract="ragged")
+    prompts = [[5, 9, 2, 7, 1], [3], [8, 8, 4]]  # different lengths: each row's last token sits elsewhere
+    got = {}
+    for every in (False, True):
+        path = tmp_path / f"every-{every}.onnx"
+        build_ragged_onnx(model, path, all_logits=every)
+        shape = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_outputs()[0].shape
+        assert shape[1] == ("seq" if every else 1)
+        runner = OrtTextRunner(path, info, SessionConfig(provider="cpu"))
+        got[every], _ = runner.prefill(*prefill_inputs(prompts, 0))
+    with torch.no_grad():
+        ref = np.stack([model(torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), torch.arange(len(p))[None],
+                              *model.empty_past(1))[0][0, -1].numpy() for p in prompts])
+    assert got[False].shape == got[True].shape == (3, cfg.vocab_size)
+    assert np.abs(got[False] - got[True]).max() <= 1e-5
+    assert np.abs(got[False] - ref).max() <= 1e-4
+
+
 def test_dcgan_batch_axis_is_dynamic(built: Path) -> None:
     sess = session(built / "dcgan-digits" / "1")
     m = load_manifest(built / "dcgan-digits" / "1")
