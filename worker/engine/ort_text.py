@@ -1,11 +1,14 @@
 """ONNX Runtime text runner: prefill and decode over the explicit KV cache (registry.py's contract).
 
-Append graphs (the exporter's default): the cache lives in :class:`AppendKVCache`, bound by pointer through
-IO binding with spare masked columns; the graph returns only the new column, which the cache writes in place,
-so a step copies no cache at all. On CUDA the cache is bound from host memory (ORT uploads it each step):
-for GPU serving, export with ``--kv-contract concat``, whose cache stays on the device.
+Ragged graphs (the exporter's default): the cache lives in :class:`RaggedKVCache`; ``present`` is bound to
+``past``'s memory, so the graph writes each row's new column in place (see kv_ragged.py).
 
-Concat graphs (older exports): CPU: the cache lives in :class:`HostKVCache`'s ping-pong buffers, so ORT
+Append graphs: the cache lives in :class:`AppendKVCache`, bound by pointer through IO binding with spare
+masked columns; the graph returns only the new column, which the cache writes into its spare column, so a
+step never copies the whole cache. Both keep the cache on the host: on CUDA, ORT would upload it every step,
+so GPU serving wants ``--kv-contract concat``, whose cache stays on the device.
+
+Concat graphs (older exports, and the one for CUDA): CPU: the cache lives in :class:`HostKVCache`'s ping-pong buffers, so ORT
 writes ``present`` straight into the buffer the next step reads as ``past`` (no allocation, no copy on the
 Python side). CUDA: :class:`DeviceKVCache`; ``present`` stays on the device between steps and only the
 logits come back to the host.
