@@ -11,7 +11,7 @@ import pytest
 
 from genqueue_worker.engine.fake import FakeTextRunner
 from genqueue_worker.engine.runner import TextModelInfo
-from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
+from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig, choose_ahead
 from genqueue_worker.engine.types import ErrorCode, JobResult, TextParams, TextRequest
 
 EOS = 256
@@ -86,6 +86,17 @@ def test_prefill_ahead_runs_waiting_prompts_early_without_changing_tokens(byte_t
     assert static.stats.prefill_ahead_rows == 0
 
 
+def test_prompts_run_ahead_stay_within_the_token_budget() -> None:
+    # The call's padded size: rows x longest prompt <= budget.
+    assert choose_ahead([10], [10, 10, 10, 10], held=0, budget=40) == 3
+    assert choose_ahead([2], [2, 30], held=0, budget=40) == 1  # a long prompt would pad every row to 30
+    # Prompt tokens already held for waiting jobs (prefilled by earlier calls) count too.
+    assert choose_ahead([5], [5, 5, 5], held=28, budget=40) == 2
+    assert choose_ahead([5], [5], held=40, budget=40) == 0
+    # Admission order: the first prompt that does not fit ends the run, shorter ones behind it wait.
+    assert choose_ahead([4], [4, 40, 4], held=0, budget=40) == 1
+
+
 def test_a_prefilled_waiting_job_can_be_canceled(byte_tokenizer: Any) -> None:
     def req(job_id: str, prompt: str, n: int) -> TextRequest:
         return TextRequest(job_id, prompt, TextParams(max_new_tokens=n, temperature=0.9, seed=7, ignore_eos=True))
@@ -96,6 +107,9 @@ def test_a_prefilled_waiting_job_can_be_canceled(byte_tokenizer: Any) -> None:
     eng.start()  # the first step admits a, and its prefill call runs b's and c's prompts too
     try:
         time.sleep(0.03)
+        held = eng._jobs["c"].prefilled  # still waiting behind a: holds its prompt's own KV, one row
+        assert held is not None and held.block.rows == 1
+        assert all(a.shape[2] == len(eng._jobs["c"].prompt_ids) for a in held.block.arrays)
         eng.cancel("b")
         ra, rb, rc = (f.result(10) for f in futs)
     finally:

@@ -84,11 +84,31 @@ class _Job:
 
 @dataclass(eq=False)
 class _Prefilled:
-    """A waiting job's prefill output, kept until the job is admitted (prompt-sized, so small)."""
+    """A waiting job's prefill output, kept until the job is admitted."""
 
-    logits: np.ndarray  # [V] the prompt's last-token logits (a copy)
-    block: KVBlock  # the call's KV block; this job's prompt is row ``row``
-    row: int
+    logits: np.ndarray  # [V] the prompt's last-token logits
+    block: KVBlock  # one row: the prompt's own keys/values, its real tokens only
+
+    @classmethod
+    def take(cls, logits: np.ndarray, block: KVBlock, row: int) -> _Prefilled:
+        # Copies, so that the call's whole (padded, many-row) block is not kept alive by one waiting job:
+        # what is held is exactly the prompt's tokens, which _ahead bounds.
+        arrays = [block.tokens(t, row)[None].copy() for t in range(len(block.arrays))]  # [1,H,n,D] each
+        return cls(logits[row].copy(), KVBlock(arrays, block.lens[row : row + 1].astype(np.int64), left_padded=False))
+
+
+def choose_ahead(todo_lens: Sequence[int], candidates: Sequence[int], held: int, budget: int) -> int:
+    """How many of ``candidates`` (the prompt lengths of the next waiting jobs not prefilled yet, in admission
+    order) to prefill along with the admitted prompts ``todo_lens``: as many as keep both the call's padded
+    size (rows x longest prompt) and the prompt tokens held outside the batch (``held`` plus theirs) within
+    ``budget`` (the per-step token budget). The first that does not fit ends the run, as admission does."""
+    rows, width, n = len(todo_lens), max(todo_lens), 0
+    for length in candidates:
+        wider = max(width, length)
+        if (rows + 1) * wider > budget or held + length > budget:
+            break
+        rows, width, held, n = rows + 1, wider, held + length, n + 1
+    return n
 
 
 @dataclass
@@ -471,7 +491,7 @@ class TextEngine(EngineThread):
         done: dict[str, tuple[np.ndarray, KVBlock, int]] = {}
         for job in jobs:
             if job.prefilled is not None:
-                done[job.request.job_id] = (job.prefilled.logits, job.prefilled.block, job.prefilled.row)
+                done[job.request.job_id] = (job.prefilled.logits, job.prefilled.block, 0)
                 job.prefilled = None
         todo = [j for j in jobs if j.request.job_id not in done]
         if todo:
@@ -487,7 +507,7 @@ class TextEngine(EngineThread):
                 for i, job in enumerate(todo):
                     done[job.request.job_id] = (logits[i], block, i)
                 for i, job in enumerate(ahead, len(todo)):
-                    job.prefilled = _Prefilled(logits[i].copy(), block, i)
+                    job.prefilled = _Prefilled.take(logits, block, i)
                 self.stats.prefill_ahead_rows += len(ahead)
             except Exception as e:
                 # The jobs of ``ahead`` stay waiting, and are not run ahead again: if one of them is what
@@ -524,23 +544,20 @@ class TextEngine(EngineThread):
 
     def _ahead(self, todo: list[_Job]) -> list[_Job]:
         """Waiting jobs to prefill along with ``todo`` (the admitted jobs that need a call): the next ones in
-        admission order that are not prefilled yet, while the call's padded size (rows x longest prompt)
-        stays within the per-step token budget. That also bounds the KV held outside the batch for them:
-        one call's block, at most ``max_tokens_per_step`` positions."""
+        admission order that are not prefilled yet, as many as :func:`choose_ahead` allows. Prompts held
+        for waiting jobs stay within ``max_tokens_per_step`` tokens even when higher-priority arrivals keep
+        jumping ahead of jobs prefilled earlier."""
         cfg = self.config
         if cfg.policy != "continuous" or cfg.prefill_ahead <= 0:
             return []
-        rows, width = len(todo), max(len(j.prompt_ids) for j in todo)
-        out: list[_Job] = []
-        for g in self.scheduler.peek_waiting(cfg.prefill_ahead):
-            job = self._jobs.get(g.group_id)
-            if job is None or job.prefilled is not None or not job.ahead_ok:
-                continue
-            if (rows + 1) * max(width, len(job.prompt_ids)) > cfg.max_tokens_per_step:
-                break
-            rows, width = rows + 1, max(width, len(job.prompt_ids))
-            out.append(job)
-        return out
+        candidates = [
+            job for g in self.scheduler.peek_waiting(cfg.prefill_ahead)
+            if (job := self._jobs.get(g.group_id)) is not None and job.prefilled is None and job.ahead_ok
+        ]
+        held = sum(len(j.prompt_ids) for j in self._jobs.values() if j.prefilled is not None)
+        n = choose_ahead([len(j.prompt_ids) for j in todo], [len(j.prompt_ids) for j in candidates], held,
+                         cfg.max_tokens_per_step)
+        return candidates[:n]
 
     def _run_prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, KVBlock]:
         ids, mask, pos = prefill_inputs(prompts, self.info.pad_token_id)
