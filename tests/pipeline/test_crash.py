@@ -4,9 +4,9 @@ another worker finishes every job, and each job still has exactly one output (DE
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
+from pipeline_helpers import submit_long_jobs_until_running
 from sqlalchemy import func, select
 
 from genqueue.client import Client
@@ -20,13 +20,7 @@ def test_killed_worker_jobs_are_finished_by_another(lone_stack) -> None:  # type
                        "GENQUEUE_REPUBLISH_AFTER_S": "3", "GENQUEUE_WORKER_CONCURRENCY": "8"})
     stack, db = lone.stack, lone.db
     with Client(stack.base_url, lone.secret, timeout=60) as c:
-        limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
-        items = [{"model": "tiny-lm", "input": {"prompt": f"job {i}", "max_new_tokens": limit - 8,
-                                                "seed": i, "n": 8}} for i in range(24)]
-        ids = [j["id"] for j in c.submit_bulk(items)]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(c.get(i)["status"] == "running" for i in ids):
-            time.sleep(0.02)
+        ids = submit_long_jobs_until_running(c, 24, n=8)
         worker = stack.procs.pop(1)
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)

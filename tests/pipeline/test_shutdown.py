@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
+from pipeline_helpers import submit_long_jobs_until_running
 
 from genqueue.client import Client
 
@@ -19,13 +19,7 @@ def test_sigterm_finishes_or_gives_back_every_job(lone_stack, lanes: str) -> Non
     (beat,) = stack.worker_heartbeats()
     assert beat["lanes"]["tiny-lm@1"] == int(lanes)  # the text engine runs the lanes asked for
     with Client(stack.base_url, lone.secret, timeout=60) as c:
-        limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
-        items = [{"model": "tiny-lm", "input": {"prompt": f"job {i}", "max_new_tokens": limit - 8,
-                                                "seed": i, "n": 4}} for i in range(24)]
-        ids = [j["id"] for j in c.submit_bulk(items)]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(c.get(i)["status"] == "running" for i in ids):
-            time.sleep(0.05)
+        ids = submit_long_jobs_until_running(c, 24, n=4)
         worker = stack.procs[1]
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 0
