@@ -10,7 +10,7 @@ from bench.config import BenchConfig
 from bench.engine_bench import bench_lanes
 from bench.workload import TEMPERATURE
 from genqueue.registry import ModelEntry
-from genqueue_worker.engine.benchmarks import compare_policies
+from genqueue_worker.engine.benchmarks import compare_policies, compare_prompt_cache
 from genqueue_worker.engine.text_engine import TextEngineConfig
 
 
@@ -23,6 +23,10 @@ def run(cfg: BenchConfig, text: ModelEntry, log: Callable[[str], None] = print) 
     log(f"continuous {c['tokens_per_s']:.1f} tokens/s vs static {s['tokens_per_s']:.1f} "
         f"({out['throughput_ratio']}x); short-job median latency {c['short_latency_p50_ms']:.1f} vs "
         f"{s['short_latency_p50_ms']:.1f} ms ({out['short_latency_ratio']}x)")
+    pc = compare_prompt_cache(text, repeats=cfg.continuous_repeats, jobs=cfg.continuous_jobs)
+    out["prompt_cache"] = pc
+    log(f"prompt cache on repeated templates: {pc['on']['tokens_per_s']:.1f} vs {pc['off']['tokens_per_s']:.1f} "
+        f"tokens/s off ({pc['throughput_ratio']}x); median latency {pc['latency_ratio']}x")
     lanes = bench_lanes(cfg)
     if lanes > 1:
         ln = compare_policies(
@@ -46,6 +50,9 @@ def metrics(res: dict[str, Any]) -> dict[str, float]:
         "engine.text.continuous_tokens_per_s": c["tokens_per_s"],
         "engine.text.static_tokens_per_s": s["tokens_per_s"],
         "engine.text.static_useful_row_fraction": s["useful_row_fraction"],
+        **({"engine.text.prompt_cache.speedup": res["prompt_cache"]["throughput_ratio"],
+            "engine.text.prompt_cache.latency_ratio": res["prompt_cache"]["latency_ratio"]}
+           if "prompt_cache" in res else {}),
         **({"engine.text.lanes.continuous_vs_static": res["lanes"]["throughput_ratio"],
             "engine.text.lanes.short_latency_ratio": res["lanes"]["short_latency_ratio"],
             "engine.text.lanes.continuous_tokens_per_s": res["lanes"]["continuous"]["tokens_per_s"]}

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # Waiting text jobs whose prompts run inside another admission's prefill call, so that they later join
     # the batch without an ONNX Runtime call of their own (worker/engine/text_engine.py); 0 turns it off.
     text_prefill_ahead: int = Field(default=8, ge=0)
+    # MiB of prefill results kept for prompts that come again (worker/engine/prompt_cache.py), per text
+    # model (lanes split it), on top of the KV budget of the running batch; 0 turns the cache off.
+    text_prompt_cache_mb: float = Field(default=32.0, ge=0)
     # Images: request-level dynamic batching.
     image_max_batch_size: int = 64
     image_max_queue_delay_ms: float = 5.0

@@ -117,7 +117,8 @@ class WorkerRuntime:
                 config.update(max_batch_size=self.settings.text_max_running,
                               max_tokens_per_step=self.settings.text_max_tokens_per_step,
                               lanes=self.settings.text_lanes,
-                              prefill_ahead=self.settings.text_prefill_ahead)
+                              prefill_ahead=self.settings.text_prefill_ahead,
+                              prompt_cache_mb=self.settings.text_prompt_cache_mb)
                 per_lane = -(-self.settings.text_max_running // self.settings.text_lanes)
                 if self.settings.text_lanes > 1 and per_lane < 16:
                     log.warning("%s: %d text lanes leave %d rows each; a job with more candidates (n, up to 16) "

@@ -47,7 +47,8 @@ def key(r: JobResult) -> Any:
 
 
 def test_same_tokens_alone_in_a_batch_of_32_and_joining_midway(models: dict[str, Any]) -> None:
-    eng = text_engine(models, max_batch_size=32)
+    # The prompt cache is off here, so that every prompt is computed inside its own batch.
+    eng = text_engine(models, max_batch_size=32, prompt_cache_mb=0)
     alone = {r.job_id: key(eng.run_all([r])[0]) for r in probe()}
     assert all(v[0] == "succeeded" for v in alone.values())
     # In a full batch of 32 rows with neighbours of other lengths and settings.
@@ -55,10 +56,22 @@ def test_same_tokens_alone_in_a_batch_of_32_and_joining_midway(models: dict[str,
     assert {r.job_id: key(r) for r in batch[26:]} == alone
     # Joining midway: 8 slots are busy with fillers; the probes wait, then join a running batch whose
     # cache is longer than their prompts (left-padded in) or shorter (the batch is re-laid out).
-    small = text_engine(models, max_batch_size=8)
+    small = text_engine(models, max_batch_size=8, prompt_cache_mb=0)
     joined = small.run_all([*fillers(12), *probe()])
     assert {r.job_id: key(r) for r in joined[12:]} == alone
     assert all(r.metrics["wait_ms"] > 0 for r in joined[12:])
+
+
+def test_a_cached_prompt_gives_the_tokens_of_a_fresh_prefill(models: dict[str, Any]) -> None:
+    alone = {r.job_id: key(text_engine(models, prompt_cache_mb=0).run_all([r])[0]) for r in probe()}
+    eng = text_engine(models, max_batch_size=8)
+    first = eng.run_all([*fillers(6), *probe()])  # fillers 0-2 share prompts with the probes
+    assert {r.job_id: key(r) for r in first[6:]} == alone
+    hits = eng.stats.prompt_cache_hits
+    again = eng.run_all([*fillers(6), *probe()])  # every prompt is in the cache now
+    assert {r.job_id: key(r) for r in again[6:]} == alone
+    assert [key(r) for r in again[:6]] == [key(r) for r in first[:6]]
+    assert eng.stats.prompt_cache_hits == hits + 9
 
 
 def test_device_cache_code_path_gives_the_same_tokens(tmp_path: Any) -> None:

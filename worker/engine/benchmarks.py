@@ -11,6 +11,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from genqueue.registry import ModelEntry, Registry
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig
 from genqueue_worker.engine.lanes import create_text_engine
 from genqueue_worker.engine.text_engine import TextEngineConfig
+from genqueue_worker.engine.textproc import count_prompt_tokens, load_tokenizer
 from genqueue_worker.engine.types import ImageParams, ImageRequest, TextParams, TextRequest
 
 PROMPTS = [
@@ -45,6 +47,23 @@ def text_jobs(jobs: int = 128, min_new: int = 8, max_new: int = 128, seed: int =
             max_new_tokens=int(rng.integers(min_new, max_new + 1)), temperature=temperature, seed=i, ignore_eos=True
         )
         out.append(TextRequest(f"bench-{i}", PROMPTS[i % len(PROMPTS)], params))
+    return out
+
+
+def template_jobs(jobs: int = 128, templates: int = 8, min_new: int = 8, max_new: int = 32, seed: int = 0,
+                  temperature: float = 1.0, repeats: int = 2) -> list[TextRequest]:
+    """Prefill-heavy jobs that repeat their prompts, as a content backend does when it sends one template with
+    many seeds: ``templates`` distinct prompts (all the benchmark prompts ``repeats`` times, then one of them;
+    about 130 tiny-lm tokens with 2), job i using template i % templates, and short outputs (max_new_tokens
+    uniform in [min_new, max_new], EOS ignored)."""
+    rng = np.random.default_rng(seed)
+    shared = " ".join(PROMPTS) + " "
+    out = []
+    for i in range(jobs):
+        params = TextParams(
+            max_new_tokens=int(rng.integers(min_new, max_new + 1)), temperature=temperature, seed=i, ignore_eos=True
+        )
+        out.append(TextRequest(f"tmpl-{i}", shared * repeats + PROMPTS[i % templates % len(PROMPTS)], params))
     return out
 
 
@@ -89,11 +108,13 @@ def engine_throughput(
         "latency_p50_ms": round(statistics.median(lat), 1),
         "short_jobs_max_new_tokens": cut,
         "short_latency_p50_ms": round(statistics.median(short), 1),
+        "prompt_tokens_mean": round(statistics.fmean(r.metrics.get("prompt_tokens", 0.0) for r in results), 1),
         "steps": st.steps,
         "mean_rows_per_decode": round(st.decode_rows / max(1, st.decode_calls), 2),
         "useful_row_fraction": round(st.useful_rows / max(1, st.decode_rows), 3),
         "prefill_calls": st.prefill_calls,
         "prefill_ahead_rows": st.prefill_ahead_rows,
+        "prompt_cache_hits": st.prompt_cache_hits,
         "cache_relayouts": getattr(getattr(engine, "cache", None), "relayouts", None),
         "lanes": cfg.lanes,
     }
@@ -105,15 +126,23 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**best, "runs_wall_s": [r["wall_s"] for r in runs]}
 
 
+def _alternate(
+    a: Callable[[], dict[str, Any]], b: Callable[[], dict[str, Any]], repeats: int
+) -> tuple[dict[str, Any], dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Runs two variants in turn ``repeats`` times: (a's fastest, b's fastest, every (a, b) pair in order)."""
+    runs_a, runs_b = [], []
+    for _ in range(repeats):
+        runs_a.append(a())
+        runs_b.append(b())
+    return _best(runs_a), _best(runs_b), list(zip(runs_a, runs_b, strict=True))
+
+
 def compare_policies(entry: ModelEntry, repeats: int = 1, **kw: Any) -> dict[str, Any]:
     """Continuous vs static on the same job set: the targets are >= 1.5x tokens/s and <= 0.5x short-job
     median latency. With ``repeats`` > 1 the policies alternate and each keeps its fastest run."""
-    runs: dict[str, list[dict[str, Any]]] = {"static": [], "continuous": []}
-    for _ in range(repeats):
-        for policy in runs:
-            runs[policy].append(engine_throughput(entry, policy, **kw))
-    static, cont = _best(runs["static"]), _best(runs["continuous"])
-    pairs = list(zip(runs["static"], runs["continuous"], strict=True))
+    static, cont, pairs = _alternate(
+        lambda: engine_throughput(entry, "static", **kw), lambda: engine_throughput(entry, "continuous", **kw), repeats
+    )
     return {
         "static": static,
         "continuous": cont,
@@ -122,6 +151,45 @@ def compare_policies(entry: ModelEntry, repeats: int = 1, **kw: Any) -> dict[str
         # Each alternating pair on its own, so that the spread a shared machine adds stays visible.
         "throughput_ratio_by_pair": [round(c["tokens_per_s"] / s["tokens_per_s"], 2) for s, c in pairs],
         "short_latency_ratio_by_pair": [round(c["short_latency_p50_ms"] / s["short_latency_p50_ms"], 2) for s, c in pairs],
+    }
+
+
+def _template_repeats(entry: ModelEntry, max_new: int = 32) -> int:
+    """How many times :func:`template_jobs` may repeat the shared text for every prompt to fit the model's
+    context with max_new tokens after it (2 for tiny-lm; 0, the bare prompts, for the tests' small models)."""
+    text = entry.manifest.text
+    if text is None or entry.tokenizer_path is None:
+        raise ValueError(f"{entry.ref} is not a text model")
+    tok = load_tokenizer(entry.tokenizer_path)
+    shared = " ".join(PROMPTS) + " "
+    longest = max(PROMPTS, key=len)
+    n = 2
+    while n > 0 and count_prompt_tokens(tok, shared * n + longest, bool(text.prepend_bos)) + max_new > text.context_length:
+        n -= 1
+    return n
+
+
+def compare_prompt_cache(entry: ModelEntry, repeats: int = 1, provider: str = "cpu", jobs: int = 128,
+                         config: TextEngineConfig | None = None) -> dict[str, Any]:
+    """Continuous batching on :func:`template_jobs` with the prompt cache off and on (alternating runs, each
+    variant's fastest). With the cache off, a call still runs identical prompts once; what the cache adds
+    is that a prompt computed by an earlier call is not computed again."""
+    base = config or TextEngineConfig()
+    reqs = template_jobs(jobs, repeats=_template_repeats(entry))  # job i's prompt is template i % 8
+    size = base.prompt_cache_mb or TextEngineConfig.prompt_cache_mb
+
+    def run(mb: float) -> dict[str, Any]:
+        return engine_throughput(entry, "continuous", provider=provider, requests=reqs, config=replace(base, prompt_cache_mb=mb))
+
+    off, on, pairs = _alternate(lambda: run(0.0), lambda: run(size), repeats)
+    if off["failed"] or on["failed"]:
+        raise RuntimeError(f"{off['failed']} / {on['failed']} template jobs failed: the comparison would be meaningless")
+    return {
+        "off": off,
+        "on": on,
+        "throughput_ratio": round(on["tokens_per_s"] / off["tokens_per_s"], 2),
+        "latency_ratio": round(on["latency_p50_ms"] / off["latency_p50_ms"], 2),
+        "throughput_ratio_by_pair": [round(b["tokens_per_s"] / a["tokens_per_s"], 2) for a, b in pairs],
     }
 
 
@@ -166,17 +234,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image", default="dcgan-digits")
     ap.add_argument("--provider", default="cpu")
     ap.add_argument("--jobs", type=int, default=128)
-    ap.add_argument("--only", choices=["policies", "scaling", "images"], default=None)
+    ap.add_argument("--only", choices=["policies", "prompts", "scaling", "images"], default=None)
     ap.add_argument("--repeats", type=int, default=1, help="alternate runs and keep each variant's fastest")
     ap.add_argument("--lanes", type=int, default=1, help="text engine lanes (lanes.py); 1 = one batching loop")
     ap.add_argument("--prefill-ahead", type=int, default=TextEngineConfig.prefill_ahead,
                     help="waiting prompts run inside an admission's prefill call (text_engine.py); 0 = off")
+    ap.add_argument("--prompt-cache-mb", type=float, default=TextEngineConfig.prompt_cache_mb,
+                    help="prefill results kept for repeated prompts (prompt_cache.py); 0 = off")
     args = ap.parse_args(argv)
-    tcfg = TextEngineConfig(lanes=args.lanes, prefill_ahead=args.prefill_ahead)
+    tcfg = TextEngineConfig(lanes=args.lanes, prefill_ahead=args.prefill_ahead, prompt_cache_mb=args.prompt_cache_mb)
     reg = Registry(args.models_dir)
     out: dict[str, Any] = {}
     if args.only in (None, "policies"):
         out["policies"] = compare_policies(reg.resolve(args.text), repeats=args.repeats, jobs=args.jobs, provider=args.provider, config=tcfg)
+    if args.only in (None, "prompts"):
+        out["prompt_cache"] = compare_prompt_cache(reg.resolve(args.text), repeats=args.repeats, provider=args.provider, config=tcfg)
     if args.only in (None, "scaling"):
         out["batch_scaling"] = batch_scaling(reg.resolve(args.text), provider=args.provider, repeats=args.repeats, config=tcfg)
     if args.only in (None, "images"):

@@ -44,6 +44,7 @@ class LanedTextEngine:
             max_batch_size=max(1, math.ceil(cfg.max_batch_size / n)),
             max_tokens_per_step=max(1, cfg.max_tokens_per_step // n),
             max_kv_bytes=max(1, cfg.max_kv_bytes // n),
+            prompt_cache_mb=cfg.prompt_cache_mb / n,
             intra_op_threads=1,  # each lane's runs stay on its own thread
         )
         first = TextEngine(entry, provider, lane_cfg)

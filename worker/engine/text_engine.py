@@ -30,6 +30,7 @@ from genqueue_worker.engine.base import EngineThread
 from genqueue_worker.engine.kv_append import AppendKVCache
 from genqueue_worker.engine.kv_cache import HostKVCache, KVBlock, KVCache, prefill_inputs
 from genqueue_worker.engine.kv_ragged import RaggedKVCache
+from genqueue_worker.engine.prompt_cache import Prefilled, PromptCache
 from genqueue_worker.engine.runner import TextModelInfo, TextRunner
 from genqueue_worker.engine.sampling import SamplingState, StopMatcher, sample_rows, validate_text_params
 from genqueue_worker.engine.scheduler import (
@@ -62,6 +63,8 @@ class TextEngineConfig:
     # Continuous: a prefill call also runs the prompts of up to this many waiting jobs, which then join the
     # batch later without a call of their own (0 = off). See _prefill and _ahead.
     prefill_ahead: int = 8
+    # Prefill results of recent prompts, reused when the same prompt comes again (prompt_cache.py); 0 = off.
+    prompt_cache_mb: float = 32.0
 
 
 @dataclass(eq=False)
@@ -78,23 +81,13 @@ class _Job:
     submitted: float = 0.0  # perf_counter at submit
     admitted: float = 0.0  # perf_counter when its prefill step began
     error: tuple[ErrorCode, str] | None = None  # set when the job failed
-    prefilled: _Prefilled | None = None  # its prompt already ran in an earlier prefill call (still waiting)
+    prefilled: Prefilled | None = None  # its prompt already ran in an earlier prefill call (still waiting)
     ahead_ok: bool = True  # False once a call that ran it ahead failed: it then waits for its own call
 
-
-@dataclass(eq=False)
-class _Prefilled:
-    """A waiting job's prefill output, kept until the job is admitted."""
-
-    logits: np.ndarray  # [V] the prompt's last-token logits
-    block: KVBlock  # one row: the prompt's own keys/values, its real tokens only
-
-    @classmethod
-    def take(cls, logits: np.ndarray, block: KVBlock, row: int) -> _Prefilled:
-        # Copies, so that the call's whole (padded, many-row) block is not kept alive by one waiting job:
-        # what is held is exactly the prompt's tokens, which _ahead bounds.
-        arrays = [block.tokens(t, row)[None].copy() for t in range(len(block.arrays))]  # [1,H,n,D] each
-        return cls(logits[row].copy(), KVBlock(arrays, block.lens[row : row + 1].astype(np.int64), left_padded=False))
+    @property
+    def key(self) -> tuple[int, ...]:
+        """What the prompt cache and a call's de-duplication match on: the prompt's token ids."""
+        return tuple(self.prompt_ids)
 
 
 def choose_ahead(todo_lens: Sequence[int], candidates: Sequence[int], held: int, budget: int) -> int:
@@ -122,6 +115,8 @@ class EngineStats:
     prefill_calls: int = 0
     prefill_tokens: int = 0  # padded prompt tokens computed
     prefill_ahead_rows: int = 0  # prompts of waiting jobs run ahead, inside another admission's call
+    prompt_cache_hits: int = 0  # admitted jobs whose prompt came from the prompt cache (no call)
+    prefill_rows_shared: int = 0  # prompts that a call ran once for several jobs (identical prompts)
     retries: int = 0  # solo retries after runner exceptions
     busy_s: float = 0.0  # time spent inside steps
 
@@ -177,6 +172,7 @@ class TextEngine(EngineThread):
             )
         )
         self.stats = EngineStats()
+        self.prompts = PromptCache(int(self.config.prompt_cache_mb * (1 << 20)))
         self._row_seq: list[int] = []  # seq id of each cache row, in row order
         self._seq_job: dict[int, tuple[_Job, int]] = {}  # seq id -> (job, candidate index)
         self._jobs: dict[str, _Job] = {}  # unfinished jobs in the scheduler
@@ -488,10 +484,13 @@ class TextEngine(EngineThread):
         for job in jobs:
             for s in job.group.seqs:
                 self._seq_job[s.seq_id] = (job, s.index)
-        done: dict[str, tuple[np.ndarray, KVBlock, int]] = {}
+        done: dict[str, Prefilled] = {}
         for job in jobs:
-            if job.prefilled is not None:
-                done[job.request.job_id] = (job.prefilled.logits, job.prefilled.block, 0)
+            hit = job.prefilled
+            if hit is None and (hit := self.prompts.get(job.prompt_ids)) is not None:
+                self.stats.prompt_cache_hits += 1
+            if hit is not None:
+                done[job.request.job_id] = hit
                 job.prefilled = None
         todo = [j for j in jobs if j.request.job_id not in done]
         if todo:
@@ -503,11 +502,11 @@ class TextEngine(EngineThread):
             # the determinism tests check with this on), so running it early does not change its tokens.
             ahead = self._ahead(todo)
             try:
-                logits, block = self._run_prefill([j.prompt_ids for j in [*todo, *ahead]])
-                for i, job in enumerate(todo):
-                    done[job.request.job_id] = (logits[i], block, i)
-                for i, job in enumerate(ahead, len(todo)):
-                    job.prefilled = _Prefilled.take(logits, block, i)
+                ran = self._run_distinct([*todo, *ahead])
+                for job in todo:
+                    done[job.request.job_id] = ran[job.key]
+                for job in ahead:
+                    job.prefilled = ran[job.key]
                 self.stats.prefill_ahead_rows += len(ahead)
             except Exception as e:
                 # The jobs of ``ahead`` stay waiting, and are not run ahead again: if one of them is what
@@ -520,44 +519,56 @@ class TextEngine(EngineThread):
                     for _ in range(self.config.max_attempts):
                         self.stats.retries += 1
                         try:
-                            lg, blk = self._run_prefill([job.prompt_ids])
+                            done[job.request.job_id] = self._run_distinct([job])[job.key]
                         except Exception as e2:
                             last = e2
                             continue
-                        done[job.request.job_id] = (lg[0], blk, 0)
                         break
                     else:
                         self._fail(job, ErrorCode.engine_error, f"the runner failed on this job {self.config.max_attempts} times alone: {last}")
-        results = [(j, *done[j.request.job_id]) for j in jobs if j.request.job_id in done]
+        results = [(j, done[j.request.job_id]) for j in jobs if j.request.job_id in done]
         blocks: list[tuple[_Job, KVBlock, int]] = []
         if results:
             # One sampler call for every admitted candidate (candidates of a job share its prompt's logits).
-            rows = np.concatenate([np.repeat(lg[None, :], job.group.n, axis=0) for job, lg, _, _ in results])
-            seqs = [s.seq_id for job, _, _, _ in results for s in job.group.seqs]
-            states = [st for job, _, _, _ in results for st in job.states]
+            rows = np.concatenate([np.repeat(p.logits[None, :], job.group.n, axis=0) for job, p in results])
+            seqs = [s.seq_id for job, _ in results for s in job.group.seqs]
+            states = [st for job, _ in results for st in job.states]
             tokens, ok = sample_rows(rows, states)
             self._accept(seqs, tokens, ok, sampled, ended)
-        for job, _, block, row in results:
+        for job, p in results:
             if job.error is None:
-                blocks.append((job, block, row))
+                blocks.append((job, p.block, 0))
         return blocks
 
     def _ahead(self, todo: list[_Job]) -> list[_Job]:
         """Waiting jobs to prefill along with ``todo`` (the admitted jobs that need a call): the next ones in
-        admission order that are not prefilled yet, as many as :func:`choose_ahead` allows. Prompts held
-        for waiting jobs stay within ``max_tokens_per_step`` tokens even when higher-priority arrivals keep
-        jumping ahead of jobs prefilled earlier."""
+        admission order that are not prefilled or cached yet, as many as :func:`choose_ahead` allows.
+        Prompts held for waiting jobs stay within ``max_tokens_per_step`` tokens even when higher-priority
+        arrivals keep jumping ahead of jobs prefilled earlier."""
         cfg = self.config
         if cfg.policy != "continuous" or cfg.prefill_ahead <= 0:
             return []
         candidates = [
             job for g in self.scheduler.peek_waiting(cfg.prefill_ahead)
             if (job := self._jobs.get(g.group_id)) is not None and job.prefilled is None and job.ahead_ok
+            and job.prompt_ids not in self.prompts
         ]
         held = sum(len(j.prompt_ids) for j in self._jobs.values() if j.prefilled is not None)
         n = choose_ahead([len(j.prompt_ids) for j in todo], [len(j.prompt_ids) for j in candidates], held,
                          cfg.max_tokens_per_step)
         return candidates[:n]
+
+    def _run_distinct(self, jobs: list[_Job]) -> dict[tuple[int, ...], Prefilled]:
+        """One prefill call for the distinct prompts of ``jobs`` (identical prompts run once: their rows
+        would be identical); each result also goes into the prompt cache."""
+        keys = list(dict.fromkeys(j.key for j in jobs))
+        logits, block = self._run_prefill([list(k) for k in keys])
+        self.stats.prefill_rows_shared += len(jobs) - len(keys)
+        out: dict[tuple[int, ...], Prefilled] = {}
+        for i, key in enumerate(keys):
+            out[key] = Prefilled.take(logits, block, i)
+            self.prompts.put(key, out[key])
+        return out
 
     def _run_prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, KVBlock]:
         ids, mask, pos = prefill_inputs(prompts, self.info.pad_token_id)
