@@ -74,6 +74,21 @@ def test_jobs_joining_midway_and_static_batches_reuse_cached_prompts(byte_tokeni
     assert prefill_rows(static) == [2, 1] and static.stats.prompt_cache_hits == 12 - 3
 
 
+def test_cached_prompts_do_not_count_against_the_step_token_budget(byte_tokenizer: Any) -> None:
+    # 8-token prompts and 12 tokens per step: a step (with its refill) can compute one more prompt after the
+    # first, but prompts already in the cache join without limit.
+    reqs = [req(f"j{i}", "abcdefg", seed=i, n=6) for i in range(4)]
+    off = engine(byte_tokenizer, max_batch_size=4, max_tokens_per_step=12, prefill_ahead=0, prompt_cache_mb=0)
+    on = engine(byte_tokenizer, max_batch_size=4, max_tokens_per_step=12, prefill_ahead=0)
+    assert {r.job_id: out(r) for r in on.run_all(reqs)} == {r.job_id: out(r) for r in off.run_all(reqs)}
+
+    def first_decode_rows(eng: TextEngine) -> int:
+        return next(c.rows for c in eng.runner.calls if c.kind == "decode")  # type: ignore[attr-defined]
+
+    assert first_decode_rows(off) == 2 and prefill_rows(off) == [1, 1, 1, 1]
+    assert first_decode_rows(on) == 4 and prefill_rows(on) == [1]
+
+
 def test_failed_and_nan_prompts_are_not_cached(byte_tokenizer: Any) -> None:
     poison = byte_tokenizer.encode("~", add_special_tokens=False).ids[0]
     nan = byte_tokenizer.encode("|", add_special_tokens=False).ids[0]

@@ -64,6 +64,19 @@ def test_budget_tokens_per_step_counts_prefill_tokens_and_decode_rows() -> None:
     assert [g.group_id for g in out.prefill] == ["b"] and out.num_tokens == 7
 
 
+def test_prompts_whose_prefill_is_at_hand_cost_no_prefill_tokens() -> None:
+    # The engine says which prompts it already holds (run ahead or cached): those cost the step nothing.
+    held = {"b", "c"}
+    s = Scheduler(SchedulerConfig(max_num_seqs=8, max_tokens_per_step=10),
+                  prefill_cost=lambda g: 0 if g.group_id in held else g.prompt_len)
+    for gid in "abcd":
+        s.add(group(gid, prompt=6, max_new=10))
+    out, _ = run_step(s)
+    assert [g.group_id for g in out.prefill] == ["a", "b", "c"] and out.num_tokens == 6  # d: 6 + 6 > 10
+    out, _ = run_step(s)  # 3 decode rows + 6 prompt tokens
+    assert [g.group_id for g in out.prefill] == ["d"] and out.num_tokens == 9
+
+
 def test_budget_kv_bytes() -> None:
     # 1 byte per token: rows x longest final length must stay <= 20.
     s = Scheduler(SchedulerConfig(max_num_seqs=8, max_kv_bytes=20, kv_bytes_per_token=1))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -110,8 +110,14 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig | None = None) -> None:
+    def __init__(
+        self, config: SchedulerConfig | None = None, prefill_cost: Callable[[SequenceGroup], int] | None = None
+    ) -> None:
+        """``prefill_cost``: the prompt tokens admitting a group computes, counted against
+        ``max_tokens_per_step`` (default: its whole prompt). The engine says 0 for a prompt whose prefill
+        result it already holds, which costs the step nothing."""
         self.config = config or SchedulerConfig()
+        self._prefill_cost = prefill_cost or (lambda g: g.prompt_len)
         self._waiting: list[tuple[int, int, SequenceGroup]] = []  # heap of (priority, arrival, group)
         self._running: dict[int, Sequence] = {}  # seq id -> sequence that has a row in the batch
         self._groups: dict[str, SequenceGroup] = {}  # unfinished groups, waiting or running
@@ -200,16 +206,17 @@ class Scheduler:
             g = self._waiting[0][2]
             new_rows = rows + g.n
             new_longest = max(longest, g.final_len)
+            cost = self._prefill_cost(g)
             fits = (
                 new_rows <= cfg.max_num_seqs
-                and num_tokens + g.prompt_len <= cfg.max_tokens_per_step
+                and num_tokens + cost <= cfg.max_tokens_per_step
                 and (cfg.kv_bytes_per_token == 0 or self.kv_bytes(new_rows, new_longest) <= cfg.max_kv_bytes)
             )
             if not fits and (rows > 0 or admitted):
                 break
             heapq.heappop(self._waiting)
             admitted.append(g)
-            rows, longest, num_tokens = new_rows, new_longest, num_tokens + g.prompt_len
+            rows, longest, num_tokens = new_rows, new_longest, num_tokens + cost
             for s in g.seqs:
                 self._running[s.seq_id] = s
         return admitted, num_tokens

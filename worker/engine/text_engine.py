@@ -169,7 +169,8 @@ class TextEngine(EngineThread):
                 max_kv_bytes=self.config.max_kv_bytes,
                 kv_bytes_per_token=self.info.kv_bytes_per_token * copies,
                 policy=self.config.policy,
-            )
+            ),
+            prefill_cost=self._prefill_cost,
         )
         self.stats = EngineStats()
         self.prompts = PromptCache(int(self.config.prompt_cache_mb * (1 << 20)))
@@ -569,6 +570,15 @@ class TextEngine(EngineThread):
             out[key] = Prefilled.take(logits, block, i)
             self.prompts.put(key, out[key])
         return out
+
+    def _prefill_cost(self, g: SequenceGroup) -> int:
+        """Prompt tokens that admitting ``g`` computes (the scheduler's token budget): none when its prefill
+        result is at hand, run ahead or in the prompt cache. The cache only changes inside ``_prefill``,
+        after every admitted job has looked its prompt up, so what is said here holds for the step."""
+        job = self._jobs.get(g.group_id)
+        if job is not None and (job.prefilled is not None or job.prompt_ids in self.prompts):
+            return 0
+        return g.prompt_len
 
     def _run_prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, KVBlock]:
         ids, mask, pos = prefill_inputs(prompts, self.info.pad_token_id)
