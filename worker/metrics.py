@@ -16,6 +16,8 @@ BATCH = Histogram("genqueue_worker_batch_size", "Mean rows per step (text) or im
                   ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 TOKENS = Counter("genqueue_worker_tokens_total", "Generated tokens", ["model"])
 IMAGES = Counter("genqueue_worker_images_total", "Generated images", ["model"])
+PROMPT_CACHE_HITS = Counter("genqueue_worker_prompt_cache_hits_total",
+                            "Succeeded text jobs whose prompt's prefill came from the prompt cache", ["model"])
 LATENCY = Histogram("genqueue_worker_job_latency_seconds", "Job creation to outcome", ["model"],
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 QUEUE_DEPTH = Gauge("genqueue_queue_depth", "Messages waiting in a model's queue (all priority buckets)", ["queue"])
@@ -43,3 +45,5 @@ def observe(model: str, kind: str, outcome: str, metrics: dict[str, Any], latenc
     if "batch_size" in metrics:
         BATCH.labels(model).observe(float(metrics["batch_size"]))
     (TOKENS if kind == "text" else IMAGES).labels(model).inc(float(metrics.get("tokens", 0)))
+    if metrics.get("prompt_cached"):
+        PROMPT_CACHE_HITS.labels(model).inc()

@@ -226,6 +226,14 @@ def test_worker_prometheus_metrics(running) -> None:  # type: ignore[no-untyped-
     assert 'genqueue_worker_tokens_total{model="tiny-lm"}' in text
     assert 'genqueue_queue_depth{queue="gen.tiny-lm"}' in text
     assert "genqueue_worker_batch_size_bucket" in text
+    # The same prompt again: its prefill comes from the worker's prompt cache, which the job and the
+    # worker's counter both report.
+    first = running.client.submit("tiny-lm", {"prompt": "cached prompt", "max_new_tokens": 3, "seed": 1}, wait=30)
+    again = running.client.submit("tiny-lm", {"prompt": "cached prompt", "max_new_tokens": 3, "seed": 2}, wait=30)
+    assert (first["metrics"]["prompt_cached"], again["metrics"]["prompt_cached"]) == (0, 1)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    hits = [ln for ln in text.splitlines() if ln.startswith('genqueue_worker_prompt_cache_hits_total{model="tiny-lm"}')]
+    assert hits and float(hits[0].split()[-1]) >= 1
 
 
 def test_get_long_polls_until_the_job_ends(running) -> None:  # type: ignore[no-untyped-def]

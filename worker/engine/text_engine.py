@@ -83,6 +83,7 @@ class _Job:
     error: tuple[ErrorCode, str] | None = None  # set when the job failed
     prefilled: Prefilled | None = None  # its prompt already ran in an earlier prefill call (still waiting)
     ahead_ok: bool = True  # False once a call that ran it ahead failed: it then waits for its own call
+    prompt_cached: bool = False  # its prefill came from the prompt cache (reported in its metrics)
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -490,6 +491,7 @@ class TextEngine(EngineThread):
             hit = job.prefilled
             if hit is None and (hit := self.prompts.get(job.prompt_ids)) is not None:
                 self.stats.prompt_cache_hits += 1
+                job.prompt_cached = True
             if hit is not None:
                 done[job.request.job_id] = hit
                 job.prefilled = None
@@ -638,6 +640,7 @@ class TextEngine(EngineThread):
             "batch_size": g.mean_batch_size,
             "tokens": float(sum(len(s.output_token_ids) - (s.finish_reason is FinishReason.eos) for s in g.seqs)),
             "prompt_tokens": float(len(job.prompt_ids)),
+            "prompt_cached": float(job.prompt_cached),
         }
         self._retired.append(job)
         if status == "failed" and job.error is not None:
