@@ -103,20 +103,25 @@ def _latents(n: int, latent: int, classes: int) -> tuple[np.ndarray, np.ndarray]
     return rng.standard_normal((n, latent)).astype(np.float32), (np.arange(n) % classes).astype(np.int64)
 
 
-def ort_forward(entry: ModelEntry, images: int, batch: int) -> dict[str, Any]:
-    """The bare ORT generator forward (no encoding), ``images`` images in batches of ``batch``."""
-    from genqueue_worker.engine.ort_session import SessionConfig, create_session
+def ort_forward(entry: ModelEntry, images: int, batch: int, parts: int = 0) -> dict[str, Any]:
+    """The image runner's forward (no encoding), ``images`` images in batches of ``batch``: one ORT run, or on
+    the CPU from 8 images one single-threaded sub-batch per core (``parts`` 1: always one run)."""
+    from genqueue_worker.engine.ort_image import OrtImageRunner
+    from genqueue_worker.engine.ort_session import SessionConfig
+    from genqueue_worker.engine.runner import ImageModelInfo
 
-    sess, _ = create_session(entry.onnx_path, SessionConfig(provider="cpu"), "bench image forward")
     spec = entry.manifest.image
     assert spec is not None
+    runner = OrtImageRunner(entry.onnx_path, ImageModelInfo.from_spec(spec), SessionConfig(provider="cpu"), parts=parts)
     z, labels = _latents(images, spec.latent_size, spec.num_classes)
-    sess.run(["images"], {"z": z[:batch], "class_label": labels[:batch]})
+    runner.forward(z[:batch], labels[:batch])
     t0 = time.perf_counter()
     for s in range(0, images, batch):
-        sess.run(["images"], {"z": z[s : s + batch], "class_label": labels[s : s + batch]})
+        runner.forward(z[s : s + batch], labels[s : s + batch])
     wall = time.perf_counter() - t0
-    return {"batch": batch, "images": images, "wall_s": round(wall, 4), "images_per_s": round(images / wall, 1)}
+    runner.close()
+    return {"batch": batch, "images": images, "wall_s": round(wall, 4), "images_per_s": round(images / wall, 1),
+            "parts": runner.parts}
 
 
 def gan_flops_per_image(cfg: Any) -> float:
@@ -175,7 +180,8 @@ def run(cfg: BenchConfig, text: ModelEntry, image: ModelEntry, log: Callable[[st
 
     from bench import torch_models
 
-    out: dict[str, Any] = {"text": {"ort": {}, "torch": {}}, "image": {"engine": {}, "ort_forward": {}, "torch": {}}}
+    out: dict[str, Any] = {"text": {"ort": {}, "torch": {}},
+                           "image": {"engine": {}, "ort_forward": {}, "ort_forward_one_run": {}, "torch": {}}}
     for b in cfg.text_batches:
         reqs = fixed_length_requests(sweep_jobs(cfg, b), cfg.engine_new_tokens)
         r = best_of(cfg.repeats, lambda reqs=reqs, b=b: ort_text(text, reqs, b))  # type: ignore[misc]
@@ -208,10 +214,13 @@ def run(cfg: BenchConfig, text: ModelEntry, image: ModelEntry, log: Callable[[st
     for b in cfg.image_batches:
         r = best_of(cfg.repeats, lambda b=b: ort_images(image, reqs_img, b))  # type: ignore[misc]
         f = best_of(cfg.repeats, lambda b=b: ort_forward(image, cfg.engine_images, b))  # type: ignore[misc]
+        # The same forward as one multi-threaded ORT run, never split: what the per-core split adds.
+        f1 = best_of(cfg.repeats, lambda b=b: ort_forward(image, cfg.engine_images, b, parts=1))  # type: ignore[misc]
         out["image"]["engine"][str(b)] = r
         out["image"]["ort_forward"][str(b)] = f
+        out["image"]["ort_forward_one_run"][str(b)] = f1
         log(f"engine image batch {b:>3}: {r['images_per_s']:>9.1f} images/s (engine, PNG included), "
-            f"{f['images_per_s']:.1f} forward only")
+            f"{f['images_per_s']:.1f} forward only ({f['parts']} parts), {f1['images_per_s']:.1f} as one ORT run")
     for b in cfg.torch_image_batches:
         r = _best_threads(lambda t, b=b: torch_forward(gen, cfg.engine_images, b, t), cfg.repeats)  # type: ignore[misc]
         out["image"]["torch"][str(b)] = r

@@ -210,8 +210,9 @@ def _engine_section(e: dict[str, Any], m: dict[str, Any]) -> list[str]:
     rows = [[b, ort[b]["tokens_per_s"], tt.get(b, {}).get("tokens_per_s"),
              m.get(f"engine.text.ort_vs_torch.b{b}"), ort[b]["jobs"], ort[b]["tokens"]] for b in sorted(ort, key=int)]
     eng, fwd, ti = e["image"]["engine"], e["image"]["ort_forward"], e["image"]["torch"]
-    irows = [[b, eng.get(b, {}).get("images_per_s"), fwd[b]["images_per_s"], ti.get(b, {}).get("images_per_s"),
-              m.get(f"engine.image.ort_vs_torch.b{b}")] for b in sorted(fwd, key=int)]
+    one = e["image"].get("ort_forward_one_run", {})
+    irows = [[b, eng.get(b, {}).get("images_per_s"), fwd[b]["images_per_s"], one.get(b, {}).get("images_per_s"),
+              ti.get(b, {}).get("images_per_s"), m.get(f"engine.image.ort_vs_torch.b{b}")] for b in sorted(fwd, key=int)]
     return [
         "## Engine alone (in process)\n",
         f"Text: equal-length jobs, EOS ignored; torch/ORT max |Δlogit| = {e['parity']['text_max_abs_diff']:.2e} "
@@ -222,9 +223,12 @@ def _engine_section(e: dict[str, Any], m: dict[str, Any]) -> list[str]:
         + (f"; with {m['engine.text.lanes']} lanes (worker/engine/lanes.py: one batching loop per core over one "
            f"session) batch 32 makes {m.get('engine.text.tokens_per_s.b32_lanes')} tokens/s, "
            f"{m.get('engine.text.batch_gain_lanes')}× batch 1" if m.get("engine.text.lanes") else "") + "\n",
-        f"Images: engine = dynamic batcher + PNG encoding; forward = bare ORT session.run; torch = exporter/dcgan.py "
-        f"forward with the ONNX weights (max |Δ| = {e['parity']['image_max_abs_diff']:.2e}).\n",
-        _table(["batch", "engine images/s", "ORT forward images/s", "PyTorch forward images/s", "ORT ÷ torch"], irows),
+        f"Images: engine = dynamic batcher + PNG encoding; forward = the image runner's forward (one ORT run, or from "
+        f"8 images one single-threaded sub-batch per core, worker/engine/ort_image.py); one ORT run = the same "
+        f"forward never split; torch = exporter/dcgan.py forward with the ONNX weights (max |Δ| = "
+        f"{e['parity']['image_max_abs_diff']:.2e}).\n",
+        _table(["batch", "engine images/s", "ORT forward images/s", "one ORT run images/s", "PyTorch forward images/s",
+                "ORT ÷ torch"], irows),
         f"batch gain (64 ÷ 1): engine **{m.get('engine.image.batch_gain')}**, forward only "
         f"{m.get('engine.image.forward_batch_gain')}\n",
         *_compute_note(e["image"].get("compute")),

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # Images: request-level dynamic batching.
     image_max_batch_size: int = 64
     image_max_queue_delay_ms: float = 5.0
+    # CPU: an image forward of at least 8 images runs as this many single-threaded sub-batches at once
+    # (worker/engine/ort_image.py); 0 = one per ORT thread (per usable core by default), 1 = never split.
+    image_forward_parts: int = Field(default=0, ge=0)
     # Messages a worker holds at once (threads that wait on the engine); caps what a batch can see.
     worker_concurrency: int = 64
     # How long the worker waits for more deliveries to claim them in one statement.

@@ -125,7 +125,8 @@ class WorkerRuntime:
                                 "fails there: raise GENQUEUE_TEXT_MAX_RUNNING", entry.ref, self.settings.text_lanes, per_lane)
             else:
                 config.update(max_batch_size=self.settings.image_max_batch_size,
-                              max_queue_delay_ms=self.settings.image_max_queue_delay_ms)
+                              max_queue_delay_ms=self.settings.image_max_queue_delay_ms,
+                              forward_parts=self.settings.image_forward_parts)
             engine = load_engine(entry, provider=self.settings.provider, **config)
             engine.start()
             self.engines[entry.ref] = engine

@@ -180,7 +180,8 @@ def test_real_generator_alone_vs_batched(models: dict[str, Any]) -> None:
     from genqueue_worker.engine import load_engine
 
     entry = models["image"]
-    eng = load_engine(entry, "cpu", max_batch_size=16)
+    # Two parts whatever the machine: the batched forward (15 images) runs as two sub-batches at once.
+    eng = load_engine(entry, "cpu", max_batch_size=16, forward_parts=2)
     assert isinstance(eng, ImageEngine)
     n = eng.info.num_classes
     rs = [
@@ -198,6 +199,32 @@ def test_real_generator_alone_vs_batched(models: dict[str, Any]) -> None:
     assert im.size == (spec.width, spec.height) and im.format == "PNG"
     assert Image.open(io.BytesIO(batched[0].images[0].data)).format == "WEBP"
     eng.stop()
+
+
+def test_a_split_forward_gives_the_pixels_of_an_unsplit_one(models: dict[str, Any]) -> None:
+    from genqueue_worker.engine.ort_image import MIN_PART, OrtImageRunner
+    from genqueue_worker.engine.ort_session import SessionConfig
+
+    entry = models["image"]
+    info = ImageModelInfo.from_spec(entry.manifest.image)
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((37, info.latent_size)).astype(np.float32)  # uneven parts
+    labels = (np.arange(37) % info.num_classes).astype(np.int64) if info.num_classes else None
+    whole = OrtImageRunner(entry.onnx_path, info, SessionConfig(provider="cpu"), parts=1)
+    ref = whole.forward(z, labels)
+    assert whole.parts == 1
+    for parts in (2, 3):
+        split = OrtImageRunner(entry.onnx_path, info, SessionConfig(provider="cpu"), parts=parts)
+        try:
+            assert np.array_equal(split.forward(z, labels), ref)
+            assert np.array_equal(split.forward(z[:5], None if labels is None else labels[:5]), ref[:5])  # too few to split
+            one = split.forward(z[7:8], None if labels is None else labels[7:8])
+            assert np.array_equal(one, ref[7:8])
+        finally:
+            split.close()
+    assert 2 * MIN_PART > 5
+    with pytest.raises(ValueError, match="parts"):
+        OrtImageRunner(entry.onnx_path, info, SessionConfig(provider="cpu"), parts=-1)
 
 
 def test_duplicate_submit_shares_the_result() -> None:

@@ -9,9 +9,10 @@ encoding runs on a small thread pool, off the inference path.
 Reproducibility: image i of a job uses z from ``seed_generator(seed, i)`` (PCG64 seeded from (seed, i)),
 drawn at submit time, so batching never changes an image.
 
-Batching pays on GPUs, where a forward of 64 costs about as much as one. On CPU it pays little: measured on
-2 cores with the built-in dcgan-digits, onnxruntime's CPU ConvTranspose runs image by image (0.073 ms per
-image alone, 0.058 batched), and PNG encoding (~0.1 ms) costs more than the forward; 64 vs 1 gave ~1.3-1.6x.
+Batching pays most on GPUs, where a forward of 64 costs about as much as one. On CPU, onnxruntime's
+ConvTranspose runs image by image, so a batch pays through the per-core split of the runner (ort_image.py:
+one single-threaded sub-batch per core) and through the per-call costs it shares; PNG encoding (~44 us per
+32x32 image with Pillow) does not batch.
 
 Truncation trick (``truncation`` t in (0, 1], 1 = none): z ~ N(0, I) is scaled by t (the "psi" form of
 truncation towards the prior's mean, 0 for DCGAN). Chosen over resampling components beyond a threshold
@@ -55,6 +56,9 @@ class ImageEngineConfig:
     webp_quality: int = 90  # lossy WebP quality (PNG is lossless)
     png_compress_level: int = 1  # zlib level for PNG (0-9)
     webp_lossless: bool = False
+    # CPU: a forward of at least 8 images runs as this many single-threaded sub-batches at once (ort_image.py);
+    # 0 = as many as the ORT threads (one per usable core by default), 1 = one multi-threaded run.
+    forward_parts: int = 0
 
 
 @dataclass(eq=False)
@@ -106,7 +110,7 @@ class ImageEngine(EngineThread):
                 intra_op_threads=self.config.intra_op_threads,
                 allow_spinning=self.config.allow_spinning,
             )
-            runner = OrtImageRunner(entry.onnx_path, info, session)
+            runner = OrtImageRunner(entry.onnx_path, info, session, parts=self.config.forward_parts)
         self.entry = entry
         self.runner = runner
         self.info = runner.info
@@ -174,6 +178,9 @@ class ImageEngine(EngineThread):
                     self._cond.notify_all()
                 self._thread.join(max(1.0, timeout / 10))
         self._pool.shutdown(wait=True)
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
         with self._cond:
             for job in list(self._jobs.values()):
                 if not job.done:
