@@ -218,7 +218,8 @@ def image_throughput(entry: ModelEntry, batch_size: int, images: int = 256, prov
     wall = time.perf_counter() - t0
     engine.stop()
     ok = sum(r.status == "succeeded" for r in results)
-    return {"model": entry.ref, "batch_size": batch_size, "images": ok, "wall_s": round(wall, 3), "images_per_s": round(ok / wall, 1)}
+    return {"model": entry.ref, "provider": getattr(engine.runner, "provider", "?"), "batch_size": batch_size, "images": ok,
+            "wall_s": round(wall, 3), "images_per_s": round(ok / wall, 1)}
 
 
 def image_scaling(entry: ModelEntry, small: int = 1, large: int = 64, images: int = 256, provider: str = "cpu", repeats: int = 1) -> dict[str, Any]:

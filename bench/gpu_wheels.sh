@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Prepares here (a machine with network) what bench/gpu_check.sh needs on a GPU machine without network,
+# where Python 3.12, torch, numpy, tokenizers, Pillow and the CUDA 13 / cuDNN 9 libraries are installed
+# but onnxruntime is the CPU build and pydantic is missing:
+#
+#   bench/gpu_wheels.sh                # then make the calls it prints, one right after the other
+#
+# It downloads the wheels (CPython $PYVER, manylinux x86_64) into .whl/ (ignored by git), and cuts
+# onnxruntime-gpu (~255 MB) into parts of $PART_MB MiB, because one call to the GPU machine carries at most
+# 64 MiB: .whl/p0 ... .whl/pN hold one part each, .whl/small the other wheels. The parts travel in
+# successive calls and wait in /tmp on the machine, which keeps its files while it stays warm (about 30 s
+# between calls); the last call joins them and runs the check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYVER=${PYVER:-3.12}
+ORT=${ORT:-onnxruntime-gpu==1.31.*}
+PART_MB=${PART_MB:-50}
+PARTS=/tmp/genqueue-wheel-parts
+
+grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+rm -rf .whl
+mkdir -p .whl/small
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .whl/small \
+  "$ORT" pydantic pydantic-core annotated-types typing-inspection typing-extensions
+ort=$(ls .whl/small/onnxruntime_gpu-*.whl)
+split -b "${PART_MB}m" -d -a 1 "$ort" ".whl/$(basename "$ort").part-"
+rm "$ort"
+for p in .whl/*.part-*; do
+  d=".whl/p${p##*.part-}"
+  mkdir -p "$d" && mv "$p" "$d/"
+done
+last=$(ls -d .whl/p* | sort | tail -1)
+echo "gpu_wheels: .whl is ready ($(du -sh .whl | cut -f1)). Calls to the GPU machine, back to back:"
+for d in $(ls -d .whl/p* | sort); do
+  [ "$d" = "$last" ] && continue
+  echo "  run carry=[\"$d\"]  command: mkdir -p $PARTS && cp $d/* $PARTS/"
+done
+echo "  run carry=[\"$last\", \".whl/small\", \"models\"]  timeout_s=420" \
+     "command: mkdir -p $PARTS && cp $last/* $PARTS/ && WHEELS=.whl/small bench/gpu_check.sh"
