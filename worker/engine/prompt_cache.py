@@ -8,8 +8,8 @@ Two users:
   before it runs a call, and stores what each call computes.
 
 Reuse is exact, because a prompt's logits and keys/values do not depend on which prompts share its call or
-when it ran (DESIGN.md invariant 4; the determinism tests run with the cache on). Only whole prompts match:
-a prompt that merely shares a prefix with a cached one is a miss.
+when it ran (DESIGN.md invariant 4; the real-model tests compare cached, fresh and batched prefills token for
+token). Only whole prompts match: a prompt that merely shares a prefix with a cached one is a miss.
 """
 
 from __future__ import annotations
@@ -92,7 +92,3 @@ class PromptCache:
             self.evictions += 1
         self._entries[key] = value
         self.nbytes += size
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.nbytes = 0
