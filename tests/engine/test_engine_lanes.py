@@ -32,6 +32,8 @@ def test_lanes_give_the_same_tokens_as_one_loop(models: dict[str, Any]) -> None:
     laned = load_engine(models["text"], "cpu", max_batch_size=8, lanes=2)
     assert isinstance(one, TextEngine) and isinstance(laned, LanedTextEngine)
     assert [lane.config.max_batch_size for lane in laned.lanes] == [4, 4]
+    # The prompt cache's bytes are split like the other budgets: the lanes together hold what one loop would.
+    assert [lane.prompts.max_bytes for lane in laned.lanes] == [one.prompts.max_bytes // 2] * 2
     assert laned.lanes[0].runner.session is laned.lanes[1].runner.session  # one copy of the weights
     reqs = jobs(20)
     got = laned.run_all(reqs)
