@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-cache-mb", type=float, default=TextEngineConfig.prompt_cache_mb,
                     help="prefill results kept for repeated prompts (prompt_cache.py); 0 = off")
     args = ap.parse_args(argv)
+    if args.prefill_ahead < 0 or args.prompt_cache_mb < 0:
+        ap.error("--prefill-ahead and --prompt-cache-mb must be >= 0")
     tcfg = TextEngineConfig(lanes=args.lanes, prefill_ahead=args.prefill_ahead, prompt_cache_mb=args.prompt_cache_mb)
     reg = Registry(args.models_dir)
     out: dict[str, Any] = {}

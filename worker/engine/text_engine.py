@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -85,9 +86,10 @@ class _Job:
     ahead_ok: bool = True  # False once a call that ran it ahead failed: it then waits for its own call
     prompt_cached: bool = False  # its prefill came from the prompt cache (reported in its metrics)
 
-    @property
+    @cached_property
     def key(self) -> tuple[int, ...]:
-        """What the prompt cache and a call's de-duplication match on: the prompt's token ids."""
+        """What the prompt cache and a call's de-duplication match on: the prompt's token ids (built once: the
+        scheduler asks for it on every step a job waits at the head of the queue)."""
         return tuple(self.prompt_ids)
 
 
@@ -489,7 +491,7 @@ class TextEngine(EngineThread):
         done: dict[str, Prefilled] = {}
         for job in jobs:
             hit = job.prefilled
-            if hit is None and (hit := self.prompts.get(job.prompt_ids)) is not None:
+            if hit is None and (hit := self.prompts.get(job.key)) is not None:
                 self.stats.prompt_cache_hits += 1
                 job.prompt_cached = True
             if hit is not None:
@@ -554,7 +556,7 @@ class TextEngine(EngineThread):
         candidates = [
             job for g in self.scheduler.peek_waiting(cfg.prefill_ahead)
             if (job := self._jobs.get(g.group_id)) is not None and job.prefilled is None and job.ahead_ok
-            and job.prompt_ids not in self.prompts
+            and job.key not in self.prompts
         ]
         held = sum(len(j.prompt_ids) for j in self._jobs.values() if j.prefilled is not None)
         n = choose_ahead([len(j.prompt_ids) for j in todo], [len(j.prompt_ids) for j in candidates], held,
@@ -578,7 +580,7 @@ class TextEngine(EngineThread):
         result is at hand, run ahead or in the prompt cache. The cache only changes inside ``_prefill``,
         after every admitted job has looked its prompt up, so what is said here holds for the step."""
         job = self._jobs.get(g.group_id)
-        if job is not None and (job.prefilled is not None or job.prompt_ids in self.prompts):
+        if job is not None and (job.prefilled is not None or job.key in self.prompts):
             return 0
         return g.prompt_len
 
