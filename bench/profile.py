@@ -25,9 +25,16 @@ from bench.workload import image_inputs, text_inputs
 from genqueue.settings import Settings
 
 
-def _start_spy(pid: int, out: Path, rate: int, idle: bool, gil: bool) -> subprocess.Popen[bytes]:
+def py_spy() -> str:
+    """The py-spy executable, or exit with one line saying how to get it (checked before a stack starts)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    cmd = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(out),
+    if not Path(spy).is_file():
+        raise SystemExit("py-spy is not installed: run `make venv` (it is in the [bench] extra) or `pip install py-spy`")
+    return spy
+
+
+def _start_spy(pid: int, out: Path, rate: int, idle: bool, gil: bool) -> subprocess.Popen[bytes]:
+    cmd = [py_spy(), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(out),
            "--nonblocking", "--threads"]
     if idle:
         cmd.append("--idle")
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL (Python CPU)")
     ap.add_argument("--data-dir", type=Path, default=None)
     args = ap.parse_args(argv)
+    py_spy()
     base = Settings()
     data = args.data_dir or base.data_dir / "bench" / "profile"
     shutil.rmtree(data, ignore_errors=True)

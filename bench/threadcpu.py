@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.profile import py_spy
 from bench.stackrun import running, submit_bulk, wait_done
 from bench.workload import image_inputs, text_inputs
 from genqueue.settings import Settings
@@ -38,8 +39,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 
 def thread_names(pid: int) -> dict[int, str]:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60).stdout
+    dump = subprocess.run([py_spy(), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60).stdout
     return {int(m.group(1), 0): re.sub(r"[-_]\d+$", "", m.group(2))
             for m in re.finditer(r'Thread (\S+) \(\w+\): "([^"]+)"', dump)}
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-spin", action="store_true")
     ap.add_argument("--intra-op-threads", type=int, default=0, help="with --no-spin: ORT threads per session")
     args = ap.parse_args(argv)
+    py_spy()
     if args.no_spin:
         here = Path(__file__).resolve().parent
         os.environ["PYTHONPATH"] = os.pathsep.join([str(here / "nospin"), str(here.parent), os.environ.get("PYTHONPATH", "")])
