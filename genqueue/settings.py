@@ -52,8 +52,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = 64
     # How long the worker waits for more deliveries to claim them in one statement.
     claim_linger_ms: float = 2.0
-    # How long the worker waits for more finished jobs to commit them in one transaction.
-    write_linger_ms: float = 5.0
+    # How long the worker waits for more finished jobs to commit them in one transaction; it waits only while
+    # other jobs are still running on it (worker/groupsql.py), so a job on a quiet worker is written at once.
+    write_linger_ms: float = Field(default=20.0, ge=0)
     # ORT pool threads busy-wait between ops: fastest for a lone engine, a loss when cores are shared.
     ort_allow_spinning: bool = False
     # ONNX Runtime intra-op threads per engine; 0 lets ORT choose (one per physical core).

@@ -3,7 +3,9 @@
 With one transaction per job, a worker spends more time in SQL (and, on SQLite, waiting for the single
 writer lock) than in inference for small models. Task threads instead hand their item to a `Grouper` and
 wait on a future; its thread takes everything that has queued up (waiting up to ``linger_s`` for more) and
-runs one batch function call. A message is still acked only after the transaction holding its outcome
+runs one batch function call. The wait is PostgreSQL's ``commit_delay`` with ``commit_siblings``: it is only
+worth paying when more items are on their way, so ``linger_if`` (when given) says whether they are; a lone
+job on a quiet worker is then written at once instead of waiting out the linger. A message is still acked only after the transaction holding its outcome
 has committed, because the task thread returns only when its future resolves.
 """
 
@@ -23,10 +25,11 @@ R = TypeVar("R")
 
 class Grouper(Generic[T, R]):
     def __init__(self, name: str, run_batch: Callable[[Sequence[T]], Sequence[R]], *, linger_s: float = 0.0,
-                 max_batch: int = 256, retries: int = 2) -> None:
+                 linger_if: Callable[[], bool] | None = None, max_batch: int = 256, retries: int = 2) -> None:
         self.name = name
         self._run_batch = run_batch  # returns one result per item, in order
         self._linger_s = linger_s
+        self._linger_if = linger_if  # None: always linger; else only while it returns True
         self._max_batch = max_batch
         self._retries = retries
         self._items: list[tuple[T, Future[R]]] = []
@@ -56,7 +59,8 @@ class Grouper(Generic[T, R]):
         with self._cond:
             while not self._items and not self._closed:
                 self._cond.wait()
-            if self._linger_s and len(self._items) < self._max_batch and not self._closed:
+            if (self._linger_s and len(self._items) < self._max_batch and not self._closed
+                    and (self._linger_if is None or self._linger_if())):
                 # Give the other deliveries of this burst a moment to join the batch.
                 deadline = time.monotonic() + self._linger_s
                 while len(self._items) < self._max_batch and (left := deadline - time.monotonic()) > 0:

@@ -70,8 +70,11 @@ class WorkerRuntime:
         # Claims and outcome writes of all task threads go to SQL in groups (see groupsql).
         self.claimer: Grouper[str, service.Claimed | service.Skipped] = Grouper(
             "gq-claim", self._claim_batch, linger_s=settings.claim_linger_ms / 1000)
+        # Outcomes linger for company only while other jobs are still running here: under load a commit then
+        # carries several jobs (text jobs finish about one per step), and on a quiet worker none waits.
         self.writer: Grouper[service.Outcome, bool] = Grouper(
-            "gq-write", self._write_batch, linger_s=settings.write_linger_ms / 1000)
+            "gq-write", self._write_batch, linger_s=settings.write_linger_ms / 1000,
+            linger_if=lambda: bool(self._inflight))
 
     def _claim_batch(self, job_ids: Sequence[str]) -> list[service.Claimed | service.Skipped]:
         with self.db.session() as s:

@@ -1,0 +1,71 @@
+"""The worker's SQL grouping (worker/groupsql.py): items become batches, and the linger is paid only when
+more items are on their way."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from genqueue_worker.groupsql import Grouper
+
+
+class Recorder:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.batches: list[list[int]] = []
+        self.fail_times = fail_times
+        self.lock = threading.Lock()
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        with self.lock:
+            if self.fail_times:
+                self.fail_times -= 1
+                raise RuntimeError("database is locked")
+            self.batches.append(list(items))
+        return [i * 10 for i in items]
+
+
+def test_a_lone_item_on_a_quiet_worker_does_not_wait_out_the_linger() -> None:
+    rec = Recorder()
+    g: Grouper[int, int] = Grouper("t", rec, linger_s=5.0, linger_if=lambda: False)
+    try:
+        t0 = time.monotonic()
+        assert g.submit(7).result(timeout=10) == 70
+        assert time.monotonic() - t0 < 2.0  # the 5 s linger was skipped
+    finally:
+        g.close()
+
+
+def test_items_that_arrive_during_the_linger_share_one_batch() -> None:
+    rec = Recorder()
+    busy = threading.Event()
+    busy.set()
+    g: Grouper[int, int] = Grouper("t", rec, linger_s=0.5, linger_if=busy.is_set, max_batch=3)
+    try:
+        first = g.submit(1)
+        time.sleep(0.05)  # inside the first item's linger
+        rest = [g.submit(2), g.submit(3)]  # the batch is full at 3: it runs without waiting out the linger
+        assert [f.result(timeout=10) for f in [first, *rest]] == [10, 20, 30]
+        assert rec.batches == [[1, 2, 3]]
+        assert g.batches == 1 and g.items == 3
+    finally:
+        g.close()
+
+
+def test_a_failing_batch_is_retried_then_fails_its_items() -> None:
+    flaky = Recorder(fail_times=1)
+    g: Grouper[int, int] = Grouper("t", flaky, retries=2)
+    try:
+        assert g.submit(4).result(timeout=10) == 40  # one failure, then the retry commits
+    finally:
+        g.close()
+    broken = Recorder(fail_times=10)
+    g2: Grouper[int, int] = Grouper("t", broken, retries=1)
+    try:
+        with pytest.raises(RuntimeError, match="database is locked"):
+            g2.submit(5).result(timeout=10)
+        assert broken.batches == []
+    finally:
+        g2.close()
