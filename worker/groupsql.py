@@ -5,8 +5,9 @@ writer lock) than in inference for small models. Task threads instead hand their
 wait on a future; its thread takes everything that has queued up (waiting up to ``linger_s`` for more) and
 runs one batch function call. The wait is PostgreSQL's ``commit_delay`` with ``commit_siblings``: it is only
 worth paying when more items are on their way, so ``linger_if`` (when given) says whether they are; a lone
-job on a quiet worker is then written at once instead of waiting out the linger. A message is still acked only after the transaction holding its outcome
-has committed, because the task thread returns only when its future resolves.
+job on a quiet worker is then written at once instead of waiting out the linger. A message is still acked
+only after the transaction holding its outcome has committed, because the task thread returns only when its
+future resolves.
 """
 
 from __future__ import annotations
