@@ -17,6 +17,9 @@ class BenchConfig:
     engine_images: int = 2048  # images per image batch-size measurement
     torch_batches: tuple[int, ...] = (1, 32)  # ORT vs PyTorch eager at these batch sizes (text)
     torch_image_batches: tuple[int, ...] = (1, 64)
+    # runs per PyTorch thread count: the eager baseline only gives engine.text.ort_vs_torch (no target), and at
+    # batch 1 one text run takes ~12 s on a slow 2-core machine
+    torch_repeats: int = 1
     # text engine lanes (worker/engine/lanes.py) measured beside the one-loop engine: batch-32 throughput and
     # continuous vs static; 0 = one lane per CPU core, at most 4
     lanes: int = 0
@@ -28,8 +31,9 @@ class BenchConfig:
     # Each policy keeps its fastest of this many alternating runs: a run takes ~0.5 s, and on a shared
     # machine two runs left the short-latency ratio swinging by +-0.05 between otherwise equal runs.
     continuous_repeats: int = 5
-    # system and naive: the same N text jobs and N image jobs (one image each)
-    system_text_jobs: int = 512
+    # system and naive: the same N text jobs and N image jobs (one image each); the naive setup serves ~6 text
+    # jobs/s on a 2-core machine, so N text jobs cost it about N/6 seconds
+    system_text_jobs: int = 256
     system_image_jobs: int = 1024
     text_min_new: int = 16
     text_max_new: int = 96
@@ -43,7 +47,7 @@ class BenchConfig:
 
 QUICK = BenchConfig(mode="quick", repeats=3)
 FULL = replace(
-    QUICK, mode="full", repeats=3, engine_min_tokens=16384, engine_images=8192, system_text_jobs=2048,
+    QUICK, mode="full", repeats=3, torch_repeats=3, engine_min_tokens=16384, engine_images=8192, system_text_jobs=2048,
     system_image_jobs=4096, submit_jobs=10000, load_duration_s=40.0,
 )
 # Seconds, for tests: tiny sizes that still exercise every code path.

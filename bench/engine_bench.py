@@ -205,7 +205,7 @@ def run(cfg: BenchConfig, text: ModelEntry, image: ModelEntry, log: Callable[[st
     bos, prepend = text.manifest.text.bos_token_id, bool(getattr(text.manifest.text, "prepend_bos", False))
     for b in cfg.torch_batches:
         reqs = fixed_length_requests(sweep_jobs(cfg, b), cfg.engine_new_tokens)
-        r = _best_threads(lambda t, reqs=reqs, b=b: torch_text(gpt, tok, reqs, b, t, prepend, bos), cfg.repeats)  # type: ignore[misc]
+        r = _best_threads(lambda t, reqs=reqs, b=b: torch_text(gpt, tok, reqs, b, t, prepend, bos), cfg.torch_repeats)  # type: ignore[misc]
         out["text"]["torch"][str(b)] = r
         if str(b) not in out["text"]["ort"]:
             out["text"]["ort"][str(b)] = best_of(cfg.repeats, lambda reqs=reqs, b=b: ort_text(text, reqs, b))  # type: ignore[misc]
@@ -222,7 +222,7 @@ def run(cfg: BenchConfig, text: ModelEntry, image: ModelEntry, log: Callable[[st
         log(f"engine image batch {b:>3}: {r['images_per_s']:>9.1f} images/s (engine, PNG included), "
             f"{f['images_per_s']:.1f} forward only ({f['parts']} parts), {f1['images_per_s']:.1f} as one ORT run")
     for b in cfg.torch_image_batches:
-        r = _best_threads(lambda t, b=b: torch_forward(gen, cfg.engine_images, b, t), cfg.repeats)  # type: ignore[misc]
+        r = _best_threads(lambda t, b=b: torch_forward(gen, cfg.engine_images, b, t), cfg.torch_repeats)  # type: ignore[misc]
         out["image"]["torch"][str(b)] = r
         if str(b) not in out["image"]["ort_forward"]:
             out["image"]["ort_forward"][str(b)] = best_of(cfg.repeats, lambda b=b: ort_forward(image, cfg.engine_images, b))  # type: ignore[misc]
