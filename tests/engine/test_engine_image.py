@@ -113,6 +113,17 @@ def test_failures_are_isolated() -> None:
     assert all(same(alone[r.job_id], res[r.job_id]) for r in rs)
 
 
+def test_nan_images_fail_their_job_inside_a_batch_that_succeeded() -> None:
+    rs = reqs()
+    alone = {r.job_id: engine(FakeImageRunner(nan_label=8)).run_all([r])[0] for r in rs}
+    eng = engine(FakeImageRunner(nan_label=8), warmup=False)
+    nan = ImageRequest("nan", ImageParams(class_label=8, num_images=2))
+    res = {r.job_id: r for r in eng.run_all([*rs[:2], nan, *rs[2:]])}
+    assert eng.forwards == 1  # one forward for everybody: the NaN rows are found in its output
+    assert res["nan"].error_code is ErrorCode.nan_output
+    assert all(same(alone[r.job_id], res[r.job_id]) for r in rs)
+
+
 def test_transient_failure_is_retried() -> None:
     rs = reqs()
     clean = engine().run_all(rs)
