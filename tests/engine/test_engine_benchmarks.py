@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from genqueue_worker.engine.benchmarks import compare_policies, image_scaling, text_jobs
+from genqueue_worker.engine.benchmarks import compare_policies, image_host_ceiling, image_scaling, text_jobs
 
 
 def test_text_jobs_are_reproducible_and_in_range() -> None:
@@ -25,3 +25,9 @@ def test_compare_policies_reports_both_and_does_the_same_work(models: dict[str, 
 def test_image_scaling_runs(models: dict[str, Any]) -> None:
     out = image_scaling(models["image"], small=1, large=8, images=16)
     assert out["small"]["images"] == 16 and out["large"]["images"] == 16 and out["ratio"] > 0
+
+
+def test_image_host_ceiling_times_the_engine_around_a_free_forward(models: dict[str, Any]) -> None:
+    out = image_host_ceiling(models["image"], small=1, large=8, images=16)
+    assert out["small"]["images"] == 64 and out["large"]["images"] == 16  # every job succeeded
+    assert out["large"]["images_per_s"] > 0 and out["ratio"] > 0

@@ -222,6 +222,58 @@ def image_throughput(entry: ModelEntry, batch_size: int, images: int = 256, prov
             "wall_s": round(wall, 3), "images_per_s": round(ok / wall, 1)}
 
 
+class _ReplayRunner:
+    """A forward that costs nothing: it hands back slices of images the real model generated beforehand, so
+    the engine's own per-image work (latents, batching, PNG encoding, bookkeeping) is all that is timed."""
+
+    provider = "replay"
+
+    def __init__(self, entry: ModelEntry, bank_size: int = 256) -> None:
+        from genqueue_worker.engine.ort_image import OrtImageRunner
+        from genqueue_worker.engine.ort_session import SessionConfig
+        from genqueue_worker.engine.runner import ImageModelInfo
+
+        if entry.manifest.image is None:
+            raise ValueError(f"{entry.ref} is not an image model")
+        self.info = ImageModelInfo.from_spec(entry.manifest.image)
+        real = OrtImageRunner(entry.onnx_path, self.info, SessionConfig(provider="cpu"))
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((bank_size, self.info.latent_size)).astype(np.float32)
+        labels = (np.arange(bank_size) % max(1, self.info.num_classes)).astype(np.int64) if self.info.num_classes else None
+        self.bank = real.forward(z, labels)  # [bank,C,H,W]
+        real.close()
+        self._next = 0
+
+    def forward(self, z: np.ndarray, class_label: np.ndarray | None) -> np.ndarray:
+        idx = (self._next + np.arange(z.shape[0])) % self.bank.shape[0]
+        self._next += z.shape[0]
+        return self.bank[idx]
+
+
+def image_host_ceiling(entry: ModelEntry, small: int = 1, large: int = 64, images: int = 512, repeats: int = 1) -> dict[str, Any]:
+    """Images/s of the image engine around a forward that costs nothing (:class:`_ReplayRunner`), at batch
+    ``small`` and ``large``: what one worker process could serve if the device were infinitely fast, and so
+    the batch gain that a GPU run can show at most while the per-image host work stays as it is."""
+    runner = _ReplayRunner(entry)
+    conditional = runner.info.num_classes > 0
+
+    def run(batch: int, n: int) -> dict[str, Any]:
+        engine = ImageEngine(runner=runner, config=ImageEngineConfig(max_batch_size=batch, max_queue_delay_ms=0, warmup=False))
+        reqs = [ImageRequest(f"host-{i}", ImageParams(seed=i, class_label=i % runner.info.num_classes if conditional else None))
+                for i in range(n)]
+        engine.run_all(reqs[: min(8, n)])  # start the encoder pool
+        t0 = time.perf_counter()
+        results = engine.run_all(reqs)
+        wall = time.perf_counter() - t0
+        engine.stop()
+        ok = sum(r.status == "succeeded" for r in results)
+        return {"batch_size": batch, "images": ok, "wall_s": round(wall, 3), "images_per_s": round(ok / wall, 1)}
+
+    a = _best([run(small, max(64, images // 4)) for _ in range(repeats)])
+    b = _best([run(large, images) for _ in range(repeats)])
+    return {"small": a, "large": b, "ratio": round(b["images_per_s"] / a["images_per_s"], 2)}
+
+
 def image_scaling(entry: ModelEntry, small: int = 1, large: int = 64, images: int = 256, provider: str = "cpu", repeats: int = 1) -> dict[str, Any]:
     a = _best([image_throughput(entry, small, min(images, max(64, images // 4)), provider) for _ in range(repeats)])
     b = _best([image_throughput(entry, large, images, provider) for _ in range(repeats)])
@@ -256,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         out["batch_scaling"] = batch_scaling(reg.resolve(args.text), provider=args.provider, repeats=args.repeats, config=tcfg)
     if args.only in (None, "images"):
         out["image_scaling"] = image_scaling(reg.resolve(args.image), provider=args.provider, repeats=args.repeats)
+        out["image_host_ceiling"] = image_host_ceiling(reg.resolve(args.image), repeats=args.repeats)
     print(json.dumps(out, indent=1))
 
 
