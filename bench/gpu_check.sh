@@ -16,7 +16,8 @@
 #    through the project's exporter, with its parity check, and runs the continuous-batching text engine on
 #    CUDA at batch 1..256: tokens/s, ms per engine step, and the memory-bandwidth bound (gpu_engine.py);
 # 4. runs the image engine on CUDA with the built-in dcgan-digits (carried in models/, or $MODELS): images/s
-#    at batch 1 and 64, the engine's batch gain target (python -m genqueue_worker.engine.benchmarks).
+#    at batch 1 and 64, the engine's batch gain target (python -m genqueue_worker.engine.benchmarks), and
+#    beside them the same engine around a forward that costs nothing (image_host_ceiling: the host's bound);
 # Results: bench/results/gpu-<timestamp>.json and gpu-images-<timestamp>.json (and under $OUT when set).
 # Extra arguments go to `python -m bench.gpu_engine`. Sized to finish in under 5 minutes.
 set -euo pipefail
