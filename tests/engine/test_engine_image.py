@@ -13,7 +13,7 @@ from PIL import Image
 from genqueue_worker.engine.fake import FakeImageRunner
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig
 from genqueue_worker.engine.runner import ImageModelInfo
-from genqueue_worker.engine.types import ErrorCode, ImageParams, ImageRequest, JobResult
+from genqueue_worker.engine.types import EncodedImage, ErrorCode, ImageParams, ImageRequest, JobResult
 
 
 def engine(runner: FakeImageRunner | None = None, **cfg: Any) -> ImageEngine:
@@ -122,6 +122,32 @@ def test_nan_images_fail_their_job_inside_a_batch_that_succeeded() -> None:
     assert eng.forwards == 1  # one forward for everybody: the NaN rows are found in its output
     assert res["nan"].error_code is ErrorCode.nan_output
     assert all(same(alone[r.job_id], res[r.job_id]) for r in rs)
+
+
+def test_an_encoding_failure_fails_its_job_alone() -> None:
+    class NoWebp(ImageEngine):
+        def _encode_one(self, pixels: np.ndarray, fmt: str) -> EncodedImage:
+            if fmt == "webp":
+                raise OSError("encoder not available")
+            return super()._encode_one(pixels, fmt)
+
+    class Buggy(ImageEngine):
+        def _encode_and_resolve(self, job: Any) -> None:
+            if job.request.job_id == "j2":
+                raise KeyError("a bug")
+            super()._encode_and_resolve(job)
+
+    rs = reqs()
+    alone = {r.job_id: engine().run_all([r])[0] for r in rs}
+    for cls, bad in ((NoWebp, {r.job_id for r in rs if r.params.format == "webp"}), (Buggy, {"j2"})):
+        eng = cls(runner=FakeImageRunner(), config=ImageEngineConfig(warmup=False))
+        res = {r.job_id: r for r in eng.run_all(rs)}
+        assert eng.forwards == 1  # every job in one forward, so their encodings share the pool's tasks
+        for r in rs:
+            if r.job_id in bad:
+                assert res[r.job_id].error_code is ErrorCode.postprocess_error, r.job_id
+            else:
+                assert same(alone[r.job_id], res[r.job_id]), r.job_id
 
 
 def test_transient_failure_is_retried() -> None:

@@ -329,6 +329,7 @@ class ImageEngine(EngineThread):
                 off += c.count
         for key, imgs in raw.items():
             outputs[key] = (self._to_uint8(imgs), bool(np.isfinite(imgs).all()))
+        finished: list[_ImageJob] = []  # jobs whose last chunk this forward made, for the encoder pool
         with self._cond:
             for c in batch:
                 job = c.job
@@ -355,7 +356,13 @@ class ImageEngine(EngineThread):
                 job.chunks_left -= 1
                 if job.chunks_left == 0:
                     job.done = True
-                    self._pool.submit(self._encode_and_resolve, job)
+                    finished.append(job)
+        # One pool task per encoder thread, each with a share of the finished jobs in order, instead of one
+        # per job: a task costs a Future and a queue round trip, which for a one-image job is a quarter of
+        # its host work (bench/FINDINGS.md item 16).
+        tasks = max(1, min(len(finished), self.config.encode_threads))
+        for k in range(tasks):
+            self._pool.submit(self._encode_jobs, finished[k::tasks])
 
     def _drop_queued(self, job: _ImageJob) -> None:
         """Remove a job's queued chunks (caller holds the lock)."""
@@ -390,6 +397,17 @@ class ImageEngine(EngineThread):
             # as the default level 6 at a fraction of the encoding time, which is on the job's path.
             img.save(buf, format="PNG", compress_level=self.config.png_compress_level)
         return EncodedImage(buf.getvalue(), w, h, fmt)
+
+    def _encode_jobs(self, jobs: list[_ImageJob]) -> None:
+        for job in jobs:
+            try:
+                self._encode_and_resolve(job)
+            except Exception as e:  # a bug, not a bad image: fail this job and go on with the others
+                log.exception("%s: internal error while encoding job %s", self.name, job.request.job_id)
+                failure = JobResult(job.request.job_id, "failed", error_code=ErrorCode.postprocess_error,
+                                    error_message=f"internal error while encoding: {e!r}")
+                with self._cond:
+                    self._settle(job, failure)
 
     def _encode_and_resolve(self, job: _ImageJob) -> None:
         fmt = job.request.params.format
