@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # CPU: an image forward of at least 8 images runs as this many single-threaded sub-batches at once
     # (worker/engine/ort_image.py); 0 = one per ORT thread (per usable core by default), 1 = never split.
     image_forward_parts: int = Field(default=0, ge=0)
+    # Threads that PNG/WebP-encode finished images; 0 = one per usable core, at most 4.
+    image_encode_threads: int = Field(default=0, ge=0)
     # Messages a worker holds at once (threads that wait on the engine); caps what a batch can see.
     worker_concurrency: int = 64
     # How long the worker waits for more deliveries to claim them in one statement.

@@ -129,7 +129,8 @@ class WorkerRuntime:
             else:
                 config.update(max_batch_size=self.settings.image_max_batch_size,
                               max_queue_delay_ms=self.settings.image_max_queue_delay_ms,
-                              forward_parts=self.settings.image_forward_parts)
+                              forward_parts=self.settings.image_forward_parts,
+                              encode_threads=self.settings.image_encode_threads)
             engine = load_engine(entry, provider=self.settings.provider, **config)
             engine.start()
             self.engines[entry.ref] = engine

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from genqueue.settings import Settings
 
 
-@pytest.mark.parametrize("field", ["text_prompt_cache_mb", "text_prefill_ahead", "image_forward_parts", "write_linger_ms"])
+@pytest.mark.parametrize("field", ["text_prompt_cache_mb", "text_prefill_ahead", "image_forward_parts", "image_encode_threads", "write_linger_ms"])
 def test_negative_engine_settings_are_refused(field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: -1})

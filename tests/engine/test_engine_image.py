@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from typing import Any
 
@@ -289,3 +290,12 @@ def test_internal_error_fails_the_batch_and_the_engine_recovers() -> None:
     first = eng.run_all([ImageRequest("a", ImageParams(class_label=1))])
     assert first[0].error_code is ErrorCode.engine_error
     assert eng.run_all([ImageRequest("b", ImageParams(class_label=1))])[0].status == "succeeded"
+
+
+def test_encode_threads_default_to_the_usable_cores_up_to_four() -> None:
+    eng = engine(warmup=False)
+    assert eng.encode_threads == min(4, len(os.sched_getaffinity(0)))
+    eng.stop()
+    assert engine(encode_threads=3, warmup=False).encode_threads == 3
+    with pytest.raises(ValueError, match="encode_threads"):
+        engine(encode_threads=-1)

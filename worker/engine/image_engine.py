@@ -26,6 +26,7 @@ import heapq
 import io
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -48,7 +49,7 @@ class ImageEngineConfig:
     max_batch_size: int = 64  # images per forward
     max_queue_delay_ms: float = 5.0  # how long the oldest queued image may wait for the batch to fill
     max_attempts: int = 2  # solo tries of each job after a forward raised
-    encode_threads: int = 2  # PNG/WebP encoding pool
+    encode_threads: int = 0  # PNG/WebP encoding pool; 0 = one per usable core, at most 4
     intra_op_threads: int = 0  # ORT threads; 0 = ORT default
     allow_spinning: bool = True  # ORT threads busy-wait between ops (fastest alone; off when sharing cores)
     warmup: bool = True  # run batch sizes 1 and max_batch_size once at start()
@@ -120,7 +121,12 @@ class ImageEngine(EngineThread):
         self._queued_images = 0
         self._arrivals = itertools.count()
         self._jobs: dict[str, _ImageJob] = {}  # unfinished jobs by id
-        self._pool = ThreadPoolExecutor(max(1, self.config.encode_threads), thread_name_prefix="image-encode")
+        if self.config.encode_threads < 0:
+            raise ValueError("encode_threads must be >= 0 (0 = one per usable core, at most 4)")
+        # Pillow's encoders release the GIL while they compress, so a GPU host's spare cores encode in parallel;
+        # past ~4 threads the Python around each image (which holds the GIL) is the limit.
+        self.encode_threads = self.config.encode_threads or min(4, len(os.sched_getaffinity(0)))
+        self._pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="image-encode")
         self._closed = self._stopping = False
         self._drain = True
         self._thread: threading.Thread | None = None
@@ -360,7 +366,7 @@ class ImageEngine(EngineThread):
         # One pool task per encoder thread, each with a share of the finished jobs in order, instead of one
         # per job: a task costs a Future and a queue round trip, which for a one-image job is a quarter of
         # its host work (bench/FINDINGS.md item 16).
-        tasks = max(1, min(len(finished), self.config.encode_threads))
+        tasks = max(1, min(len(finished), self.encode_threads))
         for k in range(tasks):
             self._pool.submit(self._encode_jobs, finished[k::tasks])
 
