@@ -294,7 +294,7 @@ def test_internal_error_fails_the_batch_and_the_engine_recovers() -> None:
 
 def test_encode_threads_default_to_the_usable_cores_up_to_four() -> None:
     eng = engine(warmup=False)
-    assert eng.encode_threads == min(4, len(os.sched_getaffinity(0)))
+    assert eng.encode_threads == min(4, len(os.sched_getaffinity(0)))  # Linux, where the tests run
     eng.stop()
     assert engine(encode_threads=3, warmup=False).encode_threads == 3
     with pytest.raises(ValueError, match="encode_threads"):

@@ -44,6 +44,12 @@ from genqueue_worker.engine.types import EncodedImage, ErrorCode, ImageRequest, 
 log = logging.getLogger("genqueue.worker.engine")
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class ImageEngineConfig:
     max_batch_size: int = 64  # images per forward
@@ -125,7 +131,7 @@ class ImageEngine(EngineThread):
             raise ValueError("encode_threads must be >= 0 (0 = one per usable core, at most 4)")
         # Pillow's encoders release the GIL while they compress, so a GPU host's spare cores encode in parallel;
         # past ~4 threads the Python around each image (which holds the GIL) is the limit.
-        self.encode_threads = self.config.encode_threads or min(4, len(os.sched_getaffinity(0)))
+        self.encode_threads = self.config.encode_threads or min(4, _usable_cores())
         self._pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="image-encode")
         self._closed = self._stopping = False
         self._drain = True
@@ -364,9 +370,9 @@ class ImageEngine(EngineThread):
                     job.done = True
                     finished.append(job)
         # One pool task per encoder thread, each with a share of the finished jobs in order, instead of one
-        # per job: a task costs a Future and a queue round trip, which for a one-image job is a quarter of
-        # its host work (bench/FINDINGS.md item 16).
-        tasks = max(1, min(len(finished), self.encode_threads))
+        # per job: a task costs a Future and a queue round trip, 12% of the engine's host time at batch 64
+        # when every job had its own (bench/FINDINGS.md item 16).
+        tasks = min(len(finished), self.encode_threads)
         for k in range(tasks):
             self._pool.submit(self._encode_jobs, finished[k::tasks])
 
