@@ -231,7 +231,21 @@ def _engine_section(e: dict[str, Any], m: dict[str, Any]) -> list[str]:
                 "ORT ÷ torch"], irows),
         f"batch gain (64 ÷ 1): engine **{m.get('engine.image.batch_gain')}**, forward only "
         f"{m.get('engine.image.forward_batch_gain')}\n",
+        *_host_note(e["image"].get("host_ceiling")),
         *_compute_note(e["image"].get("compute")),
+    ]
+
+
+def _host_note(hc: dict[str, Any] | None) -> list[str]:
+    if not hc:
+        return []
+    lo, hi = hc["small"], hc["large"]
+    return [
+        f"Host ceiling: the same engine around a forward that costs nothing (replayed images, "
+        f"`image_host_ceiling`) makes {lo['images_per_s']} images/s at batch {lo['batch_size']} and "
+        f"{hi['images_per_s']} at batch {hi['batch_size']}, **{hc['ratio']}×**: the most its batch gain can be on "
+        f"any device while the per-image host work (latents, PNG encoding, bookkeeping) stays as it is; see "
+        f"FINDINGS item 16.\n",
     ]
 
 
