@@ -243,9 +243,10 @@ def _host_note(hc: dict[str, Any] | None) -> list[str]:
     return [
         f"Host ceiling: the same engine around a forward that costs nothing (replayed images, "
         f"`image_host_ceiling`) makes {lo['images_per_s']} images/s at batch {lo['batch_size']} and "
-        f"{hi['images_per_s']} at batch {hi['batch_size']}, **{hc['ratio']}×**: the most its batch gain can be on "
-        f"any device while the per-image host work (latents, PNG encoding, bookkeeping) stays as it is; see "
-        f"FINDINGS item 16.\n",
+        f"{hi['images_per_s']} at batch {hi['batch_size']} ({hc['ratio']}×). No device can take batch "
+        f"{hi['batch_size']} past that rate while the per-image host work (latents, PNG encoding, bookkeeping) "
+        f"stays as it is, so a batch gain of 4 needs a batch-{lo['batch_size']} engine at or below a quarter of it; "
+        f"see FINDINGS item 16.\n",
     ]
 
 
