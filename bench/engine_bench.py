@@ -227,7 +227,7 @@ def run(cfg: BenchConfig, text: ModelEntry, image: ModelEntry, log: Callable[[st
         if str(b) not in out["image"]["ort_forward"]:
             out["image"]["ort_forward"][str(b)] = best_of(cfg.repeats, lambda b=b: ort_forward(image, cfg.engine_images, b))  # type: ignore[misc]
         log(f"engine image batch {b:>3}: {r['images_per_s']:>9.1f} images/s (PyTorch forward, {r['threads']} threads)")
-    # What the engine can show on any device: the same jobs around a forward that costs nothing.
+    # The rate no device can take the engine past: the same jobs around a forward that costs nothing.
     lo_b, hi_b = min(cfg.image_batches), max(b for b in cfg.image_batches if b <= 64)
     hc = image_host_ceiling(image, small=lo_b, large=hi_b, images=cfg.engine_images // 4, repeats=cfg.repeats)
     out["image"]["host_ceiling"] = hc

@@ -252,8 +252,9 @@ class _ReplayRunner:
 
 def image_host_ceiling(entry: ModelEntry, small: int = 1, large: int = 64, images: int = 512, repeats: int = 1) -> dict[str, Any]:
     """Images/s of the image engine around a forward that costs nothing (:class:`_ReplayRunner`), at batch
-    ``small`` and ``large``: what one worker process could serve if the device were infinitely fast, and so
-    the batch gain that a GPU run can show at most while the per-image host work stays as it is."""
+    ``small`` and ``large``: what one engine could serve if the device were infinitely fast. No device takes
+    batch ``large`` past that rate while the per-image host work stays as it is (the batch gain itself can be
+    higher on a device whose batch-``small`` forward is slow)."""
     runner = _ReplayRunner(entry)
     conditional = runner.info.num_classes > 0
 
