@@ -204,9 +204,12 @@ def batch_scaling(
     return {"small": a, "large": b, "ratio": round(b["tokens_per_s"] / a["tokens_per_s"], 2)}
 
 
-def image_throughput(entry: ModelEntry, batch_size: int, images: int = 256, provider: str = "cpu") -> dict[str, Any]:
-    """Images/s with one image per job, ``images`` jobs, batches of up to ``batch_size``."""
-    engine = ImageEngine(entry, provider, ImageEngineConfig(max_batch_size=batch_size, max_queue_delay_ms=0))
+def image_throughput(entry: ModelEntry, batch_size: int, images: int = 256, provider: str = "cpu",
+                     runner: Any = None) -> dict[str, Any]:
+    """Images/s with one image per job, ``images`` jobs, batches of up to ``batch_size``; ``runner`` replaces
+    the model's ONNX Runtime runner (the host ceiling's :class:`_ReplayRunner`)."""
+    config = ImageEngineConfig(max_batch_size=batch_size, max_queue_delay_ms=0)
+    engine = ImageEngine(entry, provider, config) if runner is None else ImageEngine(runner=runner, config=config)
     conditional = engine.info.num_classes > 0
     reqs = [
         ImageRequest(f"img-{i}", ImageParams(seed=i, class_label=i % engine.info.num_classes if conditional else None))
@@ -239,7 +242,7 @@ class _ReplayRunner:
         real = OrtImageRunner(entry.onnx_path, self.info, SessionConfig(provider="cpu"))
         rng = np.random.default_rng(0)
         z = rng.standard_normal((bank_size, self.info.latent_size)).astype(np.float32)
-        labels = (np.arange(bank_size) % max(1, self.info.num_classes)).astype(np.int64) if self.info.num_classes else None
+        labels = (np.arange(bank_size) % self.info.num_classes).astype(np.int64) if self.info.num_classes else None
         self.bank = real.forward(z, labels)  # [bank,C,H,W]
         real.close()
         self._next = 0
@@ -256,22 +259,8 @@ def image_host_ceiling(entry: ModelEntry, small: int = 1, large: int = 64, image
     batch ``large`` past that rate while the per-image host work stays as it is (the batch gain itself can be
     higher on a device whose batch-``small`` forward is slow)."""
     runner = _ReplayRunner(entry)
-    conditional = runner.info.num_classes > 0
-
-    def run(batch: int, n: int) -> dict[str, Any]:
-        engine = ImageEngine(runner=runner, config=ImageEngineConfig(max_batch_size=batch, max_queue_delay_ms=0, warmup=False))
-        reqs = [ImageRequest(f"host-{i}", ImageParams(seed=i, class_label=i % runner.info.num_classes if conditional else None))
-                for i in range(n)]
-        engine.run_all(reqs[: min(8, n)])  # start the encoder pool
-        t0 = time.perf_counter()
-        results = engine.run_all(reqs)
-        wall = time.perf_counter() - t0
-        engine.stop()
-        ok = sum(r.status == "succeeded" for r in results)
-        return {"batch_size": batch, "images": ok, "wall_s": round(wall, 3), "images_per_s": round(ok / wall, 1)}
-
-    a = _best([run(small, max(64, images // 4)) for _ in range(repeats)])
-    b = _best([run(large, images) for _ in range(repeats)])
+    a = _best([image_throughput(entry, small, max(64, images // 4), runner=runner) for _ in range(repeats)])
+    b = _best([image_throughput(entry, large, images, runner=runner) for _ in range(repeats)])
     return {"small": a, "large": b, "ratio": round(b["images_per_s"] / a["images_per_s"], 2)}
 
 
