@@ -299,3 +299,8 @@ def test_encode_threads_default_to_the_usable_cores_up_to_four() -> None:
     assert engine(encode_threads=3, warmup=False).encode_threads == 3
     with pytest.raises(ValueError, match="encode_threads"):
         engine(encode_threads=-1)
+
+
+def test_png_compress_level_out_of_range_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="png_compress_level must be in 0..9"):
+        engine(png_compress_level=12)
