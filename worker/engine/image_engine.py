@@ -132,7 +132,7 @@ class ImageEngine(EngineThread):
             raise ValueError("encode_threads must be >= 0 (0 = one per usable core, at most 4)")
         if not 0 <= self.config.png_compress_level <= 9:
             raise ValueError("png_compress_level must be in 0..9 (zlib's levels)")
-        # Pillow's encoders release the GIL while they compress, so a GPU host's spare cores encode in parallel;
+        # zlib (PNG) and Pillow (WebP) release the GIL while they compress, so a GPU host's spare cores encode in parallel;
         # past ~4 threads the Python around each image (which holds the GIL) is the limit.
         self.encode_threads = self.config.encode_threads or min(4, _usable_cores())
         self._pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="image-encode")
