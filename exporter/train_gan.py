@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from genqueue_exporter.dcgan import DCGANConfig, Discriminator, Generator
+from genqueue_exporter.progress import training_bar
 
 
 @dataclass
@@ -118,7 +118,7 @@ def train_dcgan(
     rng = torch.Generator().manual_seed(st.seed)
     n = len(x)
     start = time.monotonic()
-    bar = tqdm(range(st.steps), desc="dcgan-digits", disable=not progress, unit="step")
+    bar = training_bar(st.steps, "dcgan-digits", progress)
     d_loss_v = g_loss_v = 0.0
     for _ in bar:
         idx = torch.randint(0, n, (st.batch_size,), generator=rng)
@@ -143,7 +143,7 @@ def train_dcgan(
         g_loss.backward()
         opt_g.step()
         d_loss_v, g_loss_v = float(d_loss.detach()), float(g_loss.detach())
-        bar.set_postfix(d=f"{d_loss_v:.3f}", g=f"{g_loss_v:.3f}")
+        bar.set_postfix(d=f"{d_loss_v:.3f}", g=f"{g_loss_v:.3f}", refresh=False)
     bar.close()
 
     recalibrate_batchnorm(gen)

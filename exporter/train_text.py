@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from tqdm import tqdm
 
 from genqueue_exporter.corpus import corpus_documents
 from genqueue_exporter.gpt import GPT, GPTConfig, preview_generate
+from genqueue_exporter.progress import training_bar
 
 EOT = "<|endoftext|>"
 
@@ -146,7 +146,7 @@ def train_tiny_lm(settings: TextTrainSettings | None = None, progress: bool = Tr
     ema: float | None = None
     curve: list[tuple[int, float]] = []  # (step, val_loss): kept in manifest.extra to show over-fitting
     last_val = float("nan")
-    bar = tqdm(range(st.steps), desc="tiny-lm", disable=not progress, unit="step")
+    bar = training_bar(st.steps, "tiny-lm", progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -163,7 +163,7 @@ def train_tiny_lm(settings: TextTrainSettings | None = None, progress: bool = Tr
         if st.eval_every and (step + 1) % st.eval_every == 0:
             last_val = _eval_loss(model, val_stream, min(seq, len(val_stream) - 1))
             curve.append((step + 1, round(last_val, 4)))
-        bar.set_postfix(loss=f"{ema:.3f}", val=f"{last_val:.3f}" if curve else "-")
+        bar.set_postfix(loss=f"{ema:.3f}", val=f"{last_val:.3f}" if curve else "-", refresh=False)
     bar.close()
     seconds = time.monotonic() - start
 
