@@ -127,15 +127,16 @@ def render(results: dict[str, Any], pngs: list[Path]) -> str:
         out += ["## Continuous vs static batching (engine, in process)\n",
                 f"{c['continuous']['jobs']} jobs, max_new_tokens uniform in {cfg.get('continuous_min_new')}–"
                 f"{cfg.get('continuous_max_new')}, {c['continuous']['slots']} slots, EOS ignored (both policies "
-                f"generate the same tokens); each policy's fastest of {cfg.get('continuous_repeats', cfg.get('repeats'))} "
-                f"alternating runs. Every run pair, in order (tokens/s ratio; short-job latency ratio): "
+                f"generate the same tokens); {cfg.get('continuous_repeats', cfg.get('repeats'))} alternating runs per "
+                f"policy. The table shows each policy's fastest run; the ratios are the medians over the side-by-side "
+                f"run pairs. Every pair, in order (tokens/s ratio; short-job latency ratio): "
                 f"{c.get('throughput_ratio_by_pair')}; {c.get('short_latency_ratio_by_pair')}.\n",
                 _table(["policy", "tokens/s", "wall s", "decode steps", "useful row fraction",
                         "median latency ms", "short-job median ms"],
                        [[p, c[p]["tokens_per_s"], c[p]["wall_s"], c[p]["steps"], c[p]["useful_row_fraction"],
                          c[p]["latency_p50_ms"], c[p]["short_latency_p50_ms"]] for p in ("static", "continuous")]),
                 f"continuous ÷ static tokens/s = **{c['throughput_ratio']}**; short jobs' median latency ratio = "
-                f"**{c['short_latency_ratio']}**\n"]
+                f"**{c['short_latency_ratio']}** (medians of the pairs)\n"]
         if "prompt_cache_hits" in c["continuous"]:
             out += [f"The jobs cycle through 8 prompts, and both policies run with the engine's defaults: each call "
                     f"computes a prompt once, and the prompt cache served {c['static']['prompt_cache_hits']} (static) "
@@ -145,7 +146,8 @@ def render(results: dict[str, Any], pngs: list[Path]) -> str:
             out += [f"Prompt cache (`GENQUEUE_TEXT_PROMPT_CACHE_MB`): continuous batching on {pc['on']['jobs']} jobs "
                     f"that repeat 8 prompts of {pc['on'].get('prompt_tokens_mean', '?')} tokens on average with 8–32 "
                     f"new tokens each (`template_jobs`), cache "
-                    f"off vs on, fastest of {len(pc['throughput_ratio_by_pair'])} alternating runs: "
+                    f"off vs on, {len(pc['throughput_ratio_by_pair'])} alternating runs each (fastest run's figures, median of "
+                    f"the pairs' ratios): "
                     f"{pc['off']['tokens_per_s']} vs {pc['on']['tokens_per_s']} tokens/s = "
                     f"**{pc['throughput_ratio']}×**, median latency {pc['off']['latency_p50_ms']} vs "
                     f"{pc['on']['latency_p50_ms']} ms (pairs: {pc['throughput_ratio_by_pair']}); prefill calls "
@@ -153,7 +155,8 @@ def render(results: dict[str, Any], pngs: list[Path]) -> str:
         if "lanes" in c:
             ln = c["lanes"]
             out += [f"The same comparison with {ln['lanes']} lanes (each policy per lane, the 32 slots split "
-                    f"between lanes): continuous {ln['continuous']['tokens_per_s']} vs static "
+                    f"between lanes; fastest runs, and the medians of the pairs' ratios): continuous "
+                    f"{ln['continuous']['tokens_per_s']} vs static "
                     f"{ln['static']['tokens_per_s']} tokens/s = **{ln['throughput_ratio']}×**, short-job median "
                     f"latency {ln['continuous']['short_latency_p50_ms']} vs {ln['static']['short_latency_p50_ms']} ms "
                     f"= **{ln['short_latency_ratio']}** (pairs: {ln['throughput_ratio_by_pair']}; "

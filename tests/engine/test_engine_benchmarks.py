@@ -31,3 +31,14 @@ def test_image_host_ceiling_times_the_engine_around_a_free_forward(models: dict[
     out = image_host_ceiling(models["image"], small=1, large=8, images=16)
     assert out["small"]["images"] == 64 and out["large"]["images"] == 16  # every job succeeded
     assert out["large"]["images_per_s"] > 0 and out["ratio"] > 0
+
+
+def test_policy_ratios_are_the_medians_of_the_side_by_side_pairs(models: dict[str, Any]) -> None:
+    import statistics
+
+    out = compare_policies(models["text"], repeats=3, jobs=12, slots=4, min_new=2, max_new=12)
+    assert len(out["throughput_ratio_by_pair"]) == len(out["short_latency_ratio_by_pair"]) == 3
+    assert out["throughput_ratio"] == statistics.median(out["throughput_ratio_by_pair"])
+    assert out["short_latency_ratio"] == statistics.median(out["short_latency_ratio_by_pair"])
+    # The table's absolute figures are each policy's fastest run.
+    assert out["static"]["wall_s"] == min(out["static"]["runs_wall_s"])
