@@ -12,7 +12,8 @@ drawn at submit time, so batching never changes an image.
 Batching pays most on GPUs, where a forward of 64 costs about as much as one. On CPU, onnxruntime's
 ConvTranspose runs image by image, so a batch pays through the per-core split of the runner (ort_image.py:
 one single-threaded sub-batch per core) and through the per-call costs it shares; encoding does not batch,
-so PNG is written by png.py (~11 us per 32x32 image, against ~90 us through Pillow) and Pillow keeps WebP.
+so PNG is written by png.py (~27 us of CPU per 32x32 digit, against ~45 us through Pillow) and Pillow keeps
+WebP.
 
 Truncation trick (``truncation`` t in (0, 1], 1 = none): z ~ N(0, I) is scaled by t (the "psi" form of
 truncation towards the prior's mean, 0 for DCGAN). Chosen over resampling components beyond a threshold
