@@ -33,18 +33,23 @@ def text_flags(texts: list[str], blocklist: tuple[str, ...] = DEFAULT_BLOCKLIST)
     return flags
 
 
-def image_flags(images: list[bytes]) -> list[dict[str, Any]]:
+BLANK_STD = 4.0  # grey-level standard deviation below which an image counts as blank
+
+
+def decoded_luma_std(data: bytes) -> float:
+    """The grey-level standard deviation of an encoded image, for images whose engine did not report it."""
     import numpy as np
     from PIL import Image
 
+    return float(np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32).std())
+
+
+def image_flags(luma_stds: list[float]) -> list[dict[str, Any]]:
+    """Flags of one job's images from each image's grey-level standard deviation (``luma_std``)."""
     flags: list[dict[str, Any]] = []
-    blank = 0
-    for data in images:
-        arr = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32)
-        if float(arr.std()) < 4.0:  # a near-uniform image: the generator collapsed
-            blank += 1
+    blank = sum(1 for s in luma_stds if s < BLANK_STD)  # a near-uniform image: the generator collapsed
     if blank:
-        flags.append({"rule": "blank_image", "score": round(blank / len(images), 3)})
+        flags.append({"rule": "blank_image", "score": round(blank / len(luma_stds), 3)})
     return flags
 
 

@@ -46,6 +46,21 @@ from genqueue_worker.engine.types import EncodedImage, ErrorCode, ImageRequest, 
 log = logging.getLogger("genqueue.worker.engine")
 
 
+def luma_std(pixels: np.ndarray) -> np.ndarray:
+    """Per image, the standard deviation of its grey levels: float64 [B] for uint8 pixels [B,H,W,C].
+
+    Grey levels are Pillow's "L" conversion (ITU-R 601-2 luma in 16-bit fixed point, rounded; alpha is
+    ignored), so the value equals what the pre-screen would get by decoding the file, at a fraction of a
+    microsecond per image for a whole forward instead of ~45 us per image through Pillow.
+    """
+    if pixels.shape[3] == 1:
+        grey = pixels[..., 0].astype(np.float32)
+    else:
+        rgb = pixels[..., :3].astype(np.uint32)
+        grey = ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.float32)
+    return grey.reshape(grey.shape[0], -1).std(axis=1, dtype=np.float64)
+
+
 def _usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS reports it)."""
     affinity = getattr(os, "sched_getaffinity", None)
@@ -78,6 +93,7 @@ class _ImageJob:
     labels: np.ndarray | None  # int64 [N] for conditional models
     submitted: float  # perf_counter at submit
     pixels: list[np.ndarray | None] = field(default_factory=list)  # uint8 [H,W,C] per image once generated
+    stds: list[float] = field(default_factory=list)  # luma_std per image, beside pixels
     chunks_left: int = 0  # chunks not generated yet
     in_flight: int = 0  # chunks inside the running forward
     admitted: float = 0.0  # perf_counter when its first forward began
@@ -241,6 +257,7 @@ class ImageEngine(EngineThread):
         if self.info.num_classes:
             job.labels = np.full(p.num_images, int(p.class_label or 0), np.int64)
         job.pixels = [None] * p.num_images
+        job.stds = [0.0] * p.num_images
         return job
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -333,18 +350,21 @@ class ImageEngine(EngineThread):
                         last = e2
                 else:
                     failed[id(c.job)] = f"the runner failed on this job {self.config.max_attempts} times alone: {last}"
-        # id(chunk) -> (uint8 images [count,H,W,C], all finite). After a whole forward, one conversion and one
-        # finiteness check serve the batch: per chunk they cost ~6 numpy calls for what is usually one image.
-        outputs: dict[int, tuple[np.ndarray, bool]] = {}
+        # id(chunk) -> (uint8 images [count,H,W,C], all finite, luma_std per image). After a whole forward, one
+        # conversion, one finiteness check and one std serve the batch: per chunk they cost ~6 numpy calls
+        # for what is usually one image.
+        outputs: dict[int, tuple[np.ndarray, bool, list[float]]] = {}
         if images is not None:
             finite = np.isfinite(images.reshape(size, -1)).all(axis=1).tolist()  # [B]
             pixels = self._to_uint8(images)
+            stds = luma_std(pixels).tolist()
             off = 0
             for c in batch:
-                outputs[id(c)] = (pixels[off : off + c.count], all(finite[off : off + c.count]))
+                outputs[id(c)] = (pixels[off : off + c.count], all(finite[off : off + c.count]), stds[off : off + c.count])
                 off += c.count
         for key, imgs in raw.items():
-            outputs[key] = (self._to_uint8(imgs), bool(np.isfinite(imgs).all()))
+            px = self._to_uint8(imgs)
+            outputs[key] = (px, bool(np.isfinite(imgs).all()), luma_std(px).tolist())
         finished: list[_ImageJob] = []  # jobs whose last chunk this forward made, for the encoder pool
         with self._cond:
             for c in batch:
@@ -361,13 +381,14 @@ class ImageEngine(EngineThread):
                         self._drop_queued(job)
                         self._settle(job, JobResult(job.request.job_id, "canceled", metrics=self._metrics(job)))
                     continue
-                pixels, ok = outputs[id(c)]
+                pixels, ok, chunk_stds = outputs[id(c)]
                 if not ok:
                     self._drop_queued(job)
                     self._finish_failed(job, ErrorCode.nan_output, "the model produced NaN/Inf pixels for this job")
                     continue
                 for i in range(c.count):
                     job.pixels[c.start + i] = pixels[i]
+                    job.stds[c.start + i] = chunk_stds[i]
                 self.images_generated += c.count
                 job.chunks_left -= 1
                 if job.chunks_left == 0:
@@ -427,7 +448,12 @@ class ImageEngine(EngineThread):
     def _encode_and_resolve(self, job: _ImageJob) -> None:
         fmt = job.request.params.format
         try:
-            encoded = [self._encode_one(p, fmt) for p in job.pixels if p is not None]
+            encoded = []
+            for pixels, std in zip(job.pixels, job.stds, strict=True):
+                if pixels is not None:
+                    image = self._encode_one(pixels, fmt)
+                    image.luma_std = std
+                    encoded.append(image)
         except Exception as e:
             with self._cond:
                 self._finish_failed(job, ErrorCode.postprocess_error, f"encoding failed: {e}")

@@ -69,6 +69,9 @@ class EncodedImage:
     width: int
     height: int
     format: str  # "png" | "webp"
+    # Standard deviation of the image's grey levels (Pillow's "L" conversion of the pixels before encoding),
+    # for the pre-screen's blank-image rule; None where the engine did not compute it.
+    luma_std: float | None = None
 
 
 @dataclass
