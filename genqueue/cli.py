@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ def _settings(args: argparse.Namespace) -> Any:
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = Path(args.data_dir)
     return Settings(**overrides)
+
+
+_DONE = frozenset({"succeeded", "failed", "canceled"})  # the client's TERMINAL, without importing httpx here
 
 
 def _fail(msg: str) -> int:
@@ -138,26 +142,47 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _fail(f"--input is not valid JSON: {e}")
     if args.prompt is not None:
         inp["prompt"] = args.prompt
+    if args.wait < 0:
+        return _fail("--wait must be >= 0 seconds")
     with _client(args) as c:
+        deadline = time.monotonic() + args.wait
         try:
             job = c.submit(args.model, inp, priority=args.priority, review=args.review, wait=args.wait)
-            if args.wait and job["status"] not in ("succeeded", "failed", "canceled"):
-                job = c.wait(job["id"], timeout=600)
+            if args.wait:
+                job = _wait_until(c, job, deadline)
         except GenqueueError as e:
             return _fail(f"{e.code}: {e.message}")
     print(json.dumps(job, indent=2))
+    if args.wait and job["status"] not in _DONE:
+        # Accepted and kept (the JSON above has its id), but not finished in time: say so in the exit status.
+        return _fail(f"job {job['id']} is still {job['status']} after {args.wait}s; `genqueue get {job['id']}` shows it later")
     return 0
+
+
+def _wait_until(c: Any, job: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """The job once it ends, or as it stands at ``deadline`` (server-side long polls in between)."""
+    left = deadline - time.monotonic()
+    if job["status"] in _DONE or left <= 0:
+        return job
+    try:
+        return c.wait(job["id"], timeout=left)  # type: ignore[no-any-return]
+    except TimeoutError:
+        return c.get(job["id"])  # type: ignore[no-any-return]
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     from genqueue.client import GenqueueError
 
+    if args.wait < 0:
+        return _fail("--wait must be >= 0 seconds")
     with _client(args) as c:
         try:
-            job = c.wait(args.job_id) if args.wait else c.get(args.job_id)
+            job = _wait_until(c, c.get(args.job_id), time.monotonic() + args.wait)
         except GenqueueError as e:
             return _fail(f"{e.code}: {e.message}")
     print(json.dumps(job, indent=2))
+    if args.wait and job["status"] not in _DONE:
+        return _fail(f"job {job['id']} is still {job['status']} after {args.wait}s")
     return 0
 
 
@@ -220,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--wait", type=int, default=0, help="wait up to N seconds for the result")
         else:
             sp.add_argument("job_id")
-            sp.add_argument("--wait", action="store_true")
+            sp.add_argument("--wait", type=int, nargs="?", const=120, default=0,
+                            help="wait up to N seconds (120 when N is left out) for the job to end")
         sp.set_defaults(func=fn)
 
     sub.add_parser("export", help="export PyTorch models to ONNX model folders (see `genqueue export -h`)",

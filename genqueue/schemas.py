@@ -18,6 +18,21 @@ WebhookEvent = Literal["completed", "review"]
 DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "review")
 
 
+def _no_nul(value: Any) -> None:
+    """Refuse U+0000 anywhere in a value (dict keys included): PostgreSQL cannot store it in text or JSONB,
+    so it is refused at the door on every backend instead of failing the INSERT."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain the NUL character (U+0000)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k)
+            _no_nul(v)
+    elif isinstance(value, list):
+        for v in value:
+            _no_nul(v)
+
+
 class TextInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -31,6 +46,12 @@ class TextInput(BaseModel):
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # chosen and recorded when missing
     n: int = Field(default=1, ge=1, le=16)
+
+    @field_validator("prompt", "stop")
+    @classmethod
+    def _storable(cls, v: Any) -> Any:
+        _no_nul(v)
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -64,6 +85,12 @@ class JobCreate(BaseModel):
     webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS))
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("metadata", "webhook")
+    @classmethod
+    def _storable(cls, v: Any) -> Any:
+        _no_nul(v)
+        return v
+
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +101,12 @@ class JobCreate(BaseModel):
 
 class BulkItem(JobCreate):
     idempotency_key: str | None = Field(default=None, max_length=255)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _storable_key(cls, v: str | None) -> str | None:
+        _no_nul(v)
+        return v
 
 
 class BulkCreate(BaseModel):

@@ -79,12 +79,14 @@ class Grouper(Generic[T, R]):
                 try:
                     results = self._run_batch(items)
                     break
-                except Exception as e:  # a DB blip: retry the batch, then fail its items
+                except Exception as e:  # a DB blip: retry the batch
                     if attempt == self._retries:
-                        log.exception("%s: batch of %d failed", self.name, len(items))
-                        for _, fut in batch:
-                            fut.set_exception(e)
                         results = None
+                        if len(batch) == 1:
+                            log.exception("%s: an item failed", self.name)
+                            batch[0][1].set_exception(e)
+                        else:
+                            self._one_by_one(batch, e)
                         break
                     log.warning("%s: batch failed (%s), retrying", self.name, e)
                     time.sleep(0.2 * (attempt + 1))
@@ -93,3 +95,14 @@ class Grouper(Generic[T, R]):
                     fut.set_result(res)
             self.batches += 1
             self.items += len(batch)
+
+    def _one_by_one(self, batch: list[tuple[T, Future[R]]], error: Exception) -> None:
+        """A batch kept failing: run each item alone, so that an item the store refuses (a value PostgreSQL
+        cannot hold, say) fails by itself and its neighbours go through."""
+        log.warning("%s: batch of %d kept failing (%s); running its items one by one", self.name, len(batch), error)
+        for item, fut in batch:
+            try:
+                fut.set_result(self._run_batch([item])[0])
+            except Exception as e:
+                log.exception("%s: an item failed", self.name)
+                fut.set_exception(e)

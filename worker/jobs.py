@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+from sqlalchemy.exc import DataError
+
 from genqueue.db.models import utcnow
 from genqueue.enums import ReviewStatus
 from genqueue_worker import metrics, prescreen, service
@@ -108,5 +110,13 @@ def _record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queu
         ]
     job_metrics["prescreen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
     review: ReviewStatus = prescreen.review_status(claimed.review_policy, rt.settings.review_auto_policy, flags)
-    ok = rt.writer.submit(service.Success(job_id, output, job_metrics, images, review, flags)).result()
+    try:
+        ok = rt.writer.submit(service.Success(job_id, output, job_metrics, images, review, flags)).result()
+    except DataError as e:
+        # The store refused a value in this output. Running the job again would give the same output (it is
+        # seeded), so it fails now instead of coming back until its attempts run out.
+        log.warning("job %s: the store refused its output: %s", job_id, e.orig)
+        message = f"the output could not be stored: {str(e.orig).splitlines()[0]}"
+        rt.writer.submit(service.Failure(job_id, ErrorCode.postprocess_error.value, message, job_metrics)).result()
+        return f"failed:{ErrorCode.postprocess_error.value}"
     return "succeeded" if ok else "dropped:not_owner"

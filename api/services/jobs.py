@@ -235,8 +235,9 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
 def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]) -> list[JobOut | ErrorResponse]:
     """Each item succeeds or fails alone; valid rows go in with one INSERT and out in one pipeline."""
     results: list[JobOut | ErrorResponse | None] = [None] * len(items)
-    keys = [it.get("idempotency_key") for it in items if isinstance(it, dict) and it.get("idempotency_key")]
-    existing = store.by_idempotency_keys(session, key.id, [str(k) for k in keys])
+    keys = [str(it["idempotency_key"]) for it in items if isinstance(it, dict) and it.get("idempotency_key")]
+    # A key with U+0000 cannot even be looked up on PostgreSQL; the item's own validation refuses it below.
+    existing = store.by_idempotency_keys(session, key.id, [k for k in keys if "\x00" not in k])
     prepared: list[tuple[int, Prepared]] = []
     seen_keys: dict[str, int] = {}
     for i, item in enumerate(items):

@@ -179,6 +179,13 @@ def test_stop_string_across_token_boundaries(byte_tokenizer: Any) -> None:
     assert res.output == {"texts": ["Hello world"], "finish_reasons": ["stop"]}
 
 
+def test_a_nul_byte_in_the_output_becomes_the_replacement_character(byte_tokenizer: Any) -> None:
+    # PostgreSQL stores no U+0000 in text or JSONB; an output holding one could never be written.
+    runner = FakeTextRunner(next_token=scripted("ab\x00c"))
+    res = engine(byte_tokenizer, runner=runner).run_all([TextRequest("a", "p", TextParams(max_new_tokens=9, temperature=0))])[0]
+    assert res.output == {"texts": ["ab\ufffdc"], "finish_reasons": ["eos"]}
+
+
 def test_eos_ends_the_job_and_is_not_in_the_text(byte_tokenizer: Any) -> None:
     runner = FakeTextRunner(next_token=scripted("ok"))
     res = engine(byte_tokenizer, runner=runner).run_all([TextRequest("a", "p", TextParams(max_new_tokens=50, temperature=0))])[0]

@@ -136,6 +136,16 @@ def test_bad_inputs(running) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(GenqueueError) as e:
         c.submit("tiny-lm", {"prompt": "x", "stop": [f"s{i}" for i in range(9)]})
     assert e.value.status == 422 and e.value.details[0]["field"] == "input.stop"
+    # PostgreSQL stores no U+0000: refused with 422 on every backend, and in a bulk request that item alone.
+    for inp, extra, field in [({"prompt": "a\x00b"}, {}, "input.prompt"), ({"prompt": "x", "stop": ["\x00"]}, {}, "input.stop"),
+                              ({"prompt": "x"}, {"metadata": {"k\x00": 1}}, "metadata")]:
+        with pytest.raises(GenqueueError) as e:
+            c.submit("tiny-lm", inp, **extra)
+        assert e.value.status == 422 and e.value.details[0]["field"] == field, e.value.details
+        assert "NUL" in e.value.details[0]["message"]
+    items = c.submit_bulk([{"model": "tiny-lm", "input": {"prompt": "ok", "max_new_tokens": 2}},
+                           {"model": "tiny-lm", "input": {"prompt": "x"}, "idempotency_key": "k\x00"}])
+    assert "id" in items[0] and items[1]["error"]["code"] == "validation_error"
     # An empty prompt is allowed: generation starts from BOS.
     empty = c.submit("tiny-lm", {"prompt": "", "max_new_tokens": 4, "seed": 1}, wait=30)
     assert c.wait(empty["id"], timeout=60)["status"] == "succeeded"

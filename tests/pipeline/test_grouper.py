@@ -69,3 +69,25 @@ def test_a_failing_batch_is_retried_then_fails_its_items() -> None:
         assert broken.batches == []
     finally:
         g2.close()
+
+
+def test_an_item_the_store_refuses_fails_alone_and_its_neighbours_are_written() -> None:
+    written: list[list[int]] = []
+
+    def write(items: Sequence[int]) -> list[int]:
+        if 13 in items:  # one transaction for all: one refused value rolls the whole batch back
+            raise ValueError("unsupported Unicode escape sequence")
+        written.append(list(items))
+        return [i * 10 for i in items]
+
+    busy = threading.Event()
+    busy.set()
+    g: Grouper[int, int] = Grouper("t", write, linger_s=0.5, linger_if=busy.is_set, max_batch=3, retries=1)
+    try:
+        futs = [g.submit(i) for i in (12, 13, 14)]
+        assert futs[0].result(timeout=10) == 120 and futs[2].result(timeout=10) == 140
+        with pytest.raises(ValueError, match="unsupported Unicode"):
+            futs[1].result(timeout=10)
+        assert written == [[12], [14]]  # the batch failed twice, then each item ran alone
+    finally:
+        g.close()

@@ -617,7 +617,9 @@ class TextEngine(EngineThread):
                 ended[sid] = FinishReason.stop
 
     def _decode_text(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+        # A byte-level vocabulary can emit the NUL byte, which PostgreSQL cannot store in text or JSONB: it
+        # becomes U+FFFD (the replacement character) on every backend, so that outputs do not differ by store.
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True)).replace("\x00", "\ufffd")
 
     # -- results -------------------------------------------------------------------------------------------
     def _fail(self, job: _Job, code: ErrorCode, message: str) -> None:
