@@ -179,6 +179,19 @@ def test_stop_string_across_token_boundaries(byte_tokenizer: Any) -> None:
     assert res.output == {"texts": ["Hello world"], "finish_reasons": ["stop"]}
 
 
+def test_stop_string_of_characters_split_over_several_tokens(byte_tokenizer: Any) -> None:
+    runner = FakeTextRunner(next_token=scripted("añ€!x😀y"))  # one token per byte
+    res = engine(byte_tokenizer, runner=runner).run_all(
+        [TextRequest("a", "p", TextParams(max_new_tokens=40, temperature=0, stop=("€!", "nope")))]
+    )[0]
+    assert res.output == {"texts": ["añ"], "finish_reasons": ["stop"]}
+    assert res.metrics["tokens"] == len("añ€!".encode())  # it ended on the token that completed the stop string
+    res = engine(byte_tokenizer, runner=FakeTextRunner(next_token=scripted("añ€!x😀y"))).run_all(
+        [TextRequest("b", "p", TextParams(max_new_tokens=40, temperature=0, stop=("😀",)))]
+    )[0]
+    assert res.output == {"texts": ["añ€!x"], "finish_reasons": ["stop"]}
+
+
 def test_a_nul_byte_in_the_output_becomes_the_replacement_character(byte_tokenizer: Any) -> None:
     # PostgreSQL stores no U+0000 in text or JSONB; an output holding one could never be written.
     runner = FakeTextRunner(next_token=scripted("ab\x00c"))

@@ -28,6 +28,7 @@ import numpy as np
 
 from genqueue.registry import ModelEntry
 from genqueue_worker.engine.base import EngineThread
+from genqueue_worker.engine.detok import IncrementalText
 from genqueue_worker.engine.kv_append import AppendKVCache
 from genqueue_worker.engine.kv_cache import HostKVCache, KVBlock, KVCache, prefill_inputs
 from genqueue_worker.engine.kv_ragged import RaggedKVCache
@@ -68,6 +69,12 @@ class TextEngineConfig:
     prompt_cache_mb: float = 32.0
 
 
+def _storable(text: str) -> str:
+    # A byte-level vocabulary can emit the NUL byte, which PostgreSQL cannot store in text or JSONB: it
+    # becomes U+FFFD (the replacement character) on every backend, so that outputs do not differ by store.
+    return text.replace("\x00", "\ufffd")
+
+
 @dataclass(eq=False)
 class _Job:
     """Engine-side state of one text job (owned by the loop thread once submitted)."""
@@ -78,6 +85,7 @@ class _Job:
     group: SequenceGroup  # the scheduler's view of the job
     states: list[SamplingState]  # one per candidate
     stops: list[StopMatcher]  # one per candidate
+    texts: list[IncrementalText]  # one per candidate: its text so far, kept only for stop strings
     cut_texts: dict[int, str] = field(default_factory=dict)  # candidate -> text cut before its stop string
     submitted: float = 0.0  # perf_counter at submit
     admitted: float = 0.0  # perf_counter when its prefill step began
@@ -239,7 +247,7 @@ class TextEngine(EngineThread):
     def _prepare(self, req: TextRequest, future: Future[JobResult]) -> _Job | None:
         """Validate and tokenize on the caller's thread; a bad job fails here without touching the batch."""
         p = req.params
-        dummy = _Job(req, future, [], SequenceGroup(req.job_id, 1, 1), [], [], submitted=time.perf_counter())
+        dummy = _Job(req, future, [], SequenceGroup(req.job_id, 1, 1), [], [], [], submitted=time.perf_counter())
         problem = validate_text_params(p)
         if problem is None and p.n > self.config.max_batch_size:
             problem = f"n={p.n} exceeds the engine's max_batch_size={self.config.max_batch_size}"
@@ -261,7 +269,8 @@ class TextEngine(EngineThread):
         group = SequenceGroup(req.job_id, len(ids), max_new, n=p.n, priority=req.priority, eos_token_id=eos)
         states = [SamplingState.create(p, i, ids, self.info.vocab_size) for i in range(p.n)]
         stops = [StopMatcher(p.stop) for _ in range(p.n)]
-        return _Job(req, future, ids, group, states, stops, submitted=dummy.submitted)
+        texts = [IncrementalText(self._decode_raw, _storable) for _ in range(p.n)] if p.stop else []
+        return _Job(req, future, ids, group, states, stops, texts, submitted=dummy.submitted)
 
     # -- the loop ----------------------------------------------------------------------------------------
     def _warmup(self) -> None:
@@ -605,21 +614,22 @@ class TextEngine(EngineThread):
             matcher = job.stops[i]
             if not matcher.stops or (tok == eos and not job.request.params.ignore_eos):
                 continue
-            seq = job.group.seqs[i]
+            text = job.texts[i]
             try:
-                text = self._decode_text([*seq.output_token_ids, tok])
+                grew = text.add(job.group.seqs[i].output_token_ids, tok)
             except Exception as e:
                 self._fail(job, ErrorCode.postprocess_error, f"detokenizing failed: {e}")
                 continue
-            cut = matcher.find(text)
+            cut = matcher.find(text.text) if grew else -1
             if cut >= 0:
-                job.cut_texts[i] = text[:cut]
+                job.cut_texts[i] = text.text[:cut]
                 ended[sid] = FinishReason.stop
 
+    def _decode_raw(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
     def _decode_text(self, ids: list[int]) -> str:
-        # A byte-level vocabulary can emit the NUL byte, which PostgreSQL cannot store in text or JSONB: it
-        # becomes U+FFFD (the replacement character) on every backend, so that outputs do not differ by store.
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True)).replace("\x00", "\ufffd")
+        return _storable(self._decode_raw(ids))
 
     # -- results -------------------------------------------------------------------------------------------
     def _fail(self, job: _Job, code: ErrorCode, message: str) -> None:
