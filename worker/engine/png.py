@@ -44,8 +44,9 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     rows = np.empty((h, w * c + 1), np.uint8)
     # Filter type 2 (Up) on every scanline: each byte minus the byte above it, modulo 256 (uint8 wraps), the
     # first row against zeros. Generated images are smooth, so the differences are small numbers that
-    # deflate codes in fewer bits and less time than the raw bytes. It is also the filter Pillow uses at
-    # compress level 1, and the files come out the same size as Pillow's.
+    # deflate codes in fewer bits and less time than the raw bytes (952 bytes without a filter on the
+    # built-in digits, 825 with it). One subtraction for the whole image: choosing a filter per row, as
+    # Pillow does, would cost a numpy pass per row and candidate for the last ~7%.
     rows[:, 0] = 2
     rows[0, 1:] = flat[0]
     np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])
