@@ -18,19 +18,30 @@ WebhookEvent = Literal["completed", "review"]
 DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "review")
 
 
-def _no_nul(value: Any) -> None:
-    """Refuse U+0000 anywhere in a value (dict keys included): PostgreSQL cannot store it in text or JSONB,
-    so it is refused at the door on every backend instead of failing the INSERT."""
+MAX_METADATA_DEPTH = 32
+
+
+def _no_nul(value: Any, depth: int = 0) -> None:
+    """Refuse text a SQL store cannot hold, anywhere in a value (dict keys included): U+0000, which PostgreSQL
+    stores in neither text nor JSONB, and lone surrogates (JSON's "\\ud800"), which are not UTF-8 at all. Both
+    are refused at the door on every backend instead of failing the INSERT or the answer. Nesting is capped
+    too: the answer has to serialize what was stored."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"nested more than {MAX_METADATA_DEPTH} levels deep")
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("must not contain the NUL character (U+0000)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must not contain lone UTF-16 surrogates (not valid Unicode text)") from None
     elif isinstance(value, dict):
         for k, v in value.items():
-            _no_nul(k)
-            _no_nul(v)
+            _no_nul(k, depth + 1)
+            _no_nul(v, depth + 1)
     elif isinstance(value, list):
         for v in value:
-            _no_nul(v)
+            _no_nul(v, depth + 1)
 
 
 class TextInput(BaseModel):
@@ -100,7 +111,7 @@ class JobCreate(BaseModel):
 
 
 class BulkItem(JobCreate):
-    idempotency_key: str | None = Field(default=None, max_length=255)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
 
     @field_validator("idempotency_key")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from typing import Annotated, Any
 
@@ -20,18 +21,44 @@ from genqueue_api.services import jobs as service
 from genqueue_api.store import jobs as store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-_WAIT_RE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)")
+_WAIT_RE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})")  # capped anyway: a 5000-digit int() raises
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is beyond the float range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        # NaN and Infinity are Python's extensions, not JSON: PostgreSQL's JSONB refuses them, SQLite turns
+        # them into null. Integers past 4300 digits and nesting past ~1000 levels raise ValueError and
+        # RecursionError rather than JSONDecodeError.
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except json.JSONDecodeError:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    except (ValueError, RecursionError) as e:
+        reason = str(e) if isinstance(e, ValueError) and not isinstance(e, UnicodeDecodeError) else "nested too deeply"
+        if isinstance(e, UnicodeDecodeError):
+            reason = "not UTF-8"
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {reason[:200]}") from None
+
+
+def _job_id(job_id: str) -> str:
+    """A job id from the path; one with U+0000 cannot be looked up on PostgreSQL, and no job has one."""
+    if "\x00" in job_id:
+        raise not_found()
+    return job_id
 
 
 def _prefer_wait(prefer: str | None, cap: int) -> float:
@@ -45,11 +72,18 @@ def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(str(seq).encode()).decode().rstrip("=")
 
 
+_CURSOR_RE = re.compile(r"[0-9]{1,19}")
+
+
 def decode_cursor(cursor: str) -> int:
     try:
-        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except Exception:
-        raise ApiError(422, "validation_error", "invalid cursor", [{"field": "cursor", "message": "not a cursor from this API"}]) from None
+        text = ""
+    # Only what encode_cursor writes: ASCII digits of a sequence number that fits the BIGINT column.
+    if not _CURSOR_RE.fullmatch(text) or int(text) >= 2**63:
+        raise ApiError(422, "validation_error", "invalid cursor", [{"field": "cursor", "message": "not a cursor from this API"}])
+    return int(text)
 
 
 @router.post("", status_code=201, response_model=JobOut, responses=_ERRORS,
@@ -58,7 +92,7 @@ async def create_job(
     request: Request,
     state: StateDep,
     key: CurrentClient,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
     prefer: Annotated[str | None, Header()] = None,
 ) -> Response:
     body = await _json_body(request)
@@ -108,6 +142,9 @@ def list_jobs(
 ) -> JobList:
     if key.role == Role.moderator.value:
         raise ApiError(403, "forbidden", "moderators use the review endpoints")
+    if model is not None and "\x00" in model:
+        raise ApiError(422, "validation_error", "invalid request: model",
+                       [{"field": "model", "message": "must not contain the NUL character (U+0000)"}])
     before = decode_cursor(cursor) if cursor else None
     rows = store.list_jobs(session, None if key.role == Role.admin.value else key.id,
                            status=status.value if status else None, review=review.value if review else None,
@@ -124,7 +161,7 @@ async def get_job(job_id: str, state: StateDep, key: CurrentKey,
     """``Prefer: wait=N`` (an extension of API.md) holds the answer until the job ends, as on submit."""
     if key.role == Role.moderator.value:
         raise not_found()
-    job = await run_in_threadpool(service.reload, state, key, job_id)
+    job = await run_in_threadpool(service.reload, state, key, _job_id(job_id))
     wait = _prefer_wait(prefer, state.settings.max_wait_seconds)
     headers = {}
     if wait > 0:
@@ -135,7 +172,7 @@ async def get_job(job_id: str, state: StateDep, key: CurrentKey,
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=_ERRORS)
 def cancel_job(job_id: str, session: SessionDep, key: CurrentClient) -> JobOut:
-    return service.cancel_job(session, key, job_id)
+    return service.cancel_job(session, key, _job_id(job_id))
 
 
 _CONTENT_TYPES = {"png": "image/png", "webp": "image/webp"}
@@ -144,10 +181,10 @@ _CONTENT_TYPES = {"png": "image/png", "webp": "image/webp"}
 @router.get("/{job_id}/images/{n}", responses={200: {"content": {"image/png": {}, "image/webp": {}}}, **_ERRORS})
 def get_image(job_id: str, n: int, session: SessionDep, key: CurrentKey) -> Response:
     owner = None if key.role in (Role.admin.value, Role.moderator.value) else key.id
-    job = store.get_owned(session, job_id, owner)
+    job = store.get_owned(session, _job_id(job_id), owner)
     if job is None:
         raise not_found()
-    img = store.image(session, job_id, n)
+    img = store.image(session, job_id, n) if 0 <= n < 2**31 else None  # past the INTEGER column: no such image
     if img is None:
         raise not_found("image")
     return Response(img.data, media_type=_CONTENT_TYPES.get(img.format, "application/octet-stream"),

@@ -199,6 +199,12 @@ def publish_rows(state: AppState, session: Session, rows: list[dict[str, Any]]) 
 def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
                idempotency_key: str | None) -> tuple[JobOut, bool]:
     """Returns (job, created). A replay of the same key and body returns the original job."""
+    if isinstance(body, dict) and "idempotency_key" in body:
+        # Only bulk items carry the key in the body; here the body would be hashed with it on a replay and
+        # without it on the first request, and the replay would be refused as a conflict.
+        metrics.REFUSED.labels("validation_error").inc()
+        raise ApiError(422, "validation_error", "invalid request: idempotency_key",
+                       [{"field": "idempotency_key", "message": "send it as the Idempotency-Key header"}])
     if idempotency_key is not None:
         existing = store.by_idempotency_keys(session, key.id, [idempotency_key]).get(idempotency_key)
         if existing is not None:
@@ -234,7 +240,23 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
 
 def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]) -> list[JobOut | ErrorResponse]:
     """Each item succeeds or fails alone; valid rows go in with one INSERT and out in one pipeline."""
+    try:
+        results, refused = _create_bulk_once(state, session, key, items)
+    except IntegrityError:
+        # A concurrent request stored one of these idempotency keys between the look-up and the INSERT, which
+        # rolled back as a whole: look the keys up again, so that those items become replays (or conflicts)
+        # and the others go in.
+        session.rollback()
+        results, refused = _create_bulk_once(state, session, key, items)
+    for code in refused:
+        metrics.REFUSED.labels(code).inc()
+    return results
+
+
+def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
+                      items: list[Any]) -> tuple[list[JobOut | ErrorResponse], list[str]]:
     results: list[JobOut | ErrorResponse | None] = [None] * len(items)
+    refused: list[str] = []
     keys = [str(it["idempotency_key"]) for it in items if isinstance(it, dict) and it.get("idempotency_key")]
     # A key with U+0000 cannot even be looked up on PostgreSQL; the item's own validation refuses it below.
     existing = store.by_idempotency_keys(session, key.id, [k for k in keys if "\x00" not in k])
@@ -261,7 +283,7 @@ def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]
             prepared.append((i, prepare(state, key, item, ik)))
         except ApiError as e:
             results[i] = ErrorResponse(error=ErrorBody(code=e.code, message=e.message, details=e.details))
-            metrics.REFUSED.labels(e.code).inc()
+            refused.append(e.code)
     rows = [p.row for _, p in prepared]
     if rows:
         store.insert_jobs(session, rows)
@@ -272,7 +294,7 @@ def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]
             results[i] = out_from_row(p.row)
         for model, n in Counter(r["model"] for r in rows).items():
             metrics.SUBMITTED.labels(model).inc(n)
-    return [r for r in results if r is not None]
+    return [r for r in results if r is not None], refused
 
 
 def get_job(session: Session, key: ApiKey, job_id: str) -> JobOut:

@@ -214,6 +214,30 @@ def test_cancel_and_shutdown() -> None:
     assert late.result(1).error_code is ErrorCode.shutdown
 
 
+def test_a_forward_that_outlives_stop_still_resolves_its_jobs() -> None:
+    import threading
+
+    release = threading.Event()
+
+    class SlowRunner(FakeImageRunner):
+        def forward(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+            release.wait(10)  # still running when stop() stops waiting for the loop
+            return super().forward(z, labels)
+
+        def close(self) -> None:  # like OrtImageRunner.close(): the forward in flight ends while it runs
+            release.set()
+            time.sleep(0.3)
+
+    eng = engine(SlowRunner(), max_batch_size=4, max_queue_delay_ms=0, encode_threads=1, warmup=False)
+    eng.start()
+    fut = eng.submit(ImageRequest("j1", ImageParams(seed=1, class_label=0)))
+    time.sleep(0.2)  # j1 is inside its forward
+    eng.stop(drain=True, timeout=0.1)
+    res = fut.result(timeout=5)  # resolved: the glue gives a shutdown job back instead of hanging on it
+    assert res.status == "failed" and res.error_code is ErrorCode.shutdown
+    assert not eng._jobs
+
+
 def test_real_generator_alone_vs_batched(models: dict[str, Any]) -> None:
     from genqueue_worker.engine import load_engine
 

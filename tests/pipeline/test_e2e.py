@@ -255,3 +255,60 @@ def test_get_long_polls_until_the_job_ends(running) -> None:  # type: ignore[no-
     other = httpx.get(f"{running.stack.base_url}/v1/jobs/{job['id']}", timeout=10,
                       headers={"Authorization": f"Bearer {running.keys['other']}", "Prefer": "wait=5"})
     assert other.status_code == 404  # waiting does not leak someone else's job
+
+
+def test_input_a_store_cannot_hold_is_refused_and_nothing_half_done(running) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    import concurrent.futures
+    import uuid
+
+    base, auth = running.stack.base_url, {"Authorization": f"Bearer {running.keys['client']}"}
+    hj = {**auth, "Content-Type": "application/json"}
+
+    def post(body: str | bytes, path: str = "/v1/jobs", **headers: str) -> httpx.Response:
+        return httpx.post(base + path, content=body, headers={**hj, **headers}, timeout=30)
+
+    good = '{"model": "tiny-lm", "input": {"prompt": "x", "max_new_tokens": 2}'
+    before = len(running.client.list_jobs(limit=1000)["data"])
+    # Not JSON (NaN, Infinity, floats past the range, 5000-digit integers, nesting past the parser's limit).
+    for extra in ['"metadata": {"a": NaN}', '"metadata": {"a": -Infinity}', '"metadata": {"a": 1e309}',
+                  '"metadata": {"a": ' + "1" * 5000 + "}", '"metadata": {"a": ' + "[" * 3000 + "]" * 3000 + "}"]:
+        r = post(good + ", " + extra + "}")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", (extra[:40], r.text[:200])
+    # JSON, but not text a store can hold or an answer can carry: lone surrogates, metadata nested too deep.
+    for extra, field in [('"metadata": {"a\\ud800": 1}', "metadata"), ('"metadata": {"a": ["x\\udfff"]}', "metadata"),
+                         ('"metadata": ' + '{"a": ' * 40 + "1" + "}" * 40, "metadata")]:
+        r = post(good + ", " + extra + "}")
+        assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == field, (extra[:40], r.text[:300])
+    r = post('{"model": "tiny-lm", "input": {"prompt": "x", "stop": ["\\udfff"]}}')
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "input.stop", r.text
+    # One bad item in a bulk request fails alone; the others are stored and answered.
+    r = post('{"jobs": [' + good + '}, ' + good + ', "metadata": {"a": "\\ud800"}}, ' + good + "}]}", "/v1/jobs/bulk")
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert "id" in data[0] and data[1]["error"]["code"] == "validation_error" and "id" in data[2]
+    assert len(running.client.list_jobs(limit=1000)["data"]) == before + 2  # and the list still answers
+    # Idempotency keys: empty ones are refused, and the body is not a place for one on a single POST.
+    assert post(good + "}", **{"Idempotency-Key": ""}).status_code == 422
+    r = post(good + ', "idempotency_key": "k"}')
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "idempotency_key"
+    # Concurrent bulk requests sharing a key: one job for the key, every request answered, every good item kept.
+    k = f"race-{uuid.uuid4()}"
+    body = '{"jobs": [' + good + ', "idempotency_key": "' + k + '"}, ' + good + "}]}"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post(body, "/v1/jobs/bulk"), range(8)))
+    assert all(a.status_code == 200 for a in answers), [a.text[:200] for a in answers if a.status_code != 200]
+    assert len({a.json()["data"][0]["id"] for a in answers}) == 1 and all("id" in a.json()["data"][1] for a in answers)
+    # Paths and queries past what the columns hold, or with U+0000: 404 / 422, not 500.
+    job = running.client.submit("tiny-lm", {"prompt": "x", "max_new_tokens": 2}, wait=30)
+    for n in (2**31, 2**63, 10**30):
+        assert httpx.get(f"{base}/v1/jobs/{job['id']}/images/{n}", headers=auth).status_code == 404
+    for path in ("/v1/jobs/a%00b", "/v1/jobs/a%00b/images/0"):
+        assert httpx.get(base + path, headers=auth).status_code == 404
+    assert httpx.post(base + "/v1/jobs/a%00b/cancel", headers=auth).status_code == 404
+    assert httpx.get(base + "/v1/jobs?model=%00", headers=auth).status_code == 422
+    for text in ("9223372036854775808", "1" * 30, " \u0661\u0662 ", "-5"):
+        cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        assert httpx.get(f"{base}/v1/jobs?cursor={cursor}", headers=auth).status_code == 422, text
+    r = httpx.get(f"{base}/v1/jobs/{job['id']}", headers={**auth, "Prefer": "wait=" + "9" * 5000}, timeout=90)
+    assert r.status_code == 200

@@ -214,9 +214,10 @@ class ImageEngine(EngineThread):
         if close is not None:
             close()
         with self._cond:
+            # The pool has run every encoding task it was given, so a job still here gets no result unless it
+            # gets one now: one not generated yet, or one a forward that outlived the waits above finished.
             for job in list(self._jobs.values()):
-                if not job.done:
-                    self._finish_failed(job, ErrorCode.shutdown, "the worker stopped before the job finished")
+                self._finish_failed(job, ErrorCode.shutdown, "the worker stopped before the job finished")
 
     def run_all(self, requests: Iterable[ImageRequest]) -> list[JobResult]:
         """Synchronous in-process API (benchmarks, tests): every request to completion in this thread."""
@@ -399,7 +400,13 @@ class ImageEngine(EngineThread):
         # when every job had its own (bench/FINDINGS.md item 16).
         tasks = min(len(finished), self.encode_threads)
         for k in range(tasks):
-            self._pool.submit(self._encode_jobs, finished[k::tasks])
+            share = finished[k::tasks]
+            try:
+                self._pool.submit(self._encode_jobs, share)
+            except RuntimeError:  # stop() gave up waiting for this forward and shut the pool: nobody will encode
+                with self._cond:
+                    for job in share:
+                        self._finish_failed(job, ErrorCode.shutdown, "the worker stopped before the job finished")
 
     def _drop_queued(self, job: _ImageJob) -> None:
         """Remove a job's queued chunks (caller holds the lock)."""
