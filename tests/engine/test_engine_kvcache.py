@@ -210,3 +210,20 @@ def test_ragged_cache_rows_keep_their_own_lengths() -> None:
     assert np.array_equal(past[0][1, :, :3], make_block(np.random.default_rng(0), [40, 3]).arrays[0][1, :, 37:])
     cache.remove([0])  # the long row leaves: the buffer shrinks to the short row plus spare columns
     assert (cache.capacity, cache.length) == (7, 3)
+
+
+def test_an_unreserved_ragged_cache_stays_the_size_its_rows_need() -> None:
+    # Without a start-up reservation (it did not fit the KV budget): job after job of one row growing to 250
+    # positions, the buffers must not compound (they once grew ~3x per job, to gigabytes after a dozen).
+    cache = RaggedKVCache(T, H, D, np.float32, block=64)
+    rng = np.random.default_rng(0)
+    sizes = []
+    for _ in range(8):
+        cache.append(make_block(rng, [1]), [0])
+        for _ in range(250):
+            cache.step_binding()
+            cache.commit_step()
+        cache.remove([0])
+        sizes.append(cache.nbytes())
+    one_row = 2 * T * H * (250 + 64) * D * 4  # live + spare buffers of one row at its longest
+    assert sizes[-1] == sizes[1] and sizes[-1] <= 2 * one_row, sizes

@@ -62,6 +62,26 @@ def test_same_tokens_alone_in_a_batch_of_32_and_joining_midway(models: dict[str,
     assert all(r.metrics["wait_ms"] > 0 for r in joined[12:])
 
 
+def test_a_failed_decode_retried_row_by_row_keeps_every_rows_tokens(models: dict[str, Any]) -> None:
+    # On the real runner, whose logits come back in a buffer that the next call reuses.
+    reqs = [*fillers(5), *probe()]
+    clean = {r.job_id: key(r) for r in text_engine(models, max_batch_size=8).run_all(reqs)}
+    eng = text_engine(models, max_batch_size=8)
+    eng.run_all([])  # warm-up first: its decode calls are not the ones to fail
+    real_decode, calls = eng.runner.decode, [0]
+
+    def flaky(cache: Any, ids: Any) -> Any:
+        calls[0] += 1
+        if calls[0] in (3, 9):  # two batch steps fail once each; every row is then run alone
+            raise RuntimeError("injected decode failure")
+        return real_decode(cache, ids)
+
+    eng.runner.decode = flaky  # type: ignore[method-assign]
+    reserved = eng.cache.nbytes()
+    assert {r.job_id: key(r) for r in eng.run_all(reqs)} == clean
+    assert eng.stats.retries >= 2 and eng.cache.nbytes() == reserved  # rebuilt in the reserved cache
+
+
 def test_a_cached_prompt_gives_the_tokens_of_a_fresh_prefill(models: dict[str, Any]) -> None:
     alone = {r.job_id: key(text_engine(models, prompt_cache_mb=0).run_all([r])[0]) for r in probe()}
     eng = text_engine(models, max_batch_size=8)

@@ -48,6 +48,7 @@ class RaggedKVCache:
         self._cap = 0  # columns per row in the current layout
         self._lens = np.zeros(0, np.int64)
         self._reserved_cap = 0  # the layout reserve() set up; never trimmed below
+        self._row_room = 0  # rows the live buffer was sized for (relayouts keep that many at the new cap)
         self.relayouts = 0  # whole-cache copies so far; for profiling
 
     # -- shape -----------------------------------------------------------------------------------------
@@ -88,6 +89,7 @@ class RaggedKVCache:
             b.fill(0)  # touch every page now rather than inside the first steps
         self._ptrs = None
         self._cap = self._reserved_cap = cap
+        self._row_room = rows
 
     def _ensure_rows(self, rows: int) -> None:
         elems = rows * self.n_head * self._cap * self.head_dim
@@ -99,6 +101,7 @@ class RaggedKVCache:
                 new[:keep] = buf[:keep]  # rows are the outer axis: the live rows keep their offsets
                 self._bufs[t] = new
                 self._ptrs = None
+        self._row_room = max(self._row_room, rows)
 
     def _relayout(self, cap: int) -> None:
         """Re-lay every row out with ``cap`` columns, copying only each row's real columns.
@@ -110,8 +113,9 @@ class RaggedKVCache:
         reused buffer are harmless and nothing is zeroed.
         """
         per_row = self.n_head * self.head_dim
-        row_room = self._bufs[0].shape[0] // (per_row * self._cap) if self._cap else 0  # keep room for joins
-        n = max(self._rows, row_room, 1) * per_row * cap
+        # Room for as many rows as before (joins), counted in rows: a count derived from the buffer's length
+        # at the old cap grew about 3x per job once spare buffers were larger than the rows needed.
+        n = max(self._rows, self._row_room, 1) * per_row * cap
         longest = self.length
         for t in range(self.n_tensors):
             spare = self._spare[t]

@@ -464,23 +464,25 @@ class TextEngine(EngineThread):
                 except Exception as e:
                     last = e
                     continue
-                survivors.append((sid, solo, lg[0]))
+                # A copy: runners hand back a view of a buffer that their next decode call overwrites.
+                survivors.append((sid, solo, lg[0].copy()))
                 break
             else:
                 if job is not None:
                     failed_jobs[job.request.job_id] = f"the runner failed on this job {self.config.max_attempts} times alone: {last}"
-        fresh = self.runner.new_cache()
+        # Rebuilt in the engine's own cache, which keeps its start-up reservation (a fresh cache would grow
+        # and re-lay itself out during the rest of the run).
+        self.cache.clear()
         kept: list[int] = []
         rows: list[np.ndarray] = []
         for sid, solo, lg in survivors:
             job = self._seq_job.get(sid, (None, 0))[0]
             if job is not None and job.request.job_id in failed_jobs:
                 continue
-            fresh.append(solo.extract([0]), [0])
+            self.cache.append(solo.extract([0]), [0])
             kept.append(sid)
             rows.append(lg)
-        self.cache.clear()
-        self.cache, self._row_seq = fresh, kept
+        self._row_seq = kept
         for job_id, msg in failed_jobs.items():
             failed = self._jobs.get(job_id)
             if failed is not None:
