@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 PROG = "genqueue export"
 
@@ -23,6 +26,19 @@ class _Parser(argparse.ArgumentParser):
     # argparse prints usage and calls sys.exit on errors; we want one line and a return value instead.
     def error(self, message: str) -> NoReturn:
         raise _UsageError(message)
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
+        return value
+
+    return parse
 
 
 def _add_common(p: argparse.ArgumentParser, version_default: str = "1") -> None:
@@ -71,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("samples", help="write a digit grid PNG and print tiny-lm text (onnxruntime only)")
     s.add_argument("--models-dir", type=Path, default=Path("models"))
     s.add_argument("--out", type=Path, default=Path("docs/digits.png"))
-    s.add_argument("--per-class", type=int, default=8)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-class", type=_int_in(1, 64), default=8, help="digits per class (1-64)")
+    s.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0)
     s.add_argument("--prompt", action="append", help="text prompt (repeatable)")
     return parser
 
@@ -157,6 +173,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "samples":
         from genqueue_exporter.samples import write_samples
 
+        if args.out.is_dir():
+            raise _UsageError(f"--out {args.out} is a folder; give the PNG file to write")
+
         write_samples(args.models_dir, args.out, per_class=args.per_class, seed=args.seed, prompts=args.prompt)
         return 0
     raise _UsageError(f"unknown command {args.command!r}")
@@ -170,9 +189,13 @@ def run(argv: list[str]) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         logging.getLogger("genqueue_exporter").setLevel(logging.INFO)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    previous = _on_sigterm_interrupt()
     try:
         args = build_parser().parse_args(_normalize(list(argv)))
         return _dispatch(args)
+    except _Terminated:
+        print(f"{PROG}: error: terminated", file=sys.stderr)
+        return 143
     except _UsageError as e:
         print(f"{PROG}: error: {e} (see {PROG} --help)", file=sys.stderr)
         return 2
@@ -187,6 +210,25 @@ def run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``): unwinds like Ctrl-C, so that the staging folder is removed."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _on_sigterm_interrupt() -> Any:
+    """Install the SIGTERM handler for this run; returns the one to restore (None off the main thread, where
+    Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def main() -> None:

@@ -25,6 +25,10 @@ class DCGANConfig:
     embed_dim: int = 16  # class embedding concatenated to z
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a JSON config can hold anything: "8", -1, null, true
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+                raise ValueError(f"{f.name} must be an integer in 1..4096, not {value!r}")
         if self.image_size != 32:
             raise ValueError(f"image_size must be 32 for this architecture, got {self.image_size}")
         if self.num_classes < 1:

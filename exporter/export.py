@@ -8,12 +8,14 @@ variant passed, rename each ``<name>/<version>`` folder into place. A failure le
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -93,7 +95,9 @@ def check_target(models_dir: Path, name: str, version: str, force: bool = False)
     return target
 
 
-def _publish(staged: Path, target: Path, force: bool) -> None:
+def _publish(staged: Path, target: Path, force: bool) -> Path | None:
+    """Rename ``staged`` into place; returns where a replaced version was moved (kept until every variant of
+    the export is in place, so that a failure can put it back)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     trash: Path | None = None
     if target.exists():
@@ -102,9 +106,39 @@ def _publish(staged: Path, target: Path, force: bool) -> None:
         # Move the old version aside first so that the swap is two renames, never a half-deleted folder.
         trash = staged.parent.parent / f"old-{uuid.uuid4().hex[:8]}"
         os.rename(target, trash)
-    os.rename(staged, target)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(staged, target)
+    except BaseException:
+        if trash is not None:
+            os.rename(trash, target)
+        raise
+    return trash
+
+
+def _publish_all(staged: dict[str, Path], targets: dict[str, Path], force: bool) -> None:
+    """Every variant or none: a failure (or an interrupt) while publishing the second one takes the first
+    back out and restores the versions they replaced."""
+    for target in targets.values():  # checked again: another export may have published meanwhile
+        if target.exists() and not force:
+            raise ExportError(f"{target} already exists (use --force to replace it)")
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for p, target in targets.items():
+            trash = _publish(staged[p], target, force)
+            done.append((target, trash))
+        for target in targets.values():
+            load_manifest(target, check_hash=True)
+    except BaseException as e:
+        for target, trash in reversed(done):
+            shutil.rmtree(target, ignore_errors=True)
+            if trash is not None:
+                os.rename(trash, target)
+        if isinstance(e, RegistryError):
+            raise ExportError(f"the published folder does not load: {e}") from e
+        raise
+    for _, trash in done:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 # --- ONNX export --------------------------------------------------------------------------------------------
@@ -212,6 +246,18 @@ def _rename_dims(model: onnx.ModelProto, spec: GraphSpec) -> None:
                 dims[i].dim_param = d
 
 
+def _reraise_interrupt(error: BaseException) -> None:
+    """torch.export wraps a Ctrl-C that lands inside it (TorchExportError from ... from KeyboardInterrupt):
+    an interrupt is the user stopping the export, not a failure to fall back from."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if not isinstance(e, Exception):
+            raise type(e)(*e.args) from error  # the interrupt itself (Ctrl-C, or SIGTERM through the CLI)
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+
+
 def to_onnx(
     model: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET
 ) -> str:
@@ -236,6 +282,7 @@ def to_onnx(
         assert program is not None
         proto = program.model_proto
     except Exception as e:  # the fallback is the point: any dynamo failure gets the second exporter
+        _reraise_interrupt(e)
         log.warning("dynamo ONNX export failed (%s: %s); falling back to the TorchScript exporter",
                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         method = "torchscript"
@@ -551,6 +598,19 @@ def _build_variant(job: ExportJob, precision: Precision, folder: Path, fp32_onnx
     return onnx_path
 
 
+STALE_STAGING_S = 24 * 3600  # an export staged longer ago than this was killed (SIGKILL, a crash)
+
+
+def _sweep_stale_staging(models_dir: Path) -> None:
+    """Remove staging folders that exports killed outright left behind; the registry never reads them (they
+    are one level too deep), so they only cost disk. Recent ones may belong to an export still running."""
+    cutoff = time.time() - STALE_STAGING_S
+    for d in models_dir.glob(".staging-*"):
+        with contextlib.suppress(OSError):
+            if d.is_dir() and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def export_model(
     job: ExportJob, models_dir: Path, precisions: Sequence[Precision] = ("fp32",), force: bool = False
 ) -> list[Path]:
@@ -560,6 +620,7 @@ def export_model(
     """
     models_dir = Path(models_dir)
     targets = {p: check_target(models_dir, job.name, variant_version(job.version, p), force) for p in precisions}
+    _sweep_stale_staging(models_dir)
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=models_dir))
     try:
         fp32_folder = stage / job.name / job.version
@@ -570,10 +631,7 @@ def export_model(
                 folder = stage / job.name / variant_version(job.version, p)
                 _build_variant(job, p, folder, fp32_onnx)
                 staged[p] = folder
-        for p in precisions:
-            _publish(staged[p], targets[p], force)
-        for p in precisions:
-            load_manifest(targets[p], check_hash=True)
+        _publish_all(staged, {p: targets[p] for p in precisions}, force)
     except OSError as e:
         raise ExportError(f"cannot write model folder under {models_dir}: {e.strerror or e}") from e
     finally:

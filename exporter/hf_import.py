@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -78,6 +78,11 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _token_id(value: Any) -> TypeGuard[int]:
+    """An id the config states as one integer (not a list, not JSON's true)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def gpt_config_from_hf(cfg: dict[str, Any], path: Path) -> GPTConfig:
     model_type = cfg.get("model_type")
     if model_type != "gpt2":
@@ -90,21 +95,31 @@ def gpt_config_from_hf(cfg: dict[str, Any], path: Path) -> GPTConfig:
                           ("reorder_and_upcast_attn", False), ("add_cross_attention", False)):
         if cfg.get(key, expected) != expected:
             raise ExportError(f"{path}: unsupported {key}={cfg[key]!r}")
+    def count(key: str, value: Any, least: int = 1) -> int:
+        # JSON's true and 2.5 would pass int(); a config that says them is not one we understand.
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ExportError(f"{path}: {key} must be an integer >= {least}, not {value!r}")
+        return value
+
     try:
-        n_embd = int(cfg["n_embd"])
-        gcfg = GPTConfig(
-            vocab_size=int(cfg["vocab_size"]), n_layer=int(cfg["n_layer"]), n_head=int(cfg["n_head"]),
-            n_embd=n_embd, block_size=int(cfg.get("n_positions", cfg.get("n_ctx", 1024))),
-            layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
-        )
+        vocab, n_layer, n_head, n_embd = (count(k, cfg[k]) for k in ("vocab_size", "n_layer", "n_head", "n_embd"))
     except KeyError as e:
         raise ExportError(f"{path}: missing key {e.args[0]!r}") from e
-    except (TypeError, ValueError) as e:
-        raise ExportError(f"{path}: {e}") from e
+    block = count("n_positions", cfg.get("n_positions", cfg.get("n_ctx", 1024)), least=2)
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+        raise ExportError(f"{path}: layer_norm_epsilon must be a number in (0, 1), not {eps!r}")
+    if n_embd % n_head:
+        raise ExportError(f"{path}: n_embd={n_embd} is not a multiple of n_head={n_head}")
     n_inner = cfg.get("n_inner")
-    if n_inner is not None and int(n_inner) != 4 * n_embd:
-        raise ExportError(f"{path}: unsupported n_inner={n_inner} (must be 4 * n_embd)")
-    return gcfg
+    if n_inner is not None and n_inner != 4 * n_embd:
+        raise ExportError(f"{path}: unsupported n_inner={n_inner!r} (must be 4 * n_embd)")
+    # Checked before any tensor is allocated: a single-file ONNX holds at most 2 GB of fp32 weights.
+    params = vocab * n_embd + block * n_embd + n_layer * 12 * n_embd * n_embd
+    if params * 4 >= 2**31:
+        raise ExportError(f"{path}: ~{params / 1e6:.0f}M parameters is over the 2 GB a single-file ONNX can hold")
+    return GPTConfig(vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block,
+                     layer_norm_epsilon=float(eps))
 
 
 def map_hf_gpt2_weights(sd: dict[str, torch.Tensor], model: GPT, source: str) -> None:
@@ -177,17 +192,22 @@ def load_hf_gpt2(folder: Path) -> ImportedGPT:
     if tok_vocab > gcfg.vocab_size:
         raise ExportError(f"{folder}: tokenizer has {tok_vocab} tokens but the model only {gcfg.vocab_size}")
     eos = hf_cfg.get("eos_token_id")
-    if not isinstance(eos, int):
+    if not _token_id(eos):
         eos = Tokenizer.from_str(tok_json).token_to_id("<|endoftext|>")
     if not isinstance(eos, int):
         raise ExportError(f"{cfg_path}: no eos_token_id and the tokenizer has no <|endoftext|>")
+    eos_id: int = eos
     bos = hf_cfg.get("bos_token_id")
     pad = hf_cfg.get("pad_token_id")
     # GPT-2 has no pad token; padded positions are masked out, so reusing eos is harmless.
+    ids: dict[str, int] = {"eos_token_id": eos_id, "bos_token_id": bos if _token_id(bos) else eos_id,
+                           "pad_token_id": pad if _token_id(pad) else eos_id}
+    for key, value in ids.items():  # the worker feeds these ids to the graph: one outside it fails at start
+        if not 0 <= value < gcfg.vocab_size:
+            raise ExportError(f"{cfg_path}: {key}={value!r} is not a token id of the model (0..{gcfg.vocab_size - 1})")
     return ImportedGPT(
-        model=model.eval(), tokenizer_json=tok_json, eos_token_id=eos,
-        bos_token_id=bos if isinstance(bos, int) else eos, pad_token_id=pad if isinstance(pad, int) else eos,
-        hf_config=hf_cfg,
+        model=model.eval(), tokenizer_json=tok_json, eos_token_id=ids["eos_token_id"],
+        bos_token_id=ids["bos_token_id"], pad_token_id=ids["pad_token_id"], hf_config=hf_cfg,
     )
 
 

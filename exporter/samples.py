@@ -6,6 +6,7 @@ could have made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,16 @@ def _check_onnx(path: Path) -> None:
         raise ExportError(f"{path}: not a valid ONNX model ({first})") from e
 
 
+def _smoke(onnx_path: Path, run: Callable[[], np.ndarray]) -> np.ndarray:
+    """The smoke inference; a graph the manifest misdescribes (heads, head size, dtypes, contract) fails here
+    inside onnxruntime, which is reported as one line."""
+    try:
+        return run()
+    except Exception as e:
+        raise ExportError(f"{onnx_path}: the smoke inference with the manifest's shapes failed: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+
+
 def verify_folder(folder: Path) -> str:
     """Hash, ONNX checker, I/O names against the manifest, and one finite inference; returns a summary."""
     try:
@@ -157,9 +168,18 @@ def verify_folder(folder: Path) -> str:
         for s in m.inputs:
             if s.name.startswith("past_key_values."):
                 feed[s.name] = np.zeros((2, t.n_head, 0, t.head_dim), dtype=_np_dtype(t.kv_dtype))
-        first = sess.run(None, feed)[0]
+        if t.tokenizer_file:
+            from tokenizers import Tokenizer
+
+            try:
+                Tokenizer.from_file(str(Path(folder) / t.tokenizer_file))
+            except Exception as e:
+                raise ExportError(f"{Path(folder) / t.tokenizer_file}: not a tokenizer: {str(e).splitlines()[0][:200]}") from e
+        first = _smoke(onnx_path, lambda: sess.run(None, feed)[0])
+        if first.shape[-1] != t.vocab_size:
+            raise ExportError(f"{onnx_path}: the graph gives {first.shape[-1]} logits, the manifest says vocab_size={t.vocab_size}")
     else:
-        first = generate_images(Path(folder), np.zeros(2, dtype=np.int64))
+        first = _smoke(onnx_path, lambda: generate_images(Path(folder), np.zeros(2, dtype=np.int64)))
     if not np.isfinite(first.astype(np.float32)).all():
         raise ExportError(f"{onnx_path}: smoke inference produced non-finite values")
     return f"{folder}: ok ({m.name}@{m.version}, {m.kind.value}, {m.precision}, sha256 {m.sha256[:12]})"

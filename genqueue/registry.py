@@ -177,6 +177,15 @@ def validate_manifest(manifest: Manifest, folder: Path, check_hash: bool = False
         raise RegistryError(f"{folder}: text model manifest lacks the 'text' section")
     if manifest.kind is ModelKind.image and manifest.image is None:
         raise RegistryError(f"{folder}: image model manifest lacks the 'image' section")
+    files = [manifest.onnx_file, *([manifest.text.tokenizer_file] if manifest.text is not None else [])]
+    for name in files:  # the folder is the model: a manifest may not point at files elsewhere
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise RegistryError(f"{folder}: {name!r} must be a file name inside the model folder")
+    if manifest.text is not None:
+        t = manifest.text
+        for key in ("eos_token_id", "bos_token_id", "pad_token_id"):  # the worker feeds these ids to the graph
+            if not 0 <= getattr(t, key) < t.vocab_size:
+                raise RegistryError(f"{folder}: {key}={getattr(t, key)} is outside the vocabulary (0..{t.vocab_size - 1})")
     onnx_path = folder / manifest.onnx_file
     if not onnx_path.is_file():
         raise RegistryError(f"{folder}: {manifest.onnx_file} is missing")

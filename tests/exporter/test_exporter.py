@@ -424,6 +424,13 @@ def _hf_copy(hf_dir: Path, dst: Path, **config_changes: object) -> Path:
     return dst
 
 
+_CONFIG_CASES: dict[str, dict[str, object]] = {
+    "zero_heads": {"n_head": 0}, "negative_vocab": {"vocab_size": -5}, "fractional_layers": {"n_layer": 2.5},
+    "boolean_layers": {"n_layer": True}, "odd_inner": {"n_inner": "x"}, "huge_vocab": {"vocab_size": 10**12},
+    "eos_outside": {"eos_token_id": 99999}, "pad_negative": {"pad_token_id": -1},
+}
+
+
 @pytest.mark.parametrize(
     ("case", "needle"),
     [
@@ -432,6 +439,14 @@ def _hf_copy(hf_dir: Path, dst: Path, **config_changes: object) -> Path:
         ("wrong_width", "config does not match weights"),
         ("corrupt_weights", "unreadable weights"),
         ("no_tokenizer", "no tokenizer.json"),
+        ("zero_heads", "n_head must be an integer >= 1, not 0"),
+        ("negative_vocab", "vocab_size must be an integer >= 1, not -5"),
+        ("fractional_layers", "n_layer must be an integer >= 1, not 2.5"),
+        ("boolean_layers", "n_layer must be an integer >= 1, not True"),
+        ("odd_inner", "unsupported n_inner='x'"),
+        ("huge_vocab", "over the 2 GB a single-file ONNX can hold"),
+        ("eos_outside", "eos_token_id=99999 is not a token id of the model"),
+        ("pad_negative", "pad_token_id=-1 is not a token id of the model"),
     ],
 )
 def test_hf_bad_input(case: str, needle: str, hf_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -446,6 +461,8 @@ def test_hf_bad_input(case: str, needle: str, hf_dir: Path, tmp_path: Path, caps
     elif case == "no_tokenizer":
         src = _hf_copy(hf_dir, tmp_path / "src")
         (src / "tokenizer.json").unlink()
+    elif case in _CONFIG_CASES:
+        src = _hf_copy(hf_dir, tmp_path / "src", **_CONFIG_CASES[case])
     models = tmp_path / "models"
     code, err = run_cli(["hf", src, "--name", "bad", "--models-dir", models], capsys)
     assert_one_line_error(code, err, needle)
@@ -464,6 +481,10 @@ def test_gan_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert_one_line_error(code, err, "config does not match weights")
     code, err = run_cli(["gan-state-dict", tmp_path / "g.pt", "--config", tmp_path / "odd.json", *base], capsys)
     assert_one_line_error(code, err, "unknown DCGAN config keys: colour")
+    for field, value in (("latent_size", "8"), ("ngf", -1), ("channels", None), ("ndf", True)):
+        (tmp_path / "typed.json").write_text(json.dumps({**cfg.to_dict(), field: value}))
+        code, err = run_cli(["gan-state-dict", tmp_path / "g.pt", "--config", tmp_path / "typed.json", *base], capsys)
+        assert_one_line_error(code, err, f"{field} must be an integer in 1..4096, not {value!r}")
     code, err = run_cli(["gan-state-dict", tmp_path / "missing.pt", "--config", tmp_path / "wide.json", *base], capsys)
     assert_one_line_error(code, err, "missing.pt is missing")
     assert not (models / "bad-gan").exists()
@@ -494,6 +515,35 @@ def test_corrupt_onnx_is_reported(built: Path, tmp_path: Path, capsys: pytest.Ca
     assert_one_line_error(code, err, "not a valid ONNX model")
 
 
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        ({"n_head": 8}, "the smoke inference with the manifest's shapes failed"),
+        ({"vocab_size": 5, "eos_token_id": 0, "bos_token_id": 0, "pad_token_id": 0}, "logits, the manifest says vocab_size=5"),
+        ({"eos_token_id": 10**6}, "eos_token_id=1000000 is outside the vocabulary"),
+        ({"tokenizer_file": "/etc/hostname"}, "must be a file name inside the model folder"),
+        ("garbage tokenizer", "not a tokenizer"),
+        ("onnx outside", "must be a file name inside the model folder"),
+    ],
+)
+def test_verify_reports_a_misdescribed_folder_in_one_line(edit: object, needle: str, built: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "tiny-lm" / "1"
+    folder.mkdir(parents=True)
+    for f in (built / "tiny-lm" / "1").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    raw = json.loads((folder / "manifest.json").read_text())
+    if edit == "garbage tokenizer":
+        (folder / "tokenizer.json").write_text("nope")
+    elif edit == "onnx outside":
+        raw["onnx_file"] = "../../../elsewhere/model.onnx"
+    else:
+        raw["text"].update(edit)
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    code, err = run_cli(["verify", folder], capsys)
+    assert_one_line_error(code, err, needle)
+
+
 def test_parity_failure_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from genqueue.registry import ModelKind
     from genqueue_exporter import export
@@ -507,9 +557,67 @@ def test_parity_failure_publishes_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     no_leftovers(tmp_path)
 
 
+def test_a_failure_while_publishing_takes_every_variant_back_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from genqueue.registry import ModelKind
+    from genqueue_exporter import export
+
+    job = export.ExportJob(kind=ModelKind.text, name="pair", version="1", model=small_gpt(), tokenizer_json="{}")
+    first = export.export_model(job, tmp_path, ("fp32",))[0]
+    (first / "served-since.txt").write_text("the version being replaced")  # tells the old folder from a new one
+    before = {f.name: f.read_bytes() for f in first.iterdir()}
+    real_publish, calls = export._publish, []
+
+    def publish(staged: Path, target: Path, force: bool) -> Path | None:
+        calls.append(target)
+        if len(calls) == 2:  # the second variant: another exporter got there, the disk filled, ...
+            raise OSError(28, "No space left on device")
+        return real_publish(staged, target, force)
+
+    monkeypatch.setattr(export, "_publish", publish)
+    with pytest.raises(ExportError, match="No space left"):
+        export.export_model(job, tmp_path, ("fp32", "int8"), force=True)
+    assert {f.name: f.read_bytes() for f in first.iterdir()} == before  # the replaced version is back
+    assert not (tmp_path / "pair" / "1-int8").exists()
+    no_leftovers(tmp_path)
+
+
+def test_an_interrupt_inside_the_onnx_exporter_is_not_a_failure_to_fall_back_from() -> None:
+    from genqueue_exporter import export
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as ki:
+            raise AttributeError("wrapped by torch.export") from ki
+    except AttributeError as wrapped:
+        export._reraise_interrupt(RuntimeError("plain failure"))  # no interrupt inside: the fallback may run
+        outer = RuntimeError("TorchExportError")
+        outer.__cause__ = wrapped
+        with pytest.raises(KeyboardInterrupt):
+            export._reraise_interrupt(outer)
+
+
+def test_stale_staging_folders_are_swept_and_fresh_ones_kept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from genqueue_exporter import export
+
+    old, fresh = tmp_path / ".staging-old", tmp_path / ".staging-new"
+    for d in (old, fresh):
+        (d / "m" / "1").mkdir(parents=True)
+    past = time.time() - export.STALE_STAGING_S - 60
+    os.utime(old, (past, past))
+    export._sweep_stale_staging(tmp_path)
+    assert not old.exists() and fresh.exists()
+
+
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["builtin", "--only", "gpt-5"]) == 2
     assert "genqueue export: error:" in capsys.readouterr().err
+    for bad in (["--per-class", "0"], ["--per-class", "100000"], ["--seed", "-1"]):
+        assert run(["samples", *bad]) == 2
+        assert "genqueue export: error:" in capsys.readouterr().err
     assert run(["hf", "x", "--name", "Bad Name"]) == 1
     assert "invalid model name" in capsys.readouterr().err
 
