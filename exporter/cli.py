@@ -108,7 +108,9 @@ def _normalize(argv: list[str]) -> list[str]:
         i = argv.index("--from-hf")
         if i + 1 < len(argv):
             rest = argv[:i] + argv[i + 2 :]
-            return ["hf", argv[i + 1], *[a for a in rest if a != "hf"]]
+            if rest[:1] == ["hf"]:  # `export hf --from-hf DIR ...`: the subcommand given twice
+                rest = rest[1:]
+            return ["hf", argv[i + 1], *rest]
     return argv
 
 

@@ -27,3 +27,4 @@ def test_disabled_bars_print_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stderr", log)
     assert list(training_bar(5, "demo", False)) == [0, 1, 2, 3, 4]
     assert log.getvalue() == ""
+
