@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 MODELS_DIR ?= models
 
-.PHONY: venv models demo serve test lint typecheck bench bench-quick clean
+.PHONY: venv models demo serve test lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,10 +40,10 @@ lint: venv
 	MYPYPATH=$(CURDIR)/build/typecheck $(VENV)/bin/mypy bench
 
 bench: models
-	$(PY) -m bench --full
+	$(PY) -m bench --full --models-dir $(MODELS_DIR)
 
 bench-quick: models
-	$(PY) -m bench --quick
+	$(PY) -m bench --quick --models-dir $(MODELS_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -24,15 +24,15 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
 
     api_host: str = "127.0.0.1"
-    api_port: int = 8000
-    max_body_bytes: int = 8 * 1024 * 1024
-    # Secret that signs webhooks; placeholders are refused outside development.
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Secret that will sign webhooks (not built yet); placeholders are refused in production.
     webhook_secret: str = "dev-secret"
 
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     # Text: iteration-level batching budgets.
-    text_max_running: int = 32
-    text_max_tokens_per_step: int = 2048
+    text_max_running: int = Field(default=32, ge=1)
+    text_max_tokens_per_step: int = Field(default=2048, ge=1)
     # Text engine lanes on CPU workers: independent batching loops over one ONNX session, each on one
     # intra-op thread (worker/engine/lanes.py); the budgets above are split between them. GPUs use one.
     text_lanes: int = Field(default=1, ge=1)
@@ -43,41 +43,42 @@ class Settings(BaseSettings):
     # model (lanes split it), on top of the KV budget of the running batch; 0 turns the cache off.
     text_prompt_cache_mb: float = Field(default=32.0, ge=0)
     # Images: request-level dynamic batching.
-    image_max_batch_size: int = 64
-    image_max_queue_delay_ms: float = 5.0
+    image_max_batch_size: int = Field(default=64, ge=1)
+    image_max_queue_delay_ms: float = Field(default=5.0, ge=0)
     # CPU: an image forward of at least 8 images runs as this many single-threaded sub-batches at once
     # (worker/engine/ort_image.py); 0 = one per ORT thread (per usable core by default), 1 = never split.
     image_forward_parts: int = Field(default=0, ge=0)
     # Threads that PNG/WebP-encode finished images; 0 = one per usable core, at most 4.
     image_encode_threads: int = Field(default=0, ge=0)
     # Messages a worker holds at once (threads that wait on the engine); caps what a batch can see.
-    worker_concurrency: int = 64
+    worker_concurrency: int = Field(default=64, ge=1)
     # How long the worker waits for more deliveries to claim them in one statement.
-    claim_linger_ms: float = 2.0
+    claim_linger_ms: float = Field(default=2.0, ge=0)
     # How long the worker waits for more finished jobs to commit them in one transaction; it waits only while
     # other jobs are still running on it (worker/groupsql.py), so a job on a quiet worker is written at once.
     write_linger_ms: float = Field(default=20.0, ge=0)
     # ORT pool threads busy-wait between ops: fastest for a lone engine, a loss when cores are shared.
     ort_allow_spinning: bool = False
     # ONNX Runtime intra-op threads per engine; 0 lets ORT choose (one per physical core).
-    ort_threads: int = 0
+    ort_threads: int = Field(default=0, ge=0)
     # Log one line per job received and finished (Celery's and genqueue's); off keeps logging off the hot path.
     worker_log_jobs: bool = False
     # Prometheus endpoint of each worker (0 disables); a second worker on the host logs and goes without.
-    worker_metrics_port: int = 9464
+    worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     job_max_attempts: int = Field(default=3, ge=1)  # deliveries before a job is declared a poison job
-    lease_seconds: float = 120.0  # a running job's lease, renewed while the worker works on it
+    lease_seconds: float = Field(default=120.0, gt=0)  # a running job's lease, renewed while the worker works on it
     # Redis redelivers unacked messages after this; it must exceed the longest job.
-    visibility_timeout_s: int = 3600
+    visibility_timeout_s: int = Field(default=3600, ge=1)
     # "auto" review policy: "flagged" sends only flagged outputs to review; "all" reviews everything.
     review_auto_policy: Literal["flagged", "all", "none"] = "flagged"
-    max_wait_seconds: int = 60
+    # Longest `Prefer: wait` the API honours; API.md fixes it at 60, so raising it leaves the contract.
+    max_wait_seconds: int = Field(default=60, ge=0)
     # Jobs one API key may submit per minute (bulk items count one each); 0 means no limit.
-    rate_limit_jobs_per_min: int = 0
+    rate_limit_jobs_per_min: int = Field(default=0, ge=0)
     # The reconciler (in each API process) re-publishes lost or never-published jobs; 0 disables it.
     reconcile_interval_s: float = 10.0
-    republish_after_s: float = 600.0
+    republish_after_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -74,11 +74,14 @@ def list_jobs(
             q = q.where(Job.model_version == version)
     if review:
         q = q.join(Review, Review.job_id == Job.id, isouter=True)
+        # A job without a review row shows as the job object says (services.jobs.to_out): not_required when it
+        # needs no review or ended without an output (failed, canceled), pending otherwise.
+        no_output = Job.status.in_([JobStatus.failed.value, JobStatus.canceled.value])
+        exempt = (Job.review_policy == "none") | no_output
         if review == "pending":
-            # A job whose review row is not written yet is pending unless it needs no review.
-            q = q.where((Review.status == "pending") | ((Review.job_id.is_(None)) & (Job.review_policy != "none")))
+            q = q.where((Review.status == "pending") | (Review.job_id.is_(None) & ~exempt))
         elif review == "not_required":
-            q = q.where((Review.status == review) | ((Review.job_id.is_(None)) & (Job.review_policy == "none")))
+            q = q.where((Review.status == review) | (Review.job_id.is_(None) & exempt))
         else:
             q = q.where(Review.status == review)
     if before_seq is not None:

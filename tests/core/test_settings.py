@@ -20,3 +20,17 @@ def test_engine_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     s = Settings()
     assert s.text_prompt_cache_mb == 0 and s.image_forward_parts == 1
     assert Settings.model_fields["text_prompt_cache_mb"].default == 32.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("text_max_running", 0), ("text_max_tokens_per_step", 0), ("image_max_batch_size", 0), ("worker_concurrency", 0),
+     ("lease_seconds", -1), ("lease_seconds", 0), ("claim_linger_ms", -5), ("visibility_timeout_s", 0),
+     ("max_body_bytes", -1), ("ort_threads", -3), ("worker_metrics_port", 70000), ("api_port", -1),
+     ("rate_limit_jobs_per_min", -1), ("republish_after_s", 0), ("max_wait_seconds", -1),
+     ("image_max_queue_delay_ms", -1)],
+)
+def test_settings_a_worker_or_api_cannot_run_with_are_refused(field: str, value: float) -> None:
+    # A lease of -1 s would expire at once and run every job twice; a batch of 0 would never run one.
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})

@@ -121,3 +121,20 @@ def test_group_claim_and_group_commit(db: Database) -> None:
         reviews = {r.job_id: r for r in s.execute(select(Review).where(Review.job_id.in_(ids))).scalars()}
         assert set(reviews) == {ids[0], ids[3]}
         assert reviews[ids[3]].feed_seq == reviews[ids[0]].feed_seq + 1  # type: ignore[operator]
+
+
+def test_the_review_filter_agrees_with_the_job_object(db: Database) -> None:
+    from genqueue_api.services.jobs import outs
+
+    ids = {name: _job(db) for name in ("queued", "failed", "canceled")}
+    with db.session() as s:
+        for name in ("failed", "canceled"):
+            s.execute(update(Job).where(Job.id == ids[name]).values(status=name))
+        s.commit()
+        shown = {o.id: o.review.status.value for o in outs(s, [s.get(Job, i) for i in ids.values()])}  # type: ignore[misc]
+        for review in ("pending", "not_required"):
+            listed = {j.id for j in store.list_jobs(s, None, status=None, review=review, model=None, limit=100,
+                                                    before_seq=None)}
+            mine = {i for i in ids.values() if i in listed}
+            assert mine == {i for i, v in shown.items() if v == review}, (review, shown)
+        assert shown[ids["failed"]] == shown[ids["canceled"]] == "not_required" and shown[ids["queued"]] == "pending"

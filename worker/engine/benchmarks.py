@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--provider", default="cpu")
     ap.add_argument("--jobs", type=int, default=128)
     ap.add_argument("--only", choices=["policies", "prompts", "scaling", "images"], default=None)
-    ap.add_argument("--repeats", type=int, default=1, help="alternate runs and keep each variant's fastest")
+    ap.add_argument("--repeats", type=int, default=1, help="alternate runs: tables show each variant's fastest, ratios are the medians of the pairs")
     ap.add_argument("--lanes", type=int, default=1, help="text engine lanes (lanes.py); 1 = one batching loop")
     ap.add_argument("--prefill-ahead", type=int, default=TextEngineConfig.prefill_ahead,
                     help="waiting prompts run inside an admission's prefill call (text_engine.py); 0 = off")
