@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+_RETRYABLE = {500, 502, 503, 504}  # what a restarting API or its proxy answers while a wait is held
 
 
 class GenqueueError(Exception):
@@ -93,6 +94,13 @@ class Client:
             if left <= 0:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout:.0f}s")
             hold = max(1, min(30, int(left)))
-            job = self._check(self._http.get(f"/v1/jobs/{job_id}", headers={"Prefer": f"wait={hold}"},
-                                             timeout=hold + 30.0))
+            try:
+                job = self._check(self._http.get(f"/v1/jobs/{job_id}", headers={"Prefer": f"wait={hold}"},
+                                                 timeout=hold + 30.0))
+            except (httpx.TransportError, GenqueueError) as e:
+                # An API restarting or behind a proxy that is: the job is safe in SQL, so keep waiting. Client
+                # errors (404, 401, ...) are answers, not outages.
+                if isinstance(e, GenqueueError) and e.status not in _RETRYABLE:
+                    raise
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         return job

@@ -1,7 +1,8 @@
 """The reconciler: re-publishes jobs that SQL says should be in Redis (DESIGN.md invariant 2).
 
 It covers a publish that failed (Redis down at submit), messages lost with a Redis restart (the broker may
-keep nothing on disk), and jobs left `running` under an expired lease by a dead worker. Re-publishing is
+keep nothing on disk: noticed within one pass by counting the messages Redis holds), and jobs left `running`
+under an expired lease by a dead worker. Re-publishing is
 always safe: a worker re-reads the row and skips anything no longer `queued` or leased elsewhere.
 """
 
@@ -12,7 +13,7 @@ import logging
 import threading
 
 from celery import Celery
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from genqueue import queue
 from genqueue.db.models import Job, utcnow
@@ -22,10 +23,43 @@ from genqueue.enums import JobStatus
 log = logging.getLogger(__name__)
 
 
+UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a consumer and not acked yet
+
+
+def _broker_lost_messages(db: Database, app: Celery, published_before: dt.datetime) -> bool:
+    """Whether Redis holds fewer messages than SQL has queued jobs published before ``published_before``:
+    then some were lost (a Redis restart or flush, a worker killed between taking a message and recording
+    it as unacked), and waiting out ``republish_after_s`` would leave those jobs idle for minutes. Messages
+    still in a list (a model no worker serves yet) or unacked (a worker holds them) count as present, so
+    they are not published again and again."""
+    with db.session() as s:
+        counts = dict(s.execute(  # type: ignore[arg-type]
+            select(Job.model, func.count()).where(Job.status == JobStatus.queued.value, Job.published_at < published_before)
+            .group_by(Job.model)
+        ).all())
+    if not counts:
+        return False
+    keys = sorted({k for m in counts for k in queue.bucket_keys(queue.queue_name(m))})
+    pipe = queue.shared_redis(str(app.conf.broker_url)).pipeline(transaction=False)
+    for k in keys:
+        pipe.llen(k)
+    pipe.hlen(UNACKED_KEY)
+    return sum(int(n) for n in pipe.execute()) < sum(counts.values())
+
+
 def reconcile_once(db: Database, app: Celery, *, unpublished_grace_s: float = 2.0,
-                   republish_after_s: float = 600.0, limit: int = 1000) -> int:
-    """Publish what needs publishing; returns how many jobs were published."""
+                   republish_after_s: float = 600.0, lost_grace_s: float = 30.0, limit: int = 1000) -> int:
+    """Publish what needs publishing; returns how many jobs were published.
+
+    ``lost_grace_s``: when Redis holds fewer messages than there are queued jobs published that long ago,
+    those jobs are published again now rather than after ``republish_after_s``. The grace covers a message
+    between a worker's fetch and its claim."""
     now = utcnow()
+    stale = now - dt.timedelta(seconds=republish_after_s)
+    if _broker_lost_messages(db, app, now - dt.timedelta(seconds=lost_grace_s)):
+        stale = max(stale, now - dt.timedelta(seconds=lost_grace_s))
+        log.warning("reconciler: Redis holds fewer messages than there are queued jobs; publishing again "
+                    "those published over %.0f s ago", lost_grace_s)
     q = (
         select(Job.id, Job.model, Job.priority)
         .where(or_(
@@ -33,8 +67,7 @@ def reconcile_once(db: Database, app: Celery, *, unpublished_grace_s: float = 2.
             and_(Job.status == JobStatus.queued.value, Job.published_at.is_(None),
                  Job.created_at < now - dt.timedelta(seconds=unpublished_grace_s)),
             # Published long ago and still queued: the message may have died with Redis.
-            and_(Job.status == JobStatus.queued.value,
-                 Job.published_at < now - dt.timedelta(seconds=republish_after_s)),
+            and_(Job.status == JobStatus.queued.value, Job.published_at < stale),
             # A worker died mid-job: its lease ran out and nobody will ack or redeliver soon.
             and_(Job.status == JobStatus.running.value, Job.lease_expires_at < now,
                  or_(Job.published_at.is_(None), Job.published_at < Job.lease_expires_at)),
