@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # Prometheus endpoint of each worker (0 disables); a second worker on the host logs and goes without.
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
 
+    # SIGTERM: how long a worker finishes the jobs it holds before it gives the rest back (released, requeued).
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
     job_max_attempts: int = Field(default=3, ge=1)  # deliveries before a job is declared a poison job
     lease_seconds: float = Field(default=120.0, gt=0)  # a running job's lease, renewed while the worker works on it
     # Redis redelivers unacked messages after this; it must exceed the longest job.

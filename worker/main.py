@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 from celery import signals
 
@@ -38,10 +39,20 @@ def run(settings: Settings, models: list[str] | None = None, loglevel: str = "IN
     app = queue.make_celery(settings, broker_url)
     tasks.register(app)
 
+    @signals.worker_shutting_down.connect(weak=False)
+    def _drain(**_: object) -> None:
+        # Celery's warm shutdown waits for every task thread, and each waits on its engine: without a bound the
+        # shutdown lasts as long as the longest held job. The engines get the grace to finish what they hold;
+        # the rest is given back (released and requeued) so that the shutdown ends. A thread, because this
+        # runs in Celery's signal handler.
+        threading.Thread(target=rt.stop_engines, kwargs={"timeout": settings.shutdown_grace_s},
+                         name="gq-drain", daemon=True).start()
+
     @signals.worker_shutdown.connect(weak=False)
     def _stop(**_: object) -> None:
-        # Celery's warm shutdown has already waited for the task threads; the engines drain last.
-        rt.stop()
+        # The task threads are done (finished or given back); the engines are stopped again (a no-op after
+        # the drain) and the SQL groupers close last.
+        rt.stop(timeout=settings.shutdown_grace_s)
 
     argv = [
         "worker", "--pool=threads", f"--concurrency={settings.worker_concurrency}",

@@ -143,10 +143,15 @@ class WorkerRuntime:
             t.start()
             self._threads.append(t)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
+    def stop_engines(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs and finish the admitted ones within ``timeout``; what is left fails with
+        ``shutdown``, which the task threads turn into a release and a requeue. Leases keep being renewed."""
         for engine in self.engines.values():
             engine.stop(drain=True, timeout=timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self.stop_engines(timeout)
         self.claimer.close()
         self.writer.close()
         with contextlib.suppress(Exception):

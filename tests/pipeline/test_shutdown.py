@@ -31,3 +31,31 @@ def test_sigterm_finishes_or_gives_back_every_job(lone_stack, lanes: str) -> Non
         for i in ids:
             assert c.wait(i, timeout=120)["status"] == "succeeded"
         assert all(c.get(i)["attempts"] == 1 for i in ids if after_stop[i] == "succeeded")
+
+
+def test_sigterm_gives_back_what_the_grace_does_not_cover(lone_stack) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    # One row at a time: the worker holds 32 long jobs and works through them one by one, so a shutdown that
+    # waited for them all would take a while even on a fast machine.
+    lone = lone_stack({"GENQUEUE_WORKER_CONCURRENCY": "32", "GENQUEUE_TEXT_MAX_RUNNING": "1",
+                       "GENQUEUE_SHUTDOWN_GRACE_S": "0"})
+    stack = lone.stack
+    with Client(stack.base_url, lone.secret, timeout=60) as c:
+        ids = submit_long_jobs_until_running(c, 48, n=1)
+        running = [i for i in ids if c.get(i)["status"] == "running"]
+        worker = stack.procs[1]
+        t0 = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+        stopped_in = time.monotonic() - t0
+        after_stop = {i: c.get(i)["status"] for i in ids}
+        assert set(after_stop.values()) <= {"succeeded", "queued"}, after_stop
+        # Jobs that were running were given back rather than waited for.
+        assert running and any(after_stop[i] == "queued" for i in running), (running, after_stop)
+        stack.procs.pop(1)
+        stack._spawn("worker-2", ["worker"])
+        for i in ids:
+            done = c.wait(i, timeout=120)
+            assert done["status"] == "succeeded" and done["attempts"] == 1  # a given-back attempt is not counted
+    assert stopped_in < 30, stopped_in
