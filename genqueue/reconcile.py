@@ -23,15 +23,20 @@ from genqueue.enums import JobStatus
 log = logging.getLogger(__name__)
 
 
-UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a consumer and not acked yet
+# kombu's Redis transport: a sorted set of the messages delivered to consumers and not acked yet, scored by
+# delivery time. A live worker claims what it is delivered within milliseconds, so a job still queued in SQL
+# behind an entry older than the grace was delivered to a worker that died; Redis itself would give it
+# back only after the visibility timeout (an hour by default).
+UNACKED_INDEX_KEY = "unacked_index"
 
 
 def _broker_lost_messages(db: Database, app: Celery, published_before: dt.datetime) -> bool:
     """Whether Redis holds fewer messages than SQL has queued jobs published before ``published_before``:
     then some were lost (a Redis restart or flush, a worker killed between taking a message and recording
-    it as unacked), and waiting out ``republish_after_s`` would leave those jobs idle for minutes. Messages
-    still in a list (a model no worker serves yet) or unacked (a worker holds them) count as present, so
-    they are not published again and again."""
+    it as unacked, messages a killed worker held), and waiting out ``republish_after_s`` would leave those
+    jobs idle for minutes. Messages still in a list (a model no worker serves yet) or delivered within the
+    grace (a worker is claiming them) count as present, so they are not published again and again."""
+    delivered_since = published_before.timestamp()
     with db.session() as s:
         counts = dict(s.execute(  # type: ignore[arg-type]
             select(Job.model, func.count()).where(Job.status == JobStatus.queued.value, Job.published_at < published_before)
@@ -43,7 +48,7 @@ def _broker_lost_messages(db: Database, app: Celery, published_before: dt.dateti
     pipe = queue.shared_redis(str(app.conf.broker_url)).pipeline(transaction=False)
     for k in keys:
         pipe.llen(k)
-    pipe.hlen(UNACKED_KEY)
+    pipe.zcount(UNACKED_INDEX_KEY, delivered_since, "+inf")
     return sum(int(n) for n in pipe.execute()) < sum(counts.values())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,16 @@ def test_messages_lost_with_redis_are_published_again_without_waiting_minutes(ap
     assert reconcile_once(db, app, lost_grace_s=0, republish_after_s=1e9) >= 1
     assert job["id"] in queued_ids()
     assert reconcile_once(db, app, lost_grace_s=0, republish_after_s=1e9) == 0
+    # A worker took every message (kombu moves it to its unacked hash and index) and was killed before it
+    # claimed the jobs: Redis would give them back after the visibility timeout, an hour by default.
+    for k in keys:
+        while (m := rc.rpop(k)) is not None:
+            tag = f"tag-{rc.incr('test-tags')}"
+            rc.hset("unacked", tag, m)
+            rc.zadd("unacked_index", {tag: time.time() - 120})
+    assert job["id"] not in queued_ids()
+    assert reconcile_once(db, app, lost_grace_s=0, republish_after_s=1e9) >= 1
+    assert job["id"] in queued_ids()
 
 
 def test_refuses_unmigrated_database(tmp_path: Path, models_dir: Path) -> None:
