@@ -22,6 +22,9 @@ class AppState:
     celery: Celery
     broker_url: str
     listener: FinishedListener | None = None  # started with the app; wakes `Prefer: wait` requests
+    # Set when the server begins a graceful shutdown: held `Prefer: wait` requests answer with the job as it
+    # stands (within one 5 s wait slice), before the server's graceful timeout would cancel them with a 500.
+    stopping: bool = False
     _tokenizers: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -78,8 +78,18 @@ def cmd_api(args: argparse.Namespace) -> int:
         app = create_app(s)
     except NotMigrated as e:
         return _fail(str(e))
-    uvicorn.run(app, host=args.host or s.api_host, port=args.port or s.api_port, log_level="warning",
-                timeout_graceful_shutdown=10)
+    state = app.state.genqueue
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Held long polls answer now, with the job as it stands, instead of being cancelled (a 500) when
+            # the graceful timeout runs out; clients then wait again on the restarted API.
+            state.stopping = True
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=args.host or s.api_host, port=args.port or s.api_port, log_level="warning",
+                            timeout_graceful_shutdown=10)
+    Server(config).run()
     return 0
 
 

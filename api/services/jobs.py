@@ -321,7 +321,7 @@ async def wait_for(state: AppState, key: ApiKey, job: JobOut, seconds: float) ->
         deadline = time.monotonic() + seconds
         # Re-read once after registering: the job may have finished before the subscription saw it.
         job = await run_in_threadpool(reload, state, key, job.id)
-        while not job.status.terminal and (left := deadline - time.monotonic()) > 0:
+        while not job.status.terminal and not state.stopping and (left := deadline - time.monotonic()) > 0:
             if event is not None and listener is not None and listener.connected:
                 # At most 5 s per wait: a cancel publishes nothing, so the row is re-read now and then.
                 with contextlib.suppress(TimeoutError):
