@@ -43,8 +43,23 @@ if ! "$PY" -c "import genqueue_worker" 2>/dev/null; then
   export PYTHONPATH="$PWD/build/gpu-src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-# onnxruntime-gpu lists CUDA as available even where its libraries cannot load, and then runs on the CPU:
-# only a session that actually runs on CUDA counts.
+# The CUDA 13 / cuDNN 9 libraries of such an image live in the nvidia-* Python packages of another
+# environment (torch's), where onnxruntime-gpu installed under $SITE does not look (ort.preload_dlls searches
+# next to its own folder): put every nvidia/*/lib folder the interpreter can import on the loader's path.
+nv_libs=$("$PY" - <<'PY' 2>/dev/null || true
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+print(":".join(sorted({os.path.dirname(f) for p in nvidia.__path__ for f in glob.glob(os.path.join(p, "*", "lib", "lib*.so*"))})))
+PY
+)
+if [ -n "$nv_libs" ]; then export LD_LIBRARY_PATH="$nv_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+
+# onnxruntime-gpu lists CUDA as available even where its libraries cannot load, and then runs on the CPU;
+# cuDNN loads only when a convolution first runs. So only a convolution that runs on CUDA, with the right
+# result, counts.
 has_cuda() {
   "$PY" - <<'PY'
 import sys
@@ -56,18 +71,31 @@ if hasattr(ort, "preload_dlls"):
         pass
 if "CUDAExecutionProvider" not in ort.get_available_providers():
     sys.exit(1)
-from onnx import TensorProto, helper
-x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])
+w = numpy_helper.from_array(np.full((1, 1, 1, 1), 2.0, np.float32), "w")
+graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+                          "probe", [x], [y], [w])
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 model.ir_version = 8
 so = ort.SessionOptions()
-so.log_severity_level = 4
-sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CUDAExecutionProvider"])
-sys.exit(0 if sess.get_providers()[0] == "CUDAExecutionProvider" else 1)
+so.log_severity_level = 3
+try:
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CUDAExecutionProvider"])
+    xs = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4) - 8
+    out = sess.run(None, {"x": xs})[0]
+except Exception as e:
+    print(f"gpu_check: a CUDA session failed: {e}", file=sys.stderr)
+    sys.exit(1)
+ok = sess.get_providers()[0] == "CUDAExecutionProvider" and np.allclose(out, np.maximum(2 * xs, 0))
+sys.exit(0 if ok else 1)
 PY
 }
+
+# A rerun on a warm machine: the wheels are installed already.
+if [ -d "$SITE/onnxruntime" ]; then export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"; fi
 
 # 2. Carried wheels, onnxruntime-gpu joined from its parts. --target keeps the image's own packages intact;
 #    $SITE comes first on the path, so its onnxruntime (the GPU build) is the one imported.
@@ -75,7 +103,17 @@ if ! has_cuda 2>/dev/null || ! "$PY" -c "import pydantic" 2>/dev/null; then
   mkdir -p "$SITE/.wheels"
   if ls "$PARTS"/*.part-* >/dev/null 2>&1; then
     name=$(ls "$PARTS"/*.part-* | head -1 | sed 's/\.part-.*$//')
-    cat "$PARTS"/*.part-* > "$SITE/.wheels/$(basename "$name")"
+    joined="$SITE/.wheels/$(basename "$name")"
+    cat "$PARTS"/*.part-* > "$joined"
+    # A machine recycled between the part calls keeps only the last part: say which are missing.
+    if [ -f "$PARTS/SHA256SUMS" ]; then
+      want=$(cut -d' ' -f1 "$PARTS/SHA256SUMS")
+      if [ "$(sha256sum "$joined" | cut -d' ' -f1)" != "$want" ]; then
+        echo "gpu_check: the joined wheel does not match its sha256; parts here: $(ls "$PARTS" | tr '\n' ' ')" \
+             "(expected $(cat "$PARTS/PARTS" 2>/dev/null || echo '?') parts: was the machine recycled between calls?)" >&2
+        exit 2
+      fi
+    fi
   fi
   if ls "$WHEELS"/*.whl >/dev/null 2>&1; then cp "$WHEELS"/*.whl "$SITE/.wheels/"; fi
   if ! ls "$SITE/.wheels"/*.whl >/dev/null 2>&1; then
@@ -83,8 +121,10 @@ if ! has_cuda 2>/dev/null || ! "$PY" -c "import pydantic" 2>/dev/null; then
     exit 2
   fi
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$SITE/.wheels"/*.whl
-  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-  has_cuda || { echo "gpu_check: onnxruntime-gpu cannot load CUDA 13 / cuDNN 9 here" >&2; exit 2; }
+  case ":${PYTHONPATH:-}:" in *":$SITE:"*) ;; *) export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" ;; esac
+  has_cuda || { echo "gpu_check: onnxruntime-gpu is installed but cannot run a convolution on CUDA (CUDA 13 /" \
+                      "cuDNN 9 libraries; LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}):" >&2
+                 ldconfig -p 2>/dev/null | grep -E 'libcublas|libcudnn|libcudart' | head -5 >&2 || true; exit 2; }
 fi
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)

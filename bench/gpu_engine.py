@@ -134,11 +134,17 @@ def main(argv: list[str] | None = None) -> int:
             out["runs"].append(row)
             out["weight_mb"] = round(bnd["weight_bytes"] / 2**20, 1)
             print(json.dumps(row), flush=True)
+            # After every batch size: a run that its caller's timeout kills keeps what it measured.
+            _write(args.out, out)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def _write(path: Path | None, out: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,25 +17,36 @@ ORT=${ORT:-onnxruntime-gpu==1.31.*}
 PART_MB=${PART_MB:-50}
 PARTS=/tmp/genqueue-wheel-parts
 
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)  # a worktree's .git is a file
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
 rm -rf .whl
 mkdir -p .whl/small
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl/small \
-  "$ORT" pydantic pydantic-core annotated-types typing-inspection typing-extensions
+  "$ORT"
+# pydantic with the exact pydantic-core it requires (it refuses any other at import), resolved by pip for
+# the device's Python rather than taken as the latest of each.
+python3 -m pip download -q --only-binary=:all: --python-version "$PYVER" --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl/small pydantic
 ort=$(ls .whl/small/onnxruntime_gpu-*.whl)
+sha256sum "$ort" | sed "s|  .*|  $(basename "$ort")|" > .whl/SHA256SUMS
 split -b "${PART_MB}m" -d -a 1 "$ort" ".whl/$(basename "$ort").part-"
 rm "$ort"
+ls .whl/*.part-* | wc -l | tr -d ' ' > .whl/PARTS
 for p in .whl/*.part-*; do
   d=".whl/p${p##*.part-}"
   mkdir -p "$d" && mv "$p" "$d/"
 done
 last=$(ls -d .whl/p* | sort | tail -1)
+mv .whl/SHA256SUMS .whl/PARTS "$last/"  # the final call checks the joined wheel against them
 echo "gpu_wheels: .whl is ready ($(du -sh .whl | cut -f1)). Calls to the GPU machine, back to back:"
 for d in $(ls -d .whl/p* | sort); do
   [ "$d" = "$last" ] && continue
-  echo "  run carry=[\"$d\"]  command: mkdir -p $PARTS && cp $d/* $PARTS/"
+  # Listing the parts shows at once whether the machine stayed warm (it keeps files ~30 s between calls).
+  echo "  run carry=[\"$d\"]  command: mkdir -p $PARTS && cp $d/* $PARTS/ && ls -l $PARTS"
 done
-echo "  run carry=[\"$last\", \".whl/small\", \"models\"]  timeout_s=420" \
-     "command: mkdir -p $PARTS && cp $last/* $PARTS/ && WHEELS=.whl/small bench/gpu_check.sh"
+echo "  run carry=[\"$last\", \".whl/small\", \"models/dcgan-digits\"]  timeout_s=420" \
+     "command: mkdir -p $PARTS && cp $last/* $PARTS/ && WHEELS=.whl/small bash bench/gpu_check.sh --batches 1,8,64,256"
