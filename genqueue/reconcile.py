@@ -35,7 +35,9 @@ def _broker_lost_messages(db: Database, app: Celery, published_before: dt.dateti
     then some were lost (a Redis restart or flush, a worker killed between taking a message and recording
     it as unacked, messages a killed worker held), and waiting out ``republish_after_s`` would leave those
     jobs idle for minutes. Messages still in a list (a model no worker serves yet) or delivered within the
-    grace (a worker is claiming them) count as present, so they are not published again and again."""
+    grace (a worker is claiming them) count as present, so they are not published again and again. The
+    count errs towards "present" (a recent delivery of a job that is running now counts too): a loss it
+    misses is still caught by ``republish_after_s``."""
     delivered_since = published_before.timestamp()
     with db.session() as s:
         counts = dict(s.execute(  # type: ignore[arg-type]

@@ -45,13 +45,14 @@ async def _json_body(request: Request) -> Any:
         # them into null. Integers past 4300 digits and nesting past ~1000 levels raise ValueError and
         # RecursionError rather than JSONDecodeError.
         return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError:  # before ValueError, of which it (and UnicodeDecodeError) is a subclass
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
-    except (ValueError, RecursionError) as e:
-        reason = str(e) if isinstance(e, ValueError) and not isinstance(e, UnicodeDecodeError) else "nested too deeply"
-        if isinstance(e, UnicodeDecodeError):
-            reason = "not UTF-8"
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {reason[:200]}") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON: not UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON: nested too deeply") from None
+    except ValueError as e:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {str(e)[:200]}") from None
 
 
 def _job_id(job_id: str) -> str:
