@@ -33,7 +33,7 @@ python3 -m pip download -q --only-binary=:all: --python-version "$PYVER" --imple
   -d .whl/small pydantic
 ort=$(ls .whl/small/onnxruntime_gpu-*.whl)
 sha256sum "$ort" | sed "s|  .*|  $(basename "$ort")|" > .whl/SHA256SUMS
-split -b "${PART_MB}m" -d -a 1 "$ort" ".whl/$(basename "$ort").part-"
+split -b "${PART_MB}m" -d -a 2 "$ort" ".whl/$(basename "$ort").part-"
 rm "$ort"
 ls .whl/*.part-* | wc -l | tr -d ' ' > .whl/PARTS
 for p in .whl/*.part-*; do

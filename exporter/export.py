@@ -14,11 +14,13 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +117,20 @@ def _publish(staged: Path, target: Path, force: bool) -> Path | None:
     return trash
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block (main thread, POSIX); Python runs their handlers once the
+    block ends. Elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _publish_all(staged: dict[str, Path], targets: dict[str, Path], force: bool) -> None:
     """Every variant or none: a failure (or an interrupt) while publishing the second one takes the first
     back out and restores the versions they replaced."""
@@ -123,11 +139,14 @@ def _publish_all(staged: dict[str, Path], targets: dict[str, Path], force: bool)
             raise ExportError(f"{target} already exists (use --force to replace it)")
     done: list[tuple[Path, Path | None]] = []
     try:
-        for p, target in targets.items():
-            trash = _publish(staged[p], target, force)
-            done.append((target, trash))
-        for target in targets.values():
-            load_manifest(target, check_hash=True)
+        # Ctrl-C and SIGTERM (which the CLI turns into exceptions at any bytecode) wait until the renames and
+        # this bookkeeping are done; delivered at the end of the block, they roll the whole set back.
+        with _signals_deferred():
+            for p, target in targets.items():
+                trash = _publish(staged[p], target, force)
+                done.append((target, trash))
+            for target in targets.values():
+                load_manifest(target, check_hash=True)
     except BaseException as e:
         for target, trash in reversed(done):
             shutil.rmtree(target, ignore_errors=True)

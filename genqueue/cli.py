@@ -183,16 +183,17 @@ def _wait_until(c: Any, job: dict[str, Any], deadline: float) -> dict[str, Any]:
 def cmd_get(args: argparse.Namespace) -> int:
     from genqueue.client import GenqueueError
 
-    if args.wait < 0:
-        return _fail("--wait must be >= 0 seconds")
+    if args.timeout < 0:
+        return _fail("--timeout must be >= 0 seconds")
+    wait = args.timeout if args.wait else 0
     with _client(args) as c:
         try:
-            job = _wait_until(c, c.get(args.job_id), time.monotonic() + args.wait)
+            job = _wait_until(c, c.get(args.job_id), time.monotonic() + wait)
         except GenqueueError as e:
             return _fail(f"{e.code}: {e.message}")
     print(json.dumps(job, indent=2))
     if args.wait and job["status"] not in _DONE:
-        return _fail(f"job {job['id']} is still {job['status']} after {args.wait}s")
+        return _fail(f"job {job['id']} is still {job['status']} after {wait}s")
     return 0
 
 
@@ -255,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--wait", type=int, default=0, help="wait up to N seconds for the result")
         else:
             sp.add_argument("job_id")
-            sp.add_argument("--wait", type=int, nargs="?", const=120, default=0,
-                            help="wait up to N seconds (120 when N is left out) for the job to end")
+            sp.add_argument("--wait", action="store_true", help="wait for the job to end (at most --timeout)")
+            sp.add_argument("--timeout", type=int, default=120, help="seconds --wait waits at most (default 120)")
         sp.set_defaults(func=fn)
 
     sub.add_parser("export", help="export PyTorch models to ONNX model folders (see `genqueue export -h`)",

@@ -146,8 +146,13 @@ class WorkerRuntime:
     def stop_engines(self, timeout: float = 30.0) -> None:
         """Stop taking jobs and finish the admitted ones within ``timeout``; what is left fails with
         ``shutdown``, which the task threads turn into a release and a requeue. Leases keep being renewed."""
-        for engine in self.engines.values():
-            engine.stop(drain=True, timeout=timeout)
+        # In parallel: one grace for the worker, not one per model served.
+        threads = [threading.Thread(target=e.stop, kwargs={"drain": True, "timeout": timeout}, name="gq-stop")
+                   for e in self.engines.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()

@@ -69,11 +69,11 @@ def test_submit_prints_the_finished_job(monkeypatch, capsys) -> None:  # type: i
     assert code == 0 and job["status"] == "succeeded" and err == ""
 
 
-def test_get_wait_takes_an_optional_limit(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    code, job, _ = run(monkeypatch, capsys, SlowClient(ends_after=0.2), ["get", "j1", "--wait"])
+def test_get_waits_up_to_its_timeout(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, job, _ = run(monkeypatch, capsys, SlowClient(ends_after=0.2), ["get", "--wait", "j1"])  # either order
     assert code == 0 and job["status"] == "succeeded"
-    code, job, err = run(monkeypatch, capsys, SlowClient(), ["get", "j1", "--wait", "1"])
-    assert code == 2 and job["status"] == "running" and "still running" in err
+    code, job, err = run(monkeypatch, capsys, SlowClient(), ["get", "j1", "--wait", "--timeout", "1"])
+    assert code == 2 and job["status"] == "running" and "still running after 1s" in err
     code, job, _ = run(monkeypatch, capsys, SlowClient(), ["get", "j1"])
     assert code == 0 and job["status"] == "running"
 

@@ -328,3 +328,10 @@ def test_encode_threads_default_to_the_usable_cores_up_to_four() -> None:
 def test_png_compress_level_out_of_range_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="png_compress_level must be in 0..9"):
         engine(png_compress_level=12)
+
+
+def test_an_image_with_no_grey_levels_fails_its_job_at_encoding() -> None:
+    # 2 channels: neither grey nor RGB(A). The job fails with postprocess_error, and nothing else in the batch.
+    res = engine(FakeImageRunner(info=ImageModelInfo(16, 0, 2, 4, 4))).run_all([ImageRequest("two", ImageParams(seed=1))])[0]
+    assert res.status == "failed" and res.error_code is ErrorCode.postprocess_error
+    assert "cannot encode 2-channel images" in (res.error_message or "")

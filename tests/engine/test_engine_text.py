@@ -387,3 +387,30 @@ def test_internal_error_fails_the_batch_and_the_engine_recovers(byte_tokenizer: 
     assert [r.error_code for r in first] == [ErrorCode.engine_error] * 2
     again = eng.run_all([TextRequest("c", "x", TextParams(max_new_tokens=5))])
     assert again[0].status == "succeeded"
+
+
+def test_a_stop_string_ending_inside_a_token_that_starts_a_multibyte_character() -> None:
+    # GPT-2's vocabulary has tokens like "." followed by the first bytes of "”": the stop string "." is
+    # complete at that token although the decoded text ends in a partial character there.
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = EOS
+    vocab["âĢ"], vocab[".âĢ"] = 257, 258  # bytes E2 80, and 2E E2 80
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("â", "Ģ"), (".", "âĢ")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    script = [vocab["a"], vocab["b"], 258, vocab["Ŀ"]]  # "Ŀ" is byte 9D, which completes U+201D
+
+    def nxt(history: list[int]) -> int:
+        k = len(history) - 1  # after a one-token prompt
+        return script[k] if k < len(script) else vocab["a"]
+
+    info = TextModelInfo(vocab_size=260, n_layer=1, n_head=1, head_dim=2, context_length=256,
+                         bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)
+    for max_new in (3, 8):  # the stop token is the last one allowed, or one of many
+        eng = TextEngine(runner=FakeTextRunner(info=info, next_token=nxt), tokenizer=tok, config=TextEngineConfig())
+        res = eng.run_all([TextRequest("j", "x", TextParams(max_new_tokens=max_new, temperature=0, stop=(".",)))])[0]
+        assert res.output == {"texts": ["ab"], "finish_reasons": ["stop"]}, (max_new, res.output)
+        assert res.metrics["tokens"] == 3

@@ -581,6 +581,38 @@ def test_a_failure_while_publishing_takes_every_variant_back_out(tmp_path: Path,
     no_leftovers(tmp_path)
 
 
+def test_a_signal_during_publishing_rolls_the_whole_set_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from genqueue.registry import ModelKind
+    from genqueue_exporter import export
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped
+
+    job = export.ExportJob(kind=ModelKind.text, name="sig", version="1", model=small_gpt(), tokenizer_json="{}")
+    real_publish = export._publish
+
+    def publish(staged: Path, target: Path, force: bool) -> Path | None:
+        trash = real_publish(staged, target, force)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands right after a rename, before the bookkeeping
+        return trash
+
+    monkeypatch.setattr(export, "_publish", publish)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped):
+            export.export_model(job, tmp_path, ("fp32", "int8"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not (tmp_path / "sig").exists() or not any((tmp_path / "sig").iterdir())
+    no_leftovers(tmp_path)
+
+
 def test_an_interrupt_inside_the_onnx_exporter_is_not_a_failure_to_fall_back_from() -> None:
     from genqueue_exporter import export
 

@@ -20,6 +20,9 @@ class IncrementalText:
         self._decode = decode  # ids -> text, with nothing done to the characters
         self._clean = clean  # applied to each emitted piece (the engine writes NUL as U+FFFD)
         self.text = ""  # the decoded text of every id up to ``_read``
+        # Whole characters decoded after ``text`` and held back with a partial one (a token can end a stop
+        # string and start a multi-byte character): stop strings are matched on ``text + pending``.
+        self.pending = ""
         self._prefix = 0  # the window's first id: where the text was last known to end on a whole character
         self._read = 0  # ids already in ``text``
 
@@ -29,7 +32,10 @@ class IncrementalText:
         done = self._decode(window[: self._read - self._prefix])
         now = self._decode(window)
         if len(now) <= len(done) or now.endswith(_REPLACEMENT):
-            return False  # no new character yet, or the last one is still incomplete
+            # No new character yet, or the last one is still incomplete: hold the piece back.
+            self.pending = self._clean(now[len(done) :].rstrip(_REPLACEMENT))
+            return False
         self.text += self._clean(now[len(done) :])
+        self.pending = ""
         self._prefix, self._read = self._read, len(ids) + 1
         return True

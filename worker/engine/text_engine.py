@@ -622,9 +622,10 @@ class TextEngine(EngineThread):
             except Exception as e:
                 self._fail(job, ErrorCode.postprocess_error, f"detokenizing failed: {e}")
                 continue
-            cut = matcher.find(text.text) if grew else -1
+            seen = text.text + text.pending
+            cut = matcher.find(seen) if grew or text.pending else -1
             if cut >= 0:
-                job.cut_texts[i] = text.text[:cut]
+                job.cut_texts[i] = seen[:cut]
                 ended[sid] = FinishReason.stop
 
     def _decode_raw(self, ids: Sequence[int]) -> str:
