@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from genqueue import embedded
+from genqueue.db.session import Database, upgrade
 
 
 def _answers(host: str, port: int) -> bool:
@@ -110,6 +111,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'genqueue.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """The session's database, migrated, with an engine of this test's own."""
+    upgrade(database_url)
+    d = Database(database_url)
+    yield d
+    d.dispose()
 
 
 @pytest.fixture(scope="session")

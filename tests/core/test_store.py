@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import func, select, update
 
 from genqueue.db import counters
 from genqueue.db.models import Job, JobImage, Review, utcnow
-from genqueue.db.session import Database, upgrade
+from genqueue.db.session import Database
 from genqueue.enums import ReviewStatus, Role
 from genqueue_api.auth import create_key
 from genqueue_api.store import jobs as store
 from genqueue_worker import service
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    d = Database(database_url)
-    yield d
-    d.dispose()
 
 
 def _job(db: Database) -> str:

@@ -61,17 +61,18 @@ class Lone:
 
 @pytest.fixture
 def lone_stack(redis_url_factory, models_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Starts a SQLite stack with its own Redis database; ``extra_env`` reaches the child processes."""
+    """Starts a SQLite stack with its own Redis database and ``workers`` workers; ``extra_env`` reaches the
+    child processes."""
     started: list[Lone] = []
 
-    def start(extra_env: dict[str, str] | None = None) -> Lone:
+    def start(extra_env: dict[str, str] | None = None, workers: int = 1) -> Lone:
         settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'gq.db'}",
                             redis_url=redis_url_factory(), models_dir=models_dir)
         upgrade(settings.sqlalchemy_url)
         db = Database(settings.sqlalchemy_url)
         with db.session() as s:
             _, secret = create_key(s, "c", Role.client)
-        lone = Lone(Stack(settings, port=free_port(), extra_env=extra_env).start(timeout=180), db, secret)
+        lone = Lone(Stack(settings, workers=workers, port=free_port(), extra_env=extra_env).start(timeout=180), db, secret)
         started.append(lone)
         return lone
 

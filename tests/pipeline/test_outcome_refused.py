@@ -8,27 +8,17 @@ attempts ran out, and each write would fail the neighbours in its group.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from types import SimpleNamespace
 
-import pytest
-
 from genqueue.db.models import Job
-from genqueue.db.session import Database, upgrade
+from genqueue.db.session import Database
 from genqueue.enums import Role
 from genqueue_api.auth import create_key
 from genqueue_api.store import jobs as store
 from genqueue_worker import jobs, service
 from genqueue_worker.engine.types import JobResult
 from genqueue_worker.groupsql import Grouper
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    d = Database(database_url)
-    yield d
-    d.dispose()
 
 
 def _claimed(db: Database, n: int) -> list[service.Claimed]:

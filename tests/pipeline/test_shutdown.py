@@ -61,44 +61,29 @@ def test_sigterm_gives_back_what_the_grace_does_not_cover(lone_stack) -> None:  
     assert stopped_in < 30, stopped_in
 
 
-def test_api_shutdown_answers_held_waits_with_the_job_as_it_stands(redis_url_factory, models_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_api_shutdown_answers_held_waits_with_the_job_as_it_stands(lone_stack) -> None:  # type: ignore[no-untyped-def]
     import concurrent.futures
     import time
 
     import httpx
 
-    from genqueue.db.session import Database, upgrade
-    from genqueue.enums import Role
-    from genqueue.settings import Settings
-    from genqueue.stack import Stack, free_port
-    from genqueue_api.auth import create_key
+    lone = lone_stack(workers=0)  # no worker: jobs stay queued
+    stack = lone.stack
+    auth = {"Authorization": f"Bearer {lone.secret}"}
+    job = httpx.post(stack.base_url + "/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "x"}},
+                     headers=auth, timeout=30).json()
 
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'gq.db'}",
-                        redis_url=redis_url_factory(), models_dir=models_dir)
-    upgrade(settings.sqlalchemy_url)
-    db = Database(settings.sqlalchemy_url)
-    with db.session() as s:
-        _, secret = create_key(s, "c", Role.client)
-    stack = Stack(settings, workers=0, port=free_port()).start(timeout=120)  # no worker: jobs stay queued
-    try:
-        auth = {"Authorization": f"Bearer {secret}"}
-        job = httpx.post(stack.base_url + "/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "x"}},
-                         headers=auth, timeout=30).json()
+    def held_wait() -> httpx.Response:
+        return httpx.get(f"{stack.base_url}/v1/jobs/{job['id']}", headers={**auth, "Prefer": "wait=60"}, timeout=90)
 
-        def held_wait() -> httpx.Response:
-            return httpx.get(f"{stack.base_url}/v1/jobs/{job['id']}", headers={**auth, "Prefer": "wait=60"}, timeout=90)
-
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            waits = [pool.submit(held_wait) for _ in range(4)]
-            time.sleep(1.0)  # the requests are held
-            t0 = time.monotonic()
-            stack.procs[0].send_signal(signal.SIGTERM)
-            answers = [w.result(timeout=60) for w in waits]
-        # Answered with the job as it stands (a 200), not cancelled with a 500 after the 10 s graceful timeout.
-        assert [a.status_code for a in answers] == [200] * 4, [a.text[:100] for a in answers]
-        assert all(a.json()["status"] == "queued" for a in answers)
-        assert time.monotonic() - t0 < 9
-        stack.procs[0].wait(30)  # it exits (uvicorn re-raises the SIGTERM it handled, so the code is -15)
-    finally:
-        stack.stop()
-        db.dispose()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        waits = [pool.submit(held_wait) for _ in range(4)]
+        time.sleep(1.0)  # the requests are held
+        t0 = time.monotonic()
+        stack.procs[0].send_signal(signal.SIGTERM)
+        answers = [w.result(timeout=60) for w in waits]
+    # Answered with the job as it stands (a 200), not cancelled with a 500 after the 10 s graceful timeout.
+    assert [a.status_code for a in answers] == [200] * 4, [a.text[:100] for a in answers]
+    assert all(a.json()["status"] == "queued" for a in answers)
+    assert time.monotonic() - t0 < 9
+    stack.procs[0].wait(30)  # it exits (uvicorn re-raises the SIGTERM it handled, so the code is -15)
