@@ -12,6 +12,8 @@ from typing import Any
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
     from genqueue.settings import Settings
 
     overrides: dict[str, Any] = {}
@@ -19,10 +21,11 @@ def _settings(args: argparse.Namespace) -> Any:
         overrides["models_dir"] = Path(args.models_dir)
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = Path(args.data_dir)
-    return Settings(**overrides)
-
-
-_DONE = frozenset({"succeeded", "failed", "canceled"})  # the client's TERMINAL, without importing httpx here
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:  # a GENQUEUE_* variable out of range: one line per variable, no traceback
+        problems = "; ".join(f"GENQUEUE_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        raise SystemExit(_fail(f"invalid settings: {problems}")) from None
 
 
 def _fail(msg: str) -> int:
@@ -144,7 +147,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from genqueue.client import GenqueueError
+    from genqueue.client import TERMINAL, GenqueueError
 
     try:
         inp: dict[str, Any] = json.loads(args.input) if args.input else {}
@@ -163,7 +166,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except GenqueueError as e:
             return _fail(f"{e.code}: {e.message}")
     print(json.dumps(job, indent=2))
-    if args.wait and job["status"] not in _DONE:
+    if args.wait and job["status"] not in TERMINAL:
         # Accepted and kept (the JSON above has its id), but not finished in time: say so in the exit status.
         return _fail(f"job {job['id']} is still {job['status']} after {args.wait}s; `genqueue get {job['id']}` shows it later")
     return 0
@@ -171,8 +174,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _wait_until(c: Any, job: dict[str, Any], deadline: float) -> dict[str, Any]:
     """The job once it ends, or as it stands at ``deadline`` (server-side long polls in between)."""
+    from genqueue.client import TERMINAL
     left = deadline - time.monotonic()
-    if job["status"] in _DONE or left <= 0:
+    if job["status"] in TERMINAL or left <= 0:
         return job
     try:
         return c.wait(job["id"], timeout=left)  # type: ignore[no-any-return]
@@ -181,7 +185,7 @@ def _wait_until(c: Any, job: dict[str, Any], deadline: float) -> dict[str, Any]:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from genqueue.client import GenqueueError
+    from genqueue.client import TERMINAL, GenqueueError
 
     if args.timeout < 0:
         return _fail("--timeout must be >= 0 seconds")
@@ -192,7 +196,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         except GenqueueError as e:
             return _fail(f"{e.code}: {e.message}")
     print(json.dumps(job, indent=2))
-    if args.wait and job["status"] not in _DONE:
+    if args.wait and job["status"] not in TERMINAL:
         return _fail(f"job {job['id']} is still {job['status']} after {wait}s")
     return 0
 

@@ -34,3 +34,14 @@ def test_settings_a_worker_or_api_cannot_run_with_are_refused(field: str, value:
     # A lease of -1 s would expire at once and run every job twice; a batch of 0 would never run one.
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: value})
+
+
+def test_the_cli_names_a_bad_setting_in_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from genqueue import cli
+
+    monkeypatch.setenv("GENQUEUE_LEASE_SECONDS", "-1")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["db", "upgrade"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "GENQUEUE_LEASE_SECONDS: Input should be greater than 0" in err
