@@ -21,7 +21,7 @@ DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "review")
 MAX_METADATA_DEPTH = 32
 
 
-def _no_nul(value: Any, depth: int = 0) -> None:
+def _check_storable(value: Any, depth: int = 0) -> None:
     """Refuse text a SQL store cannot hold, anywhere in a value (dict keys included): U+0000, which PostgreSQL
     stores in neither text nor JSONB, and lone surrogates (JSON's "\\ud800"), which are not UTF-8 at all. Both
     are refused at the door on every backend instead of failing the INSERT or the answer. Nesting is capped
@@ -37,11 +37,20 @@ def _no_nul(value: Any, depth: int = 0) -> None:
             raise ValueError("must not contain lone UTF-16 surrogates (not valid Unicode text)") from None
     elif isinstance(value, dict):
         for k, v in value.items():
-            _no_nul(k, depth + 1)
-            _no_nul(v, depth + 1)
+            _check_storable(k, depth + 1)
+            _check_storable(v, depth + 1)
     elif isinstance(value, list):
         for v in value:
-            _no_nul(v, depth + 1)
+            _check_storable(v, depth + 1)
+
+
+def storable(value: Any) -> bool:
+    """Whether a SQL store can hold ``value`` (see :func:`_check_storable`)."""
+    try:
+        _check_storable(value)
+    except ValueError:
+        return False
+    return True
 
 
 class TextInput(BaseModel):
@@ -61,7 +70,7 @@ class TextInput(BaseModel):
     @field_validator("prompt", "stop")
     @classmethod
     def _storable(cls, v: Any) -> Any:
-        _no_nul(v)
+        _check_storable(v)
         return v
 
     @field_validator("stop")
@@ -99,7 +108,7 @@ class JobCreate(BaseModel):
     @field_validator("metadata", "webhook")
     @classmethod
     def _storable(cls, v: Any) -> Any:
-        _no_nul(v)
+        _check_storable(v)
         return v
 
     @field_validator("metadata")
@@ -116,7 +125,7 @@ class BulkItem(JobCreate):
     @field_validator("idempotency_key")
     @classmethod
     def _storable_key(cls, v: str | None) -> str | None:
-        _no_nul(v)
+        _check_storable(v)
         return v
 
 

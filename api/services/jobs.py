@@ -35,6 +35,7 @@ from genqueue.schemas import (
     ReviewFlag,
     ReviewInfo,
     TextInput,
+    storable,
 )
 from genqueue.tokens import count_prompt_tokens
 from genqueue_api import metrics
@@ -258,8 +259,9 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
     results: list[JobOut | ErrorResponse | None] = [None] * len(items)
     refused: list[str] = []
     keys = [str(it["idempotency_key"]) for it in items if isinstance(it, dict) and it.get("idempotency_key")]
-    # A key with U+0000 cannot even be looked up on PostgreSQL; the item's own validation refuses it below.
-    existing = store.by_idempotency_keys(session, key.id, [k for k in keys if "\x00" not in k])
+    # A key a store cannot hold (U+0000, a lone surrogate) cannot even be looked up; the item's own validation
+    # refuses it below.
+    existing = store.by_idempotency_keys(session, key.id, [k for k in keys if storable(k)])
     prepared: list[tuple[int, Prepared]] = []
     seen_keys: dict[str, int] = {}
     for i, item in enumerate(items):

@@ -290,6 +290,9 @@ def test_input_a_store_cannot_hold_is_refused_and_nothing_half_done(running) -> 
     assert len(running.client.list_jobs(limit=1000)["data"]) == before + 2  # and the list still answers
     # Idempotency keys: empty ones are refused, and the body is not a place for one on a single POST.
     assert post(good + "}", **{"Idempotency-Key": ""}).status_code == 422
+    r = post('{"jobs": [' + good + ', "idempotency_key": "k\\ud800"}, ' + good + "}]}", "/v1/jobs/bulk")
+    assert r.status_code == 200 and r.json()["data"][0]["error"]["code"] == "validation_error", r.text[:300]
+    assert "id" in r.json()["data"][1]
     r = post(good + ', "idempotency_key": "k"}')
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "idempotency_key"
     # Concurrent bulk requests sharing a key: one job for the key, every request answered, every good item kept.
