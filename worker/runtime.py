@@ -26,6 +26,7 @@ from genqueue.db.session import Database
 from genqueue.registry import ModelEntry, ModelKind, Registry
 from genqueue.settings import Settings
 from genqueue_worker import metrics, service
+from genqueue_worker.engine.base import stop_all
 from genqueue_worker.engine.types import JobResult
 from genqueue_worker.groupsql import Grouper
 
@@ -146,13 +147,7 @@ class WorkerRuntime:
     def stop_engines(self, timeout: float = 30.0) -> None:
         """Stop taking jobs and finish the admitted ones within ``timeout``; what is left fails with
         ``shutdown``, which the task threads turn into a release and a requeue. Leases keep being renewed."""
-        # In parallel: one grace for the worker, not one per model served.
-        threads = [threading.Thread(target=e.stop, kwargs={"drain": True, "timeout": timeout}, name="gq-stop")
-                   for e in self.engines.values()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        stop_all(self.engines.values(), drain=True, timeout=timeout)  # one grace for the worker, not one per model
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any
+
+
+def stop_all(engines: Iterable[Any], drain: bool = True, timeout: float = 30.0) -> None:
+    """``stop`` every engine at once: each may take up to ``timeout`` to drain, and one after another they
+    would take that many times as long."""
+    threads = [threading.Thread(target=e.stop, args=(drain, timeout), name="engine-stop") for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 class EngineThread:

@@ -25,6 +25,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from genqueue.registry import ModelEntry
+from genqueue_worker.engine.base import stop_all
 from genqueue_worker.engine.text_engine import EngineStats, TextEngine, TextEngineConfig
 from genqueue_worker.engine.types import JobResult, TextRequest
 
@@ -116,12 +117,7 @@ class LanedTextEngine:
             lane.start()
 
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
-        # In parallel: each lane may take up to ``timeout`` to drain.
-        threads = [threading.Thread(target=lane.stop, args=(drain, timeout)) for lane in self.lanes]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        stop_all(self.lanes, drain, timeout)
 
     def run_all(self, requests: Iterable[TextRequest]) -> list[JobResult]:
         """Synchronous in-process API (benchmarks, tests): every lane runs its share in its own thread."""
