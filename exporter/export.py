@@ -119,16 +119,22 @@ def _publish(staged: Path, target: Path, force: bool) -> Path | None:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back for the block (main thread, POSIX); Python runs their handlers once the
-    block ends. Elsewhere it does nothing."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Hold SIGINT and SIGTERM back for the block, then raise the first that came once it ends, to the handler
+    it would have met. Python-level handlers, not a signal mask: in a process with other threads the kernel
+    hands a process signal to any thread that does not block it. Outside the main thread, does nothing."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _publish_all(staged: dict[str, Path], targets: dict[str, Path], force: bool) -> None:
