@@ -273,3 +273,23 @@ def queued_messages(session: Session, published_before: dt.datetime) -> dict[str
         .group_by(Job.model)
     ).all()
     return {str(m): int(n) for m, n in rows}
+
+
+def lease_holders(session: Session, now: dt.datetime) -> set[str]:
+    """The workers that hold live leases on running jobs."""
+    return {str(w) for w in session.execute(
+        select(Job.leased_by).where(Job.status == JobStatus.running.value, Job.lease_expires_at > now,
+                                    Job.leased_by.is_not(None)).distinct()).scalars()}
+
+
+def expire_leases(session: Session, worker_ids: Sequence[str], now: dt.datetime) -> int:
+    """Lease expiry for workers known to be dead: their running jobs become claimable now rather than when
+    their leases would have run out (120 s by default). Should one of them be alive after all, its writes
+    are refused once another worker has claimed the job, so no job gets two outcomes."""
+    if not worker_ids:
+        return 0
+    res = session.execute(
+        update(Job).where(Job.status == JobStatus.running.value, Job.leased_by.in_(list(worker_ids)),
+                          Job.lease_expires_at > now)
+        .values(lease_expires_at=now).execution_options(synchronize_session=False))
+    return int(res.rowcount)  # type: ignore[attr-defined]

@@ -3,7 +3,8 @@
 It covers a publish that failed (Redis down at submit, or the API died between its COMMIT and its
 publish), messages lost with a Redis restart (the broker may keep nothing on disk: noticed within one pass by
 counting the messages Redis holds against the messages SQL says carry queued jobs), and jobs left `running`
-under an expired lease by a dead worker. It publishes in chunks, like the API. Re-publishing is always safe:
+by a dead worker: noticed from its missing heartbeat, so they run again within seconds instead of when their
+leases (120 s) run out; a slow worker that still beats keeps its jobs. It publishes in chunks, like the API. Re-publishing is always safe:
 a worker re-reads the rows and skips anything no longer `queued` or leased elsewhere.
 """
 
@@ -12,8 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 
-from genqueue import jobstate, queue
+from genqueue import jobstate, queue, workers
 from genqueue.db.models import utcnow
 from genqueue.db.session import Database
 from genqueue.publisher import Publisher
@@ -48,13 +50,48 @@ def _broker_lost_messages(db: Database, publisher: Publisher, published_before: 
     return sum(int(n) for n in pipe.execute()) < sum(counts.values())
 
 
+class DeadWorkers:
+    """Workers that hold leases but no longer beat. A worker counts as dead only after it has been missing
+    for ``grace_s`` (a Redis flush or restart wipes every heartbeat until the next beat, a few seconds)."""
+
+    def __init__(self, grace_s: float = 4.0) -> None:
+        self.grace_s = grace_s
+        self._missing_since: dict[str, float] = {}
+
+    def confirm(self, missing: set[str]) -> list[str]:
+        now = time.monotonic()
+        self._missing_since = {w: self._missing_since.get(w, now) for w in missing}
+        return sorted(w for w, t in self._missing_since.items() if now - t >= self.grace_s)
+
+
+def _expire_dead_leases(db: Database, publisher: Publisher, dead: DeadWorkers) -> int:
+    now = utcnow()
+    with db.session() as s:
+        holders = jobstate.lease_holders(s, now)
+    if not holders:
+        dead.confirm(set())
+        return 0
+    live = {str(w.get("id")) for w in workers.live_workers(queue.shared_redis(str(publisher.app.conf.broker_url)))}
+    gone = dead.confirm(holders - live)
+    if not gone:
+        return 0
+    with db.session() as s:
+        n = jobstate.expire_leases(s, gone, now)
+        s.commit()
+    log.warning("reconciler: worker(s) %s stopped beating; %d running job(s) go out again", ", ".join(gone), n)
+    return n
+
+
 def reconcile_once(db: Database, publisher: Publisher, *, unpublished_grace_s: float = 2.0,
-                   republish_after_s: float = 600.0, lost_grace_s: float = 30.0, limit: int = 5000) -> int:
+                   republish_after_s: float = 600.0, lost_grace_s: float = 30.0, limit: int = 5000,
+                   dead: DeadWorkers | None = None) -> int:
     """Publish what needs publishing; returns how many jobs were published.
 
     ``lost_grace_s``: when Redis holds fewer messages than there are messages of queued jobs published that
     long ago, those jobs are published again now rather than after ``republish_after_s``. The grace covers a
     message between a worker's fetch and its claim."""
+    if dead is not None:
+        _expire_dead_leases(db, publisher, dead)
     now = utcnow()
     stale = now - dt.timedelta(seconds=republish_after_s)
     if _broker_lost_messages(db, publisher, now - dt.timedelta(seconds=lost_grace_s)):
@@ -80,11 +117,12 @@ class Reconciler(threading.Thread):
         self.db, self.publisher = db, publisher
         self.interval_s, self.republish_after_s = interval_s, republish_after_s
         self._stop_event = threading.Event()
+        self._dead = DeadWorkers(grace_s=workers.HEARTBEAT_EVERY_S + 1)
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             try:
-                reconcile_once(self.db, self.publisher, republish_after_s=self.republish_after_s)
+                reconcile_once(self.db, self.publisher, republish_after_s=self.republish_after_s, dead=self._dead)
             except Exception as e:  # Redis or SQL still down: try again next round
                 log.warning("reconciler: %s: %s", e.__class__.__name__, e)
 

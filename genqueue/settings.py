@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     # Jobs one API key may submit per minute (bulk items count one each); 0 means no limit.
     rate_limit_jobs_per_min: int = Field(default=0, ge=0)
     # The reconciler (in each API process) re-publishes lost or never-published jobs; 0 disables it.
-    reconcile_interval_s: float = 10.0
+    reconcile_interval_s: float = 5.0
     republish_after_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")

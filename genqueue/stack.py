@@ -113,7 +113,8 @@ class Stack:
                 with contextlib.suppress(httpx.HTTPError):
                     api_ok = httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200
             mine = {str(p.pid) for p in self.procs}
-            live = [h for h in self.worker_heartbeats() if str(h.get("pid")) in mine]
+            # A worker counts once its Celery consumer runs, not merely once its engines are loaded.
+            live = [h for h in self.worker_heartbeats() if str(h.get("pid")) in mine and h.get("consuming")]
             if api_ok and len(live) >= self.workers:
                 return
             time.sleep(0.2)

@@ -17,7 +17,10 @@ import redis
 log = logging.getLogger(__name__)
 
 WORKER_KEY_PREFIX = "genqueue:worker:"
-HEARTBEAT_TTL_S = 30
+# A worker writes its heartbeat every HEARTBEAT_EVERY_S; a key older than HEARTBEAT_TTL_S is gone, and the
+# reconciler takes that worker for dead (its running jobs go out again without waiting for their leases).
+HEARTBEAT_EVERY_S = 3.0
+HEARTBEAT_TTL_S = 10
 
 
 def live_workers(client: redis.Redis) -> list[dict[str, Any]]:

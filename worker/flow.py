@@ -28,6 +28,11 @@ class Flow:
         self._lock = threading.Lock()
 
     @property
+    def attached(self) -> bool:
+        """Whether Celery's consumer has started (and handed its QoS over)."""
+        return self._qos is not None
+
+    @property
     def wanted(self) -> int:
         """The prefetch count the rule asks for now (kombu's 0 would mean "no limit", so never below 1)."""
         more = 1 if self.jobs < self.target_jobs else 0

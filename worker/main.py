@@ -29,6 +29,7 @@ def _flow_step(rt: WorkerRuntime) -> type:
             # kombu re-arms its fetch from the event loop only; a short timer there applies a changed count
             # within milliseconds instead of at the loop's next idle wake-up (up to a second).
             c.timer.call_repeatedly(0.005, rt.flow.apply)
+            rt.consumer_started()
 
     return FlowStep
 

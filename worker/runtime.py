@@ -25,7 +25,7 @@ from genqueue import events, queue
 from genqueue.db.session import Database
 from genqueue.registry import ModelEntry, ModelKind, Registry
 from genqueue.settings import Settings
-from genqueue.workers import HEARTBEAT_TTL_S, WORKER_KEY_PREFIX
+from genqueue.workers import HEARTBEAT_EVERY_S, HEARTBEAT_TTL_S, WORKER_KEY_PREFIX
 from genqueue_worker import metrics
 from genqueue_worker.engine.base import stop_all
 from genqueue_worker.engine.types import JobResult
@@ -67,6 +67,7 @@ class WorkerRuntime:
         self._inflight: dict[str, InFlight] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._beat_now = threading.Event()
         self._threads: list[threading.Thread] = []
         self.store = JobStore(settings, self.db, self.worker_id, busy=lambda: bool(self._inflight),
                               on_finished=lambda ids: events.publish_finished(self._redis(), ids))
@@ -127,6 +128,7 @@ class WorkerRuntime:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self._beat_now.set()
         self.stop_engines(timeout)
         self.store.close()
         with contextlib.suppress(Exception):
@@ -173,6 +175,8 @@ class WorkerRuntime:
             info = {"id": self.worker_id, "models": self.model_names, "refs": sorted(self.engines),
                     "providers": self.providers, "pid": os.getpid(), "inflight": len(self._inflight),
                     "held_messages": self.flow.messages, "held_jobs": self.flow.jobs,
+                    # False until Celery's consumer runs: the engines are loaded, but nothing is fetched yet.
+                    "consuming": self.flow.attached,
                     "lanes": {ref: len(getattr(e, "lanes", [e])) for ref, e in self.engines.items()},
                     "torch_loaded": "torch" in sys.modules, "at": time.time()}
             try:
@@ -187,8 +191,14 @@ class WorkerRuntime:
                     metrics.QUEUE_DEPTH.labels(q).set(sum(next(depths) for _ in queue.PRIORITY_STEPS))
             except Exception as e:
                 log.warning("heartbeat: %s", e)
-            if self._stop.wait(5.0):
+            self._beat_now.wait(HEARTBEAT_EVERY_S)
+            self._beat_now.clear()
+            if self._stop.is_set():
                 return
+
+    def consumer_started(self) -> None:
+        """Celery's consumer runs: say so in the heartbeat now rather than at the next beat."""
+        self._beat_now.set()
 
 
 _runtime: WorkerRuntime | None = None

@@ -37,3 +37,39 @@ def test_killed_worker_jobs_are_finished_by_another(lone_stack, database: str) -
         writes = dict(s.execute(select(AuditEvent.job_id, func.count()).where(
             AuditEvent.job_id.in_(ids), AuditEvent.action == "prescreen").group_by(AuditEvent.job_id)).all())  # type: ignore[arg-type]
     assert writes == {i: 1 for i in ids}
+
+
+def test_a_dead_worker_is_noticed_from_its_heartbeat_and_its_jobs_rerun_within_30_s(lone_stack) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from genqueue.db.models import Job
+
+    # Default settings: leases of 120 s, so only the missing heartbeat can bring the jobs back this soon.
+    lone = lone_stack(workers=2)
+    stack, db = lone.stack, lone.db
+    with Client(stack.base_url, lone.secret, timeout=60) as c:
+        # Two chunks of 32 jobs, each a worker's full share (it takes no second message while it holds 32).
+        ids = submit_long_jobs_until_running(c, 64, n=4)
+        victim = stack.procs[1]
+        victim_id = next(str(h["id"]) for h in stack.worker_heartbeats() if h.get("pid") == victim.pid)
+        with db.session() as s:
+            held = dict(s.execute(select(Job.id, Job.leased_by).where(Job.id.in_(ids), Job.status == "running")).all())  # type: ignore[arg-type]
+        mine = [i for i, w in held.items() if w == victim_id]
+        others = [i for i, w in held.items() if w != victim_id]
+        assert mine and others, held  # both workers hold jobs of the bulk
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        victim.wait(30)
+        stack.procs.remove(victim)
+        while True:
+            with db.session() as s:
+                rerun = s.scalar(select(func.count()).select_from(Job).where(Job.id.in_(mine), Job.attempts >= 2))
+            if rerun == len(mine) or time.monotonic() - killed_at > 60:
+                break
+            time.sleep(0.25)
+        recovered_in = time.monotonic() - killed_at
+        assert rerun == len(mine) and recovered_in < 30, (rerun, len(mine), recovered_in)
+        final = {i: c.wait(i, timeout=120) for i in ids}
+    assert all(j["status"] == "succeeded" for j in final.values())
+    # The worker that kept beating kept its jobs: none of them ran twice.
+    assert all(final[i]["attempts"] == 1 for i in others)
