@@ -15,7 +15,7 @@ import threading
 from celery import Celery
 from sqlalchemy import and_, func, or_, select, update
 
-from genqueue import queue
+from genqueue import logs, queue
 from genqueue.db.models import Job, utcnow
 from genqueue.db.session import Database
 from genqueue.enums import JobStatus
@@ -90,6 +90,8 @@ def reconcile_once(db: Database, app: Celery, *, unpublished_grace_s: float = 2.
         s.execute(update(Job).where(Job.id.in_([r.id for r in rows])).values(published_at=now))
         s.commit()
     log.info("reconciler published %d job(s)", len(rows))
+    for r in rows:
+        logs.job_event(log, "republished", r.id, model=r.model)
     return len(rows)
 
 

@@ -16,6 +16,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENQUEUE_", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
+    # Log lines: "json" (one object per line, for a log collector) or "text" (for a terminal); unset: json in
+    # production, text in development.
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path("data")
     # None → SQLite file in data_dir (WAL mode). PostgreSQL: postgresql+psycopg://user@host/db
     database_url: str | None = None
@@ -61,7 +65,8 @@ class Settings(BaseSettings):
     ort_allow_spinning: bool = False
     # ONNX Runtime intra-op threads per engine; 0 lets ORT choose (one per physical core).
     ort_threads: int = Field(default=0, ge=0)
-    # Log one line per job received and finished (Celery's and genqueue's); off keeps logging off the hot path.
+    # Celery's lines per message received and task finished (genqueue's own line per job state change, found by
+    # grepping the job id, is logged at INFO whatever this says); off keeps Celery's logging off the hot path.
     worker_log_jobs: bool = False
     # Prometheus endpoint of each worker (0 disables); a second worker on the host logs and goes without.
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -87,6 +92,10 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.webhook_secret.strip().lower() in _PLACEHOLDERS:
             raise ValueError("GENQUEUE_WEBHOOK_SECRET must be set to a real secret in production")
         return self
+
+    @property
+    def resolved_log_format(self) -> str:
+        return self.log_format or ("json" if self.environment == "production" else "text")
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.exc import DataError
 
+from genqueue import logs
 from genqueue.db.models import utcnow
 from genqueue.enums import ReviewStatus
 from genqueue_worker import metrics, prescreen, service
@@ -52,6 +53,7 @@ def process(rt: WorkerRuntime, job_id: str) -> str:
     if isinstance(claimed, service.Skipped):
         log.info("job %s skipped: %s", job_id, claimed.reason)
         return f"skipped:{claimed.reason}"
+    logs.job_event(log, "claimed", job_id, model=claimed.model, attempt=claimed.attempts)
     found = rt.engine_for(claimed.model, claimed.model_version)
     if found is None:
         rt.writer.submit(service.Failure(job_id, "model_unavailable",
@@ -77,7 +79,8 @@ def record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue
     outcome = _record(rt, claimed, result, queue_ms)
     latency = (utcnow() - claimed.created_at).total_seconds()
     kind, status, _, code = claimed.kind, *outcome.partition(":")
-    metrics.observe(claimed.model, kind, status, result.metrics, latency, code or None)
+    metrics.observe(claimed.model, kind, status, result.metrics, latency, code or None, queue_s=queue_ms / 1000)
+    logs.job_event(log, status, claimed.job_id, model=claimed.model, code=code or None)
     return outcome
 
 

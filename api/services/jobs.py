@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from genqueue import queue
+from genqueue import logs, queue
 from genqueue.db.models import ApiKey, Job, Review, utcnow
 from genqueue.enums import JobStatus, ReviewPolicy, ReviewStatus, Role
 from genqueue.registry import ModelKind, UnknownModel
@@ -236,6 +236,7 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
     job = store.get(session, p.row["id"])
     assert job is not None
     metrics.SUBMITTED.labels(job.model).inc()
+    logs.job_event(log, "submitted", job.id, model=job.model, batch_id=job.batch_id)
     return outs(session, [job])[0], True
 
 
@@ -296,6 +297,8 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
             results[i] = out_from_row(p.row)
         for model, n in Counter(r["model"] for r in rows).items():
             metrics.SUBMITTED.labels(model).inc(n)
+        for r in rows:
+            logs.job_event(log, "submitted", r["id"], model=r["model"], batch_id=r.get("batch_id"))
     return [r for r in results if r is not None], refused
 
 
@@ -347,4 +350,5 @@ def cancel_job(session: Session, key: ApiKey, job_id: str) -> JobOut:
         raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}; only queued or running jobs can be canceled")
     session.commit()
     session.refresh(job)
+    logs.job_event(log, "canceled", job_id, model=job.model)
     return outs(session, [job])[0]
