@@ -74,7 +74,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         role = Role(args.role)
     except ValueError:
         return _fail(f"unknown role {args.role!r}; choose client, moderator or admin")
-    db = Database.from_settings(_ready(_settings(args), "keys", redis=False))
+    db = Database.from_settings(_ready(_settings(args), "keys"))
     try:
         ensure_migrated(db)
     except NotMigrated as e:
@@ -172,7 +172,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from genqueue.db.session import Database
     from genqueue.registry import Registry
 
-    s = _ready(_settings(args), "status")
+    s = _ready(_settings(args), "status", redis=True)
     if not s.redis_url:
         return _fail("GENQUEUE_REDIS_URL: status reads the deployment's Redis; set it (the embedded one is "
                      "private to `genqueue serve`)")

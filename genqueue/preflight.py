@@ -74,8 +74,12 @@ def check_models_dir(settings: Settings) -> None:
                                                    "`genqueue export builtin --models-dir " f"{path}`")
 
 
-def check(settings: Settings, *, database: bool = True, redis: bool = True, models: bool = False) -> None:
-    """Runs the checks a service needs; raises Misconfigured on the first that fails."""
+def check(settings: Settings, *, database: bool = True, redis: bool = False, models: bool = False) -> None:
+    """Runs the checks a service needs; raises Misconfigured on the first that fails.
+
+    Services do not check Redis: the API accepts jobs while Redis is down (the reconciler publishes them
+    later) and the worker waits for it, so an unreachable Redis at start is an outage to ride out, not a
+    misconfiguration."""
     if models:
         check_models_dir(settings)
     if database:

@@ -42,8 +42,8 @@ def test_an_unreachable_database(tmp_path: Path, command: list[str]) -> None:
     assert "hunter2" not in line  # the password is never printed
 
 
-def test_an_unreachable_redis(tmp_path: Path) -> None:
-    line = one_line(start(tmp_path, ["api"], GENQUEUE_REDIS_URL="redis://127.0.0.1:1/0"))
+def test_status_names_an_unreachable_redis(tmp_path: Path) -> None:
+    line = one_line(start(tmp_path, ["status"], GENQUEUE_REDIS_URL="redis://127.0.0.1:1/0"))
     assert line.startswith("genqueue: error: GENQUEUE_REDIS_URL: cannot connect to redis://127.0.0.1:1/0")
 
 
