@@ -11,7 +11,7 @@ MODELS_DIR ?= models
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[export,dev,bench]'
+	$(PY) -m pip install -q -e '.[server,worker,export,dev,bench]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)

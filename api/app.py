@@ -16,7 +16,7 @@ from genqueue.reconcile import Reconciler
 from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, JobCreate
 from genqueue.settings import Settings, get_settings
-from genqueue_api import errors, metrics
+from genqueue_api import errors, httpmetrics, metrics
 from genqueue_api.routes import health, jobs, models
 from genqueue_api.state import AppState
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     app.state.genqueue = app_state
     errors.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(httpmetrics.RequestMetrics)  # outermost: counts every answer, 413s included
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)

@@ -24,8 +24,28 @@ def _settings(args: argparse.Namespace) -> Any:
     try:
         return Settings(**overrides)
     except ValidationError as e:  # a GENQUEUE_* variable out of range: one line per variable, no traceback
-        problems = "; ".join(f"GENQUEUE_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(_problem(err) for err in e.errors())
         raise SystemExit(_fail(f"invalid settings: {problems}")) from None
+
+
+def _problem(err: Any) -> str:
+    if not err["loc"]:  # a check across fields names its variables itself
+        return str(err["msg"]).removeprefix("Value error, ")
+    return f"GENQUEUE_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+
+
+def _ready(s: Any, service: str, **checks: bool) -> Any:
+    """Logging for ``service``, then the start-up checks: a setting the process cannot run with stops it
+    here in one line that names the variable."""
+    from genqueue import logs
+    from genqueue.preflight import Misconfigured, check
+
+    logs.configure(s.resolved_log_format, s.log_level, service)
+    try:
+        check(s, **checks)
+    except Misconfigured as e:
+        raise SystemExit(_fail(str(e))) from None
+    return s
 
 
 def _fail(msg: str) -> int:
@@ -54,7 +74,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         role = Role(args.role)
     except ValueError:
         return _fail(f"unknown role {args.role!r}; choose client, moderator or admin")
-    db = Database.from_settings(_settings(args))
+    db = Database.from_settings(_ready(_settings(args), "keys"))
     try:
         ensure_migrated(db)
     except NotMigrated as e:
@@ -67,16 +87,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
     from genqueue.db.session import NotMigrated
     from genqueue_api.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    s = _settings(args)
+    s = _ready(_settings(args), "api", models=True)
     try:
         app = create_app(s)
     except NotMigrated as e:
@@ -100,7 +116,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from genqueue_worker.main import run
 
     models = [m for m in (args.models or "").split(",") if m] or None
-    run(_settings(args), models)
+    run(_ready(_settings(args), "worker", models=True), models)
     return 0
 
 
@@ -133,6 +149,65 @@ def cmd_serve(args: argparse.Namespace) -> int:
     while not stop and all(p.poll() is None for p in stack.procs):
         time.sleep(0.5)
     stack.stop()
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from genqueue import beat
+    from genqueue.db.session import Database, NotMigrated, ensure_migrated
+
+    s = _ready(_settings(args), "beat")
+    db = Database.from_settings(s)
+    try:
+        ensure_migrated(db)
+    except NotMigrated as e:
+        return _fail(str(e))
+    finally:
+        db.dispose()
+    return beat.run(s)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from genqueue import queue, status
+    from genqueue.db.session import Database
+    from genqueue.registry import Registry
+
+    s = _ready(_settings(args), "status", redis=True)
+    if not s.redis_url:
+        return _fail("GENQUEUE_REDIS_URL: status reads the deployment's Redis; set it (the embedded one is "
+                     "private to `genqueue serve`)")
+    db = Database.from_settings(s)
+    try:
+        known = Registry(s.models_dir).names() if s.models_dir.is_dir() else []
+        snap = status.snapshot(db, queue.redis_client(s.redis_url), known)
+    except Exception as e:  # e.g. an un-migrated database: one line, not a traceback
+        return _fail(f"cannot read the deployment's state: {e.__class__.__name__}: {str(e).splitlines()[0]}")
+    finally:
+        db.dispose()
+    print(json.dumps(snap, indent=2) if args.json else status.render(snap))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from genqueue import settings_doc
+
+    if args.write_readme:
+        changed = settings_doc.write_readme(Path(args.write_readme))
+        print(f"{args.write_readme}: {'updated' if changed else 'already current'}")
+        return 0
+    if args.markdown:
+        print(settings_doc.markdown())
+        return 0
+    from genqueue.preflight import masked
+
+    s = _settings(args)
+    for name in type(s).model_fields:
+        value = getattr(s, name)
+        if value and name.endswith("_secret"):  # never print credentials
+            value = "***"
+        elif value and name.endswith("_url"):
+            value = masked(value)
+        print(f"GENQUEUE_{name.upper()}={'' if value is None else value}")
     return 0
 
 
@@ -246,6 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     common(serve)
     serve.set_defaults(func=cmd_serve)
+
+    beat = sub.add_parser("beat", help="run the periodic duties (the reconciler) in one process")
+    common(beat)
+    beat.set_defaults(func=cmd_beat)
+
+    st = sub.add_parser("status", help="queues, live workers, jobs by status, the oldest queued job")
+    st.add_argument("--json", action="store_true", help="print it as JSON")
+    common(st)
+    st.set_defaults(func=cmd_status)
+
+    se = sub.add_parser("settings", help="the effective settings, or the settings reference")
+    se.add_argument("--markdown", action="store_true", help="print the reference table (as in README.md)")
+    se.add_argument("--write-readme", metavar="PATH", help="rewrite the reference table inside this README")
+    se.set_defaults(func=cmd_settings)
 
     for name, fn in (("submit", cmd_submit), ("get", cmd_get)):
         sp = sub.add_parser(name, help=f"{name} a job through the API")

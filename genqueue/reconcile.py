@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from genqueue import jobstate, queue, workers
+from genqueue import jobstate, logs, queue, workers
 from genqueue.db.models import utcnow
 from genqueue.db.session import Database
 from genqueue.publisher import Publisher
@@ -106,6 +106,8 @@ def reconcile_once(db: Database, publisher: Publisher, *, unpublished_grace_s: f
     if not publisher.publish_now([queue.Publication(i, m, p, k) for i, m, p, k in rows]):
         raise ConnectionError("the broker refused the publish")
     log.info("reconciler published %d job(s)", len(rows))
+    for job_id, model, _, _ in rows:
+        logs.job_event(log, "republished", job_id, model=model)
     return len(rows)
 
 

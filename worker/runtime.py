@@ -116,6 +116,7 @@ class WorkerRuntime:
             self.providers[entry.ref] = str(provider)
             log.info("serving %s (%s) on %s", entry.ref, entry.manifest.kind.value, provider)
         metrics.serve(self.settings.worker_metrics_port)
+        metrics.announce_providers(self.providers)
         for target, name in ((self._watch, "gq-watch"), (self._heartbeat, "gq-heartbeat")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()

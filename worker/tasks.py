@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 from celery.exceptions import Reject
@@ -15,13 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def register(app: Celery) -> None:
-    @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)
-    def run_jobs(job_ids: list[str], model: str | None = None) -> dict[str, str]:
+    @app.task(name=TASK_NAME, acks_late=True, ignore_result=True, bind=True)
+    def run_jobs(self: Any, job_ids: list[str], model: str | None = None) -> dict[str, str]:
         # The message carries only ids; everything else is re-read from SQL under a lease.
         rt = get_runtime()
         ids = [str(i) for i in job_ids] if isinstance(job_ids, list) else []
         with rt.flow.message(len(ids)) as job_done:
-            report = jobs.process_message(rt.store, rt, rt.settings.review_auto_policy, ids, model, job_done)
+            report = jobs.process_message(rt.store, rt, rt.settings.review_auto_policy, ids, model, job_done,
+                                          message_id=self.request.id)
         if report.given_back:
             # The worker is stopping: the given-back jobs are queued again in SQL, and the message goes back
             # to Redis whole; its finished ids will be skipped by whoever takes it.

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from genqueue import queue
+from genqueue_api import storemetrics
 from genqueue_api.deps import StateDep
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["operations"])
 
@@ -38,5 +43,10 @@ def readyz(state: StateDep) -> Response:
 
 
 @router.get("/metrics")
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+def metrics(state: StateDep) -> Response:
+    body = generate_latest()
+    try:
+        body += storemetrics.render(state.db)
+    except Exception as e:  # the process metrics still answer while SQL is down
+        log.warning("store metrics not read: %s: %s", e.__class__.__name__, e)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from genqueue import jobstate, queue
+from genqueue import jobstate, logs, queue
 from genqueue.db.models import ApiKey, Job, Review, utcnow
 from genqueue.enums import JobStatus, ReviewPolicy, ReviewStatus, Role
 from genqueue.registry import ModelKind, UnknownModel
@@ -226,6 +226,7 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
     # within its window into one message per model and priority.
     state.publisher.submit(_publications([p.row]))
     metrics.SUBMITTED.labels(p.row["model"]).inc()
+    logs.job_event(log, "submitted", p.row["id"], model=p.row["model"], batch_id=p.row.get("batch_id"))
     return out_from_row(p.row), True
 
 
@@ -287,6 +288,8 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
             results[i] = out_from_row(p.row)
         for model, n in Counter(r["model"] for r in rows).items():
             metrics.SUBMITTED.labels(model).inc(n)
+        for r in rows:
+            logs.job_event(log, "submitted", r["id"], model=r["model"], batch_id=r.get("batch_id"))
     return [r for r in results if r is not None], refused
 
 
@@ -338,4 +341,5 @@ def cancel_job(session: Session, key: ApiKey, job_id: str) -> JobOut:
         raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}; only queued or running jobs can be canceled")
     session.commit()
     session.refresh(job)
+    logs.job_event(log, "canceled", job_id, model=job.model)
     return outs(session, [job])[0]
