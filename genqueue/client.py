@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 _RETRYABLE = {500, 502, 503, 504}  # what a restarting API or its proxy answers while a wait is held
+
+
+def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str) -> Any:
+    """Check a webhook genqueue sent (Standard Webhooks: ``webhook-id``, ``webhook-timestamp``,
+    ``webhook-signature``) against the deployment's webhook secret and return the parsed event.
+
+    ``payload`` must be the request body exactly as received. Raises ``WebhookVerificationError`` (from
+    `standardwebhooks`) when the signature does not match, a header is missing, or the timestamp is more
+    than five minutes away from now (a replay). The event's ``webhook-id`` stays the same on every retry:
+    use it to drop repeats."""
+    from genqueue.webhooks.signing import verify
+
+    return verify(payload, headers, secret)
 
 
 class GenqueueError(Exception):

@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy.exc import DataError
 
 from genqueue.db.models import utcnow
-from genqueue.enums import ReviewStatus
 from genqueue_worker import metrics, prescreen, service
 from genqueue_worker.engine.types import (
     ErrorCode,
@@ -97,7 +96,7 @@ def _record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queu
     images = [(im.data, im.width, im.height, im.format) for im in result.images]
     t0 = time.perf_counter()
     if claimed.kind == "text":
-        flags = prescreen.text_flags(list(output.get("texts", [])))
+        flags = prescreen.text_flags(list(output.get("texts", [])), prescreen.text_rules(rt.settings))
     else:
         # The engine measured each image's grey levels before encoding; decoding the file again cost ~45 us
         # per image here, on the task thread.
@@ -109,9 +108,8 @@ def _record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queu
             for i, (_, w, h, fmt) in enumerate(images)
         ]
     job_metrics["prescreen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-    review: ReviewStatus = prescreen.review_status(claimed.review_policy, rt.settings.review_auto_policy, flags)
     try:
-        ok = rt.writer.submit(service.Success(job_id, output, job_metrics, images, review, flags)).result()
+        ok = rt.writer.submit(service.Success(job_id, output, job_metrics, images, flags)).result()
     except DataError as e:
         # The store refused a value in this output. Running the job again would give the same output (it is
         # seeded), so it fails now instead of coming back until its attempts run out.

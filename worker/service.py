@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from genqueue.db import counters
-from genqueue.db.models import AuditEvent, Job, JobImage, Review, UTCDateTime, utcnow
-from genqueue.enums import JobStatus, ReviewStatus
+from genqueue.db.models import Job, JobImage, UTCDateTime, utcnow
+from genqueue.enums import JobStatus
+from genqueue.review import state as review_state
 
 _ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 
@@ -49,7 +49,6 @@ class Success:
     output: dict[str, Any]
     metrics: dict[str, Any]
     images: Sequence[tuple[bytes, int, int, str]]  # (data, width, height, format), in output order
-    review: ReviewStatus
     flags: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -172,18 +171,9 @@ def write_outcomes(session: Session, worker_id: str, outcomes: Sequence[Outcome]
                   for o in done for i, (d, w, h, f) in enumerate(o.images)]
         if images:
             session.execute(insert(JobImage), images)
-        deliverable = [o for o in done if o.review is ReviewStatus.not_required]
-        seq = counters.reserve(session, "feed_seq", len(deliverable)) if deliverable else 0
-        feed = {o.job_id: seq + i for i, o in enumerate(deliverable)}
-        if done:
-            session.execute(insert(Review), [
-                {"job_id": o.job_id, "status": o.review.value, "flags": o.flags,
-                 "flag_score": max((f["score"] for f in o.flags), default=0.0), "feed_seq": feed.get(o.job_id),
-                 "decided_at": now if o.job_id in feed else None} for o in done])
-            session.execute(insert(AuditEvent), [
-                {"job_id": o.job_id, "actor": None, "action": "prescreen", "from_status": None,
-                 "to_status": o.review.value, "reason": ",".join(f["rule"] for f in o.flags) or None, "at": now}
-                for o in done])
+        # The review row, its audit event, its feed position and the job's webhooks: one rule, in genqueue.review.
+        review_state.record_outputs(session, [(o.job_id, o.flags) for o in done],
+                                    [o.job_id for o in failures if o.job_id in ours], now)
     for o in releases:
         res = session.execute(
             update(Job).where(Job.id == o.job_id, _mine(worker_id))
@@ -196,9 +186,8 @@ def write_outcomes(session: Session, worker_id: str, outcomes: Sequence[Outcome]
 
 
 def record_success(session: Session, job_id: str, worker_id: str, output: dict[str, Any], metrics: dict[str, Any],
-                   images: Sequence[tuple[bytes, int, int, str]], review: ReviewStatus,
-                   flags: list[dict[str, Any]]) -> bool:
-    return write_outcomes(session, worker_id, [Success(job_id, output, metrics, images, review, flags)])[job_id]
+                   images: Sequence[tuple[bytes, int, int, str]], flags: list[dict[str, Any]]) -> bool:
+    return write_outcomes(session, worker_id, [Success(job_id, output, metrics, images, flags)])[job_id]
 
 
 def record_failure(session: Session, job_id: str, worker_id: str, code: str, message: str,

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from genqueue.db import counters
 from genqueue.db.models import Job, JobImage, Review, utcnow
 from genqueue.db.session import Database
-from genqueue.enums import ReviewStatus, Role
+from genqueue.enums import Role
 from genqueue_api.auth import create_key
 from genqueue_api.store import jobs as store
 from genqueue_worker import service
@@ -35,11 +35,11 @@ def test_claim_lease_and_duplicate_delivery(db: Database) -> None:
     with db.session() as s:
         assert service.claim(s, jid, "w2", 60, 3) == service.Skipped("leased_elsewhere")
     with db.session() as s:
-        assert service.record_success(s, jid, "w2", {"texts": ["no"]}, {}, [], ReviewStatus.pending, []) is False
+        assert service.record_success(s, jid, "w2", {"texts": ["no"]}, {}, [], []) is False
         assert service.record_success(s, jid, "w1", {"texts": ["yes"]}, {}, [(b"png", 1, 1, "png")],
-                                      ReviewStatus.not_required, []) is True
+                                      []) is True
         # A late duplicate from the same worker cannot write a second outcome either.
-        assert service.record_success(s, jid, "w1", {"texts": ["again"]}, {}, [], ReviewStatus.pending, []) is False
+        assert service.record_success(s, jid, "w1", {"texts": ["again"]}, {}, [], []) is False
     with db.session() as s:
         job = s.get(Job, jid)
         assert job is not None and job.status == "succeeded" and job.output == {"texts": ["yes"]}
@@ -95,10 +95,10 @@ def test_group_claim_and_group_commit(db: Database) -> None:
         store.cancel(s, ids[1])  # canceled by its owner while running
         s.commit()
     outcomes: list[service.Outcome] = [
-        service.Success(ids[0], {"texts": ["a"]}, {}, [], ReviewStatus.not_required),
-        service.Success(ids[1], {"texts": ["b"]}, {}, [(b"x", 1, 1, "png")], ReviewStatus.pending),
+        service.Success(ids[0], {"texts": ["a"]}, {}, []),
+        service.Success(ids[1], {"texts": ["b"]}, {}, [(b"x", 1, 1, "png")]),
         service.Failure(ids[2], "nan_output", "NaN in logits"),
-        service.Success(ids[3], {"texts": ["d"]}, {}, [], ReviewStatus.not_required),
+        service.Success(ids[3], {"texts": ["d"]}, {}, []),
     ]
     with db.session() as s:
         written = service.write_outcomes(s, "w1", outcomes)

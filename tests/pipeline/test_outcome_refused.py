@@ -45,7 +45,7 @@ def test_a_refused_output_fails_its_job_and_not_its_neighbours(db: Database) -> 
 
     # The runtime's writer: outcomes of concurrent jobs share one transaction.
     writer: Grouper[service.Outcome, bool] = Grouper("gq-write", write, linger_s=0.3, retries=0)
-    rt = SimpleNamespace(writer=writer, settings=SimpleNamespace(review_auto_policy="flagged"))
+    rt = SimpleNamespace(writer=writer, settings=SimpleNamespace(blocklist="", blocklist_file=None))
     good, bad = _claimed(db, 2)
     texts = {good.job_id: "fine", bad.job_id: "NUL \x00 inside"}
     if db.engine.dialect.name == "sqlite":
