@@ -34,6 +34,7 @@ from sqlalchemy import case, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from genqueue.db import counters
+from genqueue.db.picking import picked
 from genqueue.db.models import ApiKey, AuditEvent, Job, Review, utcnow
 from genqueue.enums import ReviewStatus, Role
 from genqueue.review import policy
@@ -160,9 +161,8 @@ def expire_claims(session: Session, now: dt.datetime | None = None) -> list[str]
     """Return every item whose claim ran out to the queue (audited as done by the system)."""
     now = now or utcnow()
     expired = (Review.claimed_by.is_not(None)) & (Review.claim_expires_at <= now)
-    pick = select(Review.job_id).where(expired).with_for_update(skip_locked=True)
     rows = session.execute(
-        update(Review).where(Review.job_id.in_(pick), expired)
+        update(Review).where(picked(Review.job_id, select(Review.job_id).where(expired)), expired)
         .values(claimed_by=None, claim_expires_at=None, version=Review.version + 1)
         .returning(Review.job_id, Review.status).execution_options(synchronize_session=False)
     ).all()
@@ -190,9 +190,9 @@ def claim(session: Session, actor: Actor, limit: int, *, model: str | None = Non
     pick = select(Review.job_id).where(free)
     if model:
         pick = pick.where(Review.model == model.partition("@")[0])
-    pick = pick.order_by(*order).limit(limit).with_for_update(skip_locked=True)
+    pick = pick.order_by(*order).limit(limit)
     rows = session.execute(
-        update(Review).where(Review.job_id.in_(pick), free)
+        update(Review).where(picked(Review.job_id, pick), free)
         .values(claimed_by=actor.id, claim_expires_at=now + dt.timedelta(seconds=lease_s),
                 version=Review.version + 1)
         .returning(Review.job_id, Review.status).execution_options(synchronize_session=False)

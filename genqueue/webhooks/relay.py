@@ -12,6 +12,7 @@ from celery import Celery
 from sqlalchemy import select, update
 
 from genqueue.db.models import WebhookDelivery, utcnow
+from genqueue.db.picking import picked
 from genqueue.db.session import Database
 from genqueue.settings import Settings
 from genqueue.webhooks import delivery
@@ -23,10 +24,9 @@ def relay_once(db: Database, app: Celery, settings: Settings, limit: int = 500) 
     now = utcnow()
     with db.session() as s:
         due = (WebhookDelivery.status == "pending") & (WebhookDelivery.next_attempt_at <= now)
-        pick = (select(WebhookDelivery.id).where(due).order_by(WebhookDelivery.next_attempt_at).limit(limit)
-                .with_for_update(skip_locked=True))
+        pick = select(WebhookDelivery.id).where(due).order_by(WebhookDelivery.next_attempt_at).limit(limit)
         rows = s.execute(
-            update(WebhookDelivery).where(WebhookDelivery.id.in_(pick), due)
+            update(WebhookDelivery).where(picked(WebhookDelivery.id, pick), due)
             .values(next_attempt_at=now + dt.timedelta(seconds=delivery.in_flight_s(settings)))
             .returning(WebhookDelivery.id, WebhookDelivery.attempts)
             .execution_options(synchronize_session=False)
