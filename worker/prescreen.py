@@ -29,7 +29,7 @@ class TextRule(Protocol):
 class Blocklist:
     """Blocked words (whole words) and phrases (word sequences); three hits or more score 1."""
 
-    name: ClassVar[str] = "blocklist"
+    name = "blocklist"
 
     def __init__(self, entries: Sequence[str]) -> None:
         words, phrases = set(), []
@@ -56,7 +56,7 @@ class Blocklist:
 class Repetition:
     """The share of repeated word trigrams, once it reaches one half (a model stuck in a loop)."""
 
-    name: ClassVar[str] = "repetition"
+    name = "repetition"
 
     def score(self, texts: Sequence[str]) -> float:
         words = [w for t in texts for w in _WORD.findall(t.lower())]
@@ -68,7 +68,7 @@ class Repetition:
 
 
 class EmptyOutput:
-    name: ClassVar[str] = "empty_output"
+    name = "empty_output"
 
     def score(self, texts: Sequence[str]) -> float:
         return 1.0 if all(not t.strip() for t in texts) else 0.0
@@ -77,6 +77,7 @@ class EmptyOutput:
 class _Pattern:
     """Personal data matched by a pattern: each match adds ``per_match`` to the score."""
 
+    name = "pattern"
     pattern: ClassVar[re.Pattern[str]]
     per_match: ClassVar[float] = 0.5
 
@@ -88,14 +89,14 @@ class _Pattern:
 
 
 class Email(_Pattern):
-    name: ClassVar[str] = "pii_email"
+    name = "pii_email"
     pattern = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 
 
 class Phone(_Pattern):
     """Phone numbers: 9 to 15 digits, optionally with a leading +, in groups split by spaces, dots or dashes."""
 
-    name: ClassVar[str] = "pii_phone"
+    name = "pii_phone"
     pattern = re.compile(r"(?<![\w+])\+?(?:\(\d{1,4}\)[\s.-]?)?\d[\d\s.-]{7,}\d(?!\w)")
 
     def matches(self, text: str) -> int:
@@ -105,7 +106,7 @@ class Phone(_Pattern):
 
 
 class Url(_Pattern):
-    name: ClassVar[str] = "url"
+    name = "url"
     pattern = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
     per_match = 0.3
 

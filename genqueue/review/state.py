@@ -34,8 +34,8 @@ from sqlalchemy import case, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from genqueue.db import counters
-from genqueue.db.picking import picked
 from genqueue.db.models import ApiKey, AuditEvent, Job, Review, utcnow
+from genqueue.db.picking import picked
 from genqueue.enums import ReviewStatus, Role
 from genqueue.review import policy
 from genqueue.review.policy import SYSTEM, ReviewConfig
