@@ -120,6 +120,7 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
                 .returning(Job.id).execution_options(synchronize_session=False)
             ).scalars())
             out.update({j: Skipped("poison" if j in failed else "leased_elsewhere") for j in poison})
+            review_state.record_outputs(session, [], sorted(failed), now)  # their job.failed webhooks
     session.commit()
     return out
 

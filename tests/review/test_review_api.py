@@ -184,3 +184,41 @@ def test_review_metrics(api: Api) -> None:
     text = api.c.get("/metrics").text
     assert f'genqueue_review_pending{{model="{model}",status="pending"}} 1.0' in text
     assert f'genqueue_review_decision_latency_seconds_count{{model="{model}"}} 1.0' in text
+
+
+def test_openapi_lists_review_and_delivery(api: Api) -> None:
+    spec = api.c.get("/openapi.json").json()
+    for path in ("/v1/review/claim", "/v1/review/{job_id}/decision", "/v1/review/{job_id}/release",
+                 "/v1/review/{job_id}/history", "/v1/review/bulk-decision", "/v1/feed"):
+        assert path in spec["paths"]
+
+
+def test_cancel_and_failure_webhooks_go_to_the_outbox(api: Api) -> None:
+    from sqlalchemy import select
+
+    from genqueue.db.models import WebhookDelivery
+    from genqueue_worker import service
+
+    hook = "https://hooks.example.com/in"
+    r = api.c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}, "webhook": hook},
+                   headers=api.h["client"])
+    assert r.status_code == 201
+    canceled = r.json()["id"]
+    assert api.c.post(f"/v1/jobs/{canceled}/cancel", headers=api.h["client"]).status_code == 200
+    quiet = api.c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}, "webhook": hook,
+                                         "webhook_events": ["review"]}, headers=api.h["client"]).json()["id"]
+    api.c.post(f"/v1/jobs/{quiet}/cancel", headers=api.h["client"])
+    with api.db.session() as s:
+        assert service.claim(s, canceled, "w", 60, 3) == service.Skipped("finished")
+    r = api.c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}, "webhook": hook},
+                   headers=api.h["client"])
+    job = r.json()["id"]
+    with api.db.session() as s:
+        assert isinstance(service.claim(s, job, "w", 60, 3), service.Claimed)
+    with api.db.session() as s:  # a failure, as a worker writes it
+        assert service.write_outcomes(s, "w", [service.Failure(job, "nan_output", "NaN")]) == {job: True}
+    with api.db.session() as s:
+        rows = s.execute(select(WebhookDelivery).where(WebhookDelivery.job_id.in_([canceled, quiet, job]))).scalars()
+        got = {(d.job_id, d.event): d.payload["data"] for d in rows}
+    assert set(got) == {(canceled, "job.canceled"), (job, "job.failed")}  # `quiet` asked for review events only
+    assert got[(job, "job.failed")]["error"] == {"code": "nan_output", "message": "NaN"}

@@ -195,3 +195,25 @@ def test_a_decision_that_lost_a_race_changes_nothing(db: Database) -> None:
             state._write(s2, stale, status="rejected")
         assert e.value.code == "concurrent_change"
     assert _review(db, ids[0]).status == "approved"
+
+
+def test_a_poison_job_gets_its_failed_webhook(db: Database) -> None:
+    import uuid
+
+    from genqueue_api.store import jobs as store
+    from genqueue_worker import service
+
+    owner = key(db, Role.client)
+    jid = str(uuid.uuid4())
+    with db.session() as s:  # delivered as often as allowed, and its last worker died: the next claim gives up
+        store.insert_jobs(s, [{"id": jid, "owner_id": owner.id, "model": "m-poison", "model_version": "1",
+                               "kind": "text", "status": "running", "leased_by": "dead", "priority": 5,
+                               "lease_expires_at": utcnow() - dt.timedelta(seconds=1), "input": {"prompt": "x"},
+                               "metadata_": {}, "review_policy": "auto", "webhook": "https://hooks.example.com/in",
+                               "webhook_events": ["completed"], "metrics": {}, "attempts": 3}])
+        s.commit()
+    with db.session() as s:
+        assert service.claim(s, jid, "w", 60, 3) == service.Skipped("poison")
+    with db.session() as s:
+        d = s.execute(select(WebhookDelivery).where(WebhookDelivery.job_id == jid)).scalar_one()
+    assert d.event == "job.failed" and d.payload["data"]["error"]["code"] == "poison_job"
