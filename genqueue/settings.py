@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
@@ -103,6 +103,18 @@ class Settings(BaseSettings):
     # The reconciler (in each API process) re-publishes lost or never-published jobs; 0 disables it.
     reconcile_interval_s: float = 10.0
     republish_after_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("webhook_allow_private")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        import ipaddress
+
+        for part in filter(None, (p.strip() for p in v.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network") from None
+        return v
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
