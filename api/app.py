@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from genqueue import __version__, queue
 from genqueue.db.session import Database, ensure_migrated
 from genqueue.events import FinishedListener
+from genqueue.publisher import Publisher
 from genqueue.reconcile import Reconciler
 from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, JobCreate
 from genqueue.settings import Settings, get_settings
-from genqueue_api import errors, review_metrics
+from genqueue_api import errors, metrics, review_metrics
 from genqueue_api.routes import feed, health, jobs, models, review
 from genqueue_api.state import AppState
 
@@ -29,8 +30,10 @@ def build_state(settings: Settings) -> AppState:
     for err in registry.errors:
         log.warning("model skipped: %s", err)
     broker_url = queue.resolve_broker_url(settings)
-    return AppState(settings=settings, db=db, registry=registry, celery=queue.make_celery(settings, broker_url),
-                    broker_url=broker_url)
+    celery = queue.make_celery(settings, broker_url)
+    publisher = Publisher(settings, db, celery, on_unpublished=metrics.UNPUBLISHED.inc)
+    return AppState(settings=settings, db=db, registry=registry, celery=celery, broker_url=broker_url,
+                    publisher=publisher)
 
 
 def create_app(settings: Settings | None = None, state: AppState | None = None) -> FastAPI:
@@ -43,17 +46,18 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         app_state.listener.start()
         reconciler = None
         if settings.reconcile_interval_s > 0:
-            reconciler = Reconciler(app_state.db, app_state.celery, settings.reconcile_interval_s,
+            reconciler = Reconciler(app_state.db, app_state.publisher, settings.reconcile_interval_s,
                                     settings.republish_after_s)
             reconciler.start()
         yield
         if reconciler is not None:
             reconciler.stop()
+        app_state.publisher.close()  # what is still coalescing goes out now, not with the reconciler
         await app_state.listener.stop()
         app_state.db.dispose()
 
     app = FastAPI(title="genqueue", version=__version__, lifespan=lifespan,
-                  description="Asynchronous job queue for AI content generation. See API.md.")
+                  description="Asynchronous job queue for AI content generation.")
     app.state.genqueue = app_state
     errors.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -10,6 +10,7 @@ from celery import Celery
 
 from genqueue.db.session import Database
 from genqueue.events import FinishedListener
+from genqueue.publisher import Publisher
 from genqueue.registry import ModelEntry, Registry
 from genqueue.settings import Settings
 
@@ -21,6 +22,7 @@ class AppState:
     registry: Registry
     celery: Celery
     broker_url: str
+    publisher: Publisher  # chunks committed job ids into broker messages (coalescing single submits)
     listener: FinishedListener | None = None  # started with the app; wakes `Prefer: wait` requests
     # Set when the server begins a graceful shutdown: held `Prefer: wait` requests answer with the job as it
     # stands (within one 5 s wait slice), before the server's graceful timeout would cancel them with a 500.

@@ -177,7 +177,7 @@ def render(results: dict[str, Any], pngs: list[Path]) -> str:
                 f"`bench/sqlcost.py` on this run's SQL ({d['sql']['database']}) and Redis, single-threaded, "
                 f"{d['sql']['jobs']} image-job rows:\n",
                 _table(["what", "per job", "jobs/s"],
-                       [["one job per transaction: service.claim + service.record_success",
+                       [["one job per transaction: claim_many + write_outcomes on one job",
                          f"{d['sql']['per_job_ms']} ms", d["sql"]["per_job_jobs_per_s"]],
                         [f"worker's grouped path: claim_many + write_outcomes, {d['sql']['batch']} jobs per transaction",
                          f"{d['sql']['batched_ms_per_job']} ms", d["sql"]["batched_jobs_per_s"]],

@@ -2,7 +2,7 @@
 
 Inserts N queued image jobs, then times, single-threaded (no lock contention, no Celery):
 
-* ``per_job``: the worker's own path, ``service.claim`` + ``service.record_success`` once per job
+* ``per_job``: the worker's own path, ``claim_many`` + ``write_outcomes`` on one job at a time
   (2 transactions and ~8 statements per job);
 * ``batched``: the worker's grouped path, ``service.claim_many`` + ``service.write_outcomes`` on B jobs at
   once (one claim transaction and one result transaction per B jobs; the same rows are written).
@@ -48,23 +48,23 @@ def _seed(db: Database, n: int) -> list[str]:
 
 
 def per_job(db: Database, ids: list[str]) -> float:
-    from genqueue_worker import service
+    from genqueue import jobstate as service
 
     t0 = time.perf_counter()
     for job_id in ids:
         with db.session() as s:
-            c = service.claim(s, job_id, "w1", 120, 3)
+            c = service.claim_many(s, [job_id], "w1", 120, 3)[job_id]
         assert isinstance(c, service.Claimed)
         with db.session() as s:
-            ok = service.record_success(s, job_id, "w1", {"images": []}, {"tokens": 1.0}, [(PNG, 32, 32, "png")],
-                                        [])
+            ok = service.write_outcomes(s, "w1", [service.Success(
+                job_id, {"images": []}, {"tokens": 1.0}, [(PNG, 32, 32, "png")], [])])[job_id]
         assert ok
     return time.perf_counter() - t0
 
 
 def batched(db: Database, ids: list[str], batch: int) -> float:
     """The worker's grouped path: ``service.claim_many`` and ``service.write_outcomes`` on ``batch`` jobs."""
-    from genqueue_worker import service
+    from genqueue import jobstate as service
 
     t0 = time.perf_counter()
     for s0 in range(0, len(ids), batch):
@@ -106,7 +106,7 @@ def publish_cost(broker_url: str, settings: Settings, n: int = 1000) -> dict[str
     r = queue.redis_client(broker_url)
     name = f"bench.pubcost.{uuid.uuid4().hex[:6]}"
     q = queue.queue_name(name)
-    items = [queue.Publication(str(uuid.uuid4()), name, 5) for _ in range(n)]
+    items = [queue.Chunk(name, 5, [str(uuid.uuid4())]) for _ in range(n)]  # one job per message
     out: dict[str, Any] = {"messages": n}
     try:
         queue.publish(app, items[:10])
@@ -117,7 +117,7 @@ def publish_cost(broker_url: str, settings: Settings, n: int = 1000) -> dict[str
         with app.producer_or_acquire() as producer, producer.batch(max_size=2 * n):
             t0 = time.perf_counter()
             for it in items:
-                app.send_task(queue.TASK_NAME, args=[it.job_id], queue=target, declare=[], priority=5,
+                app.send_task(queue.TASK_NAME, args=[it.job_ids], kwargs={"model": name}, queue=target, declare=[], priority=5,
                               producer=producer, ignore_result=True)
         out["celery_send_task_us"] = round((time.perf_counter() - t0) * 1e6 / n, 1)
         keys = list(r.scan_iter(match=f"{q}*"))

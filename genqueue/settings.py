@@ -62,7 +62,16 @@ class Settings(BaseSettings):
     image_forward_parts: int = Field(default=0, ge=0)
     # Threads that PNG/WebP-encode finished images; 0 = one per usable core, at most 4.
     image_encode_threads: int = Field(default=0, ge=0)
-    # Messages a worker holds at once (threads that wait on the engine); caps what a batch can see.
+    # Jobs per broker message when the API publishes: 0 = the model's batch size (text_max_running or
+    # image_max_batch_size). A group is also cut so that every live worker of the model gets a share.
+    publish_chunk_size: int = Field(default=0, ge=0)
+    # Single submits committed within this window go out as one message per model and priority. A request
+    # never waits for it: it answers after its own COMMIT.
+    publish_window_ms: float = Field(default=2.0, ge=0, le=1000)
+    # Jobs a worker holds before it stops taking messages: 0 = its largest engine batch. It takes one more
+    # message while it holds fewer, so it keeps a batch full plus one chunk in hand, and no more.
+    worker_held_jobs: int = Field(default=0, ge=0)
+    # Messages a worker may hold at once (task threads); an upper bound next to worker_held_jobs.
     worker_concurrency: int = Field(default=64, ge=1)
     # How long the worker waits for more deliveries to claim them in one statement.
     claim_linger_ms: float = Field(default=2.0, ge=0)

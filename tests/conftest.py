@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -104,6 +104,35 @@ def postgres_url() -> Iterator[str]:
         c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
     eng.dispose()
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[Callable[[], str]]:
+    """Makes PostgreSQL databases of this test's own (no other test's queued jobs in them), dropped after it."""
+    admin = _pg_admin_url()
+    made: list[str] = []
+
+    def make() -> str:
+        if admin is None:
+            pytest.skip("PostgreSQL is not reachable (set GENQUEUE_DATABASE_URL or run it on 127.0.0.1:5432)")
+        import psycopg
+
+        name = f"genqueue_test_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return f"{admin.rsplit('/', 1)[0]}/{name}"
+
+    yield make
+    if made and admin is not None:
+        from sqlalchemy import create_engine, text
+
+        eng = create_engine(admin, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            for name in made:
+                c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        eng.dispose()
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

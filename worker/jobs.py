@@ -1,15 +1,23 @@
-"""Run one delivered job: claim it, hand it to the engine, write its outcome, then let Celery ack."""
+"""Run one broker message: claim its jobs, hand them all to the engines, write each outcome as it ends.
+
+The message is acked (the task returns) only when every id in it is final, skipped or given back; a
+worker that dies before that leaves the whole message to come back, and then only its unfinished ids run.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sqlalchemy.exc import DataError
 
+from genqueue import jobstate
 from genqueue.db.models import utcnow
-from genqueue_worker import metrics, prescreen, service
+from genqueue_worker import metrics, prescreen
 from genqueue_worker.engine.types import (
     ErrorCode,
     ImageParams,
@@ -18,16 +26,34 @@ from genqueue_worker.engine.types import (
     TextParams,
     TextRequest,
 )
-from genqueue_worker.runtime import WorkerRuntime
+from genqueue_worker.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
-class GiveBack(Exception):
-    """The worker is stopping: the job was released and its message must be requeued, not acked."""
+class Engines(Protocol):
+    """What running a message needs of the worker besides SQL: its engines, and where running jobs are
+    tracked (for cancels and lease renewal)."""
+
+    def engine_for(self, model: str, version: str) -> tuple[str, Any] | None: ...
+
+    def track(self, job_id: str, engine_ref: str, fut: Future[JobResult]) -> None: ...
+
+    def untrack(self, job_id: str) -> None: ...
 
 
-def build_request(claimed: service.Claimed) -> TextRequest | ImageRequest:
+@dataclass
+class MessageReport:
+    """What became of each id of one message (for logs and tests)."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)  # "succeeded", "failed:<code>", "skipped:<why>", ...
+
+    @property
+    def given_back(self) -> list[str]:
+        return [j for j, o in self.outcomes.items() if o == "given_back"]
+
+
+def build_request(claimed: jobstate.Claimed) -> TextRequest | ImageRequest:
     inp = claimed.input
     if claimed.kind == "text":
         params = TextParams(
@@ -45,77 +71,126 @@ def build_request(claimed: service.Claimed) -> TextRequest | ImageRequest:
     return ImageRequest(job_id=claimed.job_id, params=iparams, priority=claimed.priority)
 
 
-def process(rt: WorkerRuntime, job_id: str) -> str:
-    """Returns what happened, for logs and tests. Raises GiveBack on shutdown."""
-    claimed = rt.claimer.submit(job_id).result()
-    if isinstance(claimed, service.Skipped):
-        log.info("job %s skipped: %s", job_id, claimed.reason)
-        return f"skipped:{claimed.reason}"
-    found = rt.engine_for(claimed.model, claimed.model_version)
+@dataclass
+class _Write:
+    claimed: jobstate.Claimed
+    outcome: jobstate.Outcome
+    future: Future[bool]
+    result: JobResult | None
+
+
+def process_message(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule], job_ids: Sequence[str],
+                    model: str | None, job_done: Callable[[], None] = lambda: None) -> MessageReport:
+    """Run every job of one message. ``job_done`` is called once per id as the engine lets go of it."""
+    report = MessageReport()
+    claims = store.claim(job_ids, model)
+    running: dict[Future[JobResult], jobstate.Claimed] = {}
+    writes: list[_Write] = []
+    for job_id, c in claims.items():
+        if isinstance(c, jobstate.Skipped):
+            if c.reason in ("missing", "other_model"):
+                log.warning("job %s skipped: %s (message for model %s)", job_id, c.reason, model)
+            else:
+                log.info("job %s skipped: %s", job_id, c.reason)
+            report.outcomes[job_id] = f"skipped:{c.reason}"
+            job_done()
+            continue
+        failure = _start(engines, c, running)
+        if failure is not None:
+            writes.append(_Write(c, failure, store.write(failure), None))
+            job_done()
+    # Each job is written the moment the engine hands it back: a short job never waits for the chunk's
+    # longest one (its write joins the worker's next grouped commit).
+    pending = set(running)
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in finished:
+            c = running[fut]
+            engines.untrack(c.job_id)
+            job_done()
+            try:
+                result = fut.result()
+            except Exception as e:  # the engine broke outside its own isolation: this job fails alone
+                log.exception("job %s: engine error", c.job_id)
+                result = JobResult(job_id=c.job_id, status="failed", error_code=ErrorCode.engine_error,
+                                   error_message=f"engine error: {e}")
+            outcome = _outcome(c, result, rules)
+            if outcome is None:
+                report.outcomes[c.job_id] = "canceled"  # the API already marked the row
+                continue
+            writes.append(_Write(c, outcome, store.write(outcome), result))
+    for w in writes:
+        report.outcomes[w.claimed.job_id] = _settle(store, w)
+    return report
+
+
+def _start(engines: Engines, c: jobstate.Claimed,
+           running: dict[Future[JobResult], jobstate.Claimed]) -> jobstate.Failure | None:
+    found = engines.engine_for(c.model, c.model_version)
     if found is None:
-        rt.writer.submit(service.Failure(job_id, "model_unavailable",
-                                         f"this worker does not serve {claimed.model}@{claimed.model_version}")).result()
-        return "failed:model_unavailable"
+        return jobstate.Failure(c.job_id, "model_unavailable", f"this worker does not serve {c.model}@{c.model_version}")
     ref, engine = found
-    queue_ms = (claimed.started_at - claimed.created_at).total_seconds() * 1000
     try:
-        request = build_request(claimed)
+        request = build_request(c)
     except (TypeError, ValueError) as e:
-        rt.writer.submit(service.Failure(job_id, ErrorCode.invalid_input.value, f"invalid input: {e}")).result()
-        return "failed:invalid_input"
+        return jobstate.Failure(c.job_id, ErrorCode.invalid_input.value, f"invalid input: {e}")
     fut = engine.submit(request)
-    rt.track(job_id, ref, fut)
-    try:
-        result: JobResult = fut.result()
-    finally:
-        rt.untrack(job_id)
-    return record(rt, claimed, result, queue_ms)
+    engines.track(c.job_id, ref, fut)
+    running[fut] = c
+    return None
 
 
-def record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue_ms: float) -> str:
-    outcome = _record(rt, claimed, result, queue_ms)
-    latency = (utcnow() - claimed.created_at).total_seconds()
-    kind, status, _, code = claimed.kind, *outcome.partition(":")
-    metrics.observe(claimed.model, kind, status, result.metrics, latency, code or None)
-    return outcome
-
-
-def _record(rt: WorkerRuntime, claimed: service.Claimed, result: JobResult, queue_ms: float) -> str:
-    job_id = claimed.job_id
+def _outcome(c: jobstate.Claimed, result: JobResult, rules: Sequence[prescreen.TextRule]) -> jobstate.Outcome | None:
+    queue_ms = (c.started_at - c.created_at).total_seconds() * 1000
     job_metrics: dict[str, Any] = {"queue_ms": round(queue_ms, 2), **{k: round(v, 3) for k, v in result.metrics.items()}}
     if result.status == "canceled":
-        return "canceled"  # the API already marked the row; nothing to write
+        return None
     if result.status == "failed":
         code = result.error_code or ErrorCode.engine_error
         if code is ErrorCode.shutdown:
-            rt.writer.submit(service.Release(job_id)).result()
-            raise GiveBack(job_id)
-        rt.writer.submit(service.Failure(job_id, code.value, result.error_message or code.value, job_metrics)).result()
-        return f"failed:{code.value}"
+            return jobstate.Release(c.job_id)
+        return jobstate.Failure(c.job_id, code.value, result.error_message or code.value, job_metrics)
     output = dict(result.output or {})
     images = [(im.data, im.width, im.height, im.format) for im in result.images]
     t0 = time.perf_counter()
-    if claimed.kind == "text":
-        flags = prescreen.text_flags(list(output.get("texts", [])), prescreen.text_rules(rt.settings))
+    if c.kind == "text":
+        flags = prescreen.text_flags(list(output.get("texts", [])), rules)
     else:
         # The engine measured each image's grey levels before encoding; decoding the file again cost ~45 us
-        # per image here, on the task thread.
+        # per image here.
         flags = prescreen.image_flags(
             [im.luma_std if im.luma_std is not None else prescreen.decoded_luma_std(im.data) for im in result.images]
         )
         output["images"] = [
-            {"url": f"/v1/jobs/{job_id}/images/{i}", "width": w, "height": h, "format": fmt}
+            {"url": f"/v1/jobs/{c.job_id}/images/{i}", "width": w, "height": h, "format": fmt}
             for i, (_, w, h, fmt) in enumerate(images)
         ]
     job_metrics["prescreen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+    # What happens to the output (its review row) is decided where it is written, in genqueue.review.
+    return jobstate.Success(c.job_id, output, job_metrics, images, flags)
+
+
+def _settle(store: JobStore, w: _Write) -> str:
+    """Wait for one write's commit; returns the job's outcome word."""
+    c, o = w.claimed, w.outcome
     try:
-        ok = rt.writer.submit(service.Success(job_id, output, job_metrics, images, flags)).result()
+        ok = w.future.result()
     except DataError as e:
+        if not isinstance(o, jobstate.Success):
+            raise
         # The store refused a value in this output. Running the job again would give the same output (it is
         # seeded), so it fails now instead of coming back until its attempts run out.
-        log.warning("job %s: the store refused its output: %s", job_id, e.orig)
+        log.warning("job %s: the store refused its output: %s", c.job_id, e.orig)
         reason = (str(e.orig).splitlines() or ["refused"])[0].replace("\x00", "\ufffd")  # the message is stored too
-        message = f"the output could not be stored: {reason}"
-        rt.writer.submit(service.Failure(job_id, ErrorCode.postprocess_error.value, message, job_metrics)).result()
-        return f"failed:{ErrorCode.postprocess_error.value}"
-    return "succeeded" if ok else "dropped:not_owner"
+        o = jobstate.Failure(c.job_id, ErrorCode.postprocess_error.value, f"the output could not be stored: {reason}",
+                             o.metrics)
+        ok = store.write(o).result()
+    if isinstance(o, jobstate.Release):
+        return "given_back" if ok else "dropped:not_owner"
+    word = "succeeded" if isinstance(o, jobstate.Success) else f"failed:{o.code}"
+    if ok:
+        status, _, code = word.partition(":")
+        latency = (utcnow() - c.created_at).total_seconds()
+        metrics.observe(c.model, c.kind, status, (w.result.metrics if w.result else {}), latency, code or None)
+        return word
+    return "dropped:not_owner"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from typing import Any
 
-from celery import signals
+from celery import bootsteps, signals
 
 from genqueue import queue
 from genqueue.db.session import Database, NotMigrated, ensure_migrated
@@ -15,6 +16,21 @@ from genqueue_worker import tasks
 from genqueue_worker.runtime import WorkerRuntime, set_runtime
 
 log = logging.getLogger(__name__)
+
+
+def _flow_step(rt: WorkerRuntime) -> type:
+    """A consumer bootstep that hands Celery's prefetch count to the worker's flow rule (worker/flow.py)."""
+
+    class FlowStep(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, c: Any) -> None:
+            rt.flow.attach(c.qos)
+            # kombu re-arms its fetch from the event loop only; a short timer there applies a changed count
+            # within milliseconds instead of at the loop's next idle wake-up (up to a second).
+            c.timer.call_repeatedly(0.005, rt.flow.apply)
+
+    return FlowStep
 
 
 def run(settings: Settings, models: list[str] | None = None, loglevel: str = "INFO") -> None:
@@ -38,6 +54,7 @@ def run(settings: Settings, models: list[str] | None = None, loglevel: str = "IN
     set_runtime(rt)
     app = queue.make_celery(settings, broker_url)
     tasks.register(app)
+    app.steps["consumer"].add(_flow_step(rt))
 
     @signals.worker_shutting_down.connect(weak=False)
     def _drain(**_: object) -> None:

@@ -1,8 +1,9 @@
 """One worker process: its loaded engines, the jobs in flight, and the threads that watch over them.
 
-Celery delivers messages into task threads (pool=threads); each task thread hands its job to the model's
-engine and waits on a future while the engine's own loop thread batches across all of them. The engines are
-created here, in the process that runs them, after any fork (DESIGN.md: no ORT session before a fork).
+Celery delivers messages into task threads (pool=threads); each task thread hands its message's jobs to the
+models' engines and waits on their futures while each engine's own loop thread batches across all of them.
+The engines are created here, in the process that runs them, after any fork (an ONNX Runtime or CUDA
+session does not survive one).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,14 +25,14 @@ from genqueue import events, queue
 from genqueue.db.session import Database
 from genqueue.registry import ModelEntry, ModelKind, Registry
 from genqueue.settings import Settings
-from genqueue_worker import metrics, service
+from genqueue.workers import HEARTBEAT_TTL_S, WORKER_KEY_PREFIX
+from genqueue_worker import metrics
 from genqueue_worker.engine.base import stop_all
 from genqueue_worker.engine.types import JobResult
-from genqueue_worker.groupsql import Grouper
+from genqueue_worker.flow import Flow
+from genqueue_worker.store import JobStore
 
 log = logging.getLogger(__name__)
-WORKER_KEY_PREFIX = "genqueue:worker:"
-HEARTBEAT_TTL_S = 30
 
 
 @dataclass
@@ -68,36 +68,12 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        # Claims and outcome writes of all task threads go to SQL in groups (see groupsql).
-        self.claimer: Grouper[str, service.Claimed | service.Skipped] = Grouper(
-            "gq-claim", self._claim_batch, linger_s=settings.claim_linger_ms / 1000)
-        # Outcomes linger for company only while other jobs are still running here: under load a commit then
-        # carries several jobs (text jobs finish about one per step), and on a quiet worker none waits.
-        self.writer: Grouper[service.Outcome, bool] = Grouper(
-            "gq-write", self._write_batch, linger_s=settings.write_linger_ms / 1000,
-            linger_if=lambda: bool(self._inflight))
-
-    def _claim_batch(self, job_ids: Sequence[str]) -> list[service.Claimed | service.Skipped]:
-        with self.db.session() as s:
-            res = service.claim_many(s, job_ids, self.worker_id, self.settings.lease_seconds,
-                                     self.settings.job_max_attempts)
-        out: list[service.Claimed | service.Skipped] = []
-        seen: set[str] = set()
-        for job_id in job_ids:
-            # The same job delivered twice in one burst runs once.
-            out.append(service.Skipped("leased_elsewhere") if job_id in seen else res[job_id])
-            seen.add(job_id)
-        return out
-
-    def _write_batch(self, outcomes: Sequence[service.Outcome]) -> list[bool]:
-        with self.db.session() as s:
-            res = service.write_outcomes(s, self.worker_id, outcomes)
-        finished = [o.job_id for o in outcomes if res[o.job_id] and not isinstance(o, service.Release)]
-        try:  # after COMMIT: API requests holding `Prefer: wait` answer now
-            events.publish_finished(self._redis(), finished)
-        except Exception as e:  # only a hint; waiters also poll
-            log.debug("finished-job notification not sent: %s", e)
-        return [res[o.job_id] for o in outcomes]
+        self.store = JobStore(settings, self.db, self.worker_id, busy=lambda: bool(self._inflight),
+                              on_finished=lambda ids: events.publish_finished(self._redis(), ids))
+        held = settings.worker_held_jobs or max(
+            (settings.text_max_running if e.manifest.kind is ModelKind.text else settings.image_max_batch_size)
+            for e in self.entries)
+        self.flow = Flow(target_jobs=held, max_messages=settings.worker_concurrency)
 
     def _redis(self) -> Any:
         return queue.shared_redis(self.broker_url)
@@ -152,12 +128,11 @@ class WorkerRuntime:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self.stop_engines(timeout)
-        self.claimer.close()
-        self.writer.close()
+        self.store.close()
         with contextlib.suppress(Exception):
             queue.redis_client(self.broker_url).delete(WORKER_KEY_PREFIX + self.worker_id)
 
-    # -- one job ----------------------------------------------------------------------------------------
+    # -- what process_message needs (genqueue_worker.jobs.Engines) ----------------------------------------
     def engine_for(self, model: str, version: str) -> tuple[str, Any] | None:
         ref = f"{model}@{version}"
         engine = self.engines.get(ref)
@@ -182,14 +157,13 @@ class WorkerRuntime:
                 continue
             ids = [f.job_id for f in inflight]
             try:
-                with self.db.session() as s:
-                    for job_id in service.canceled_among(s, ids):
-                        f = self._inflight.get(job_id)
-                        if f is not None:
-                            self.engines[f.engine_ref].cancel(job_id)
-                    if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
-                        service.renew_leases(s, ids, self.worker_id, self.settings.lease_seconds)
-                        last_renew = time.monotonic()
+                for job_id in self.store.canceled_among(ids):
+                    f = self._inflight.get(job_id)
+                    if f is not None:
+                        self.engines[f.engine_ref].cancel(job_id)
+                if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
+                    self.store.renew(ids)
+                    last_renew = time.monotonic()
             except Exception as e:  # the database may blip; the next round retries
                 log.warning("watcher: %s", e)
 
@@ -198,6 +172,7 @@ class WorkerRuntime:
         while True:
             info = {"id": self.worker_id, "models": self.model_names, "refs": sorted(self.engines),
                     "providers": self.providers, "pid": os.getpid(), "inflight": len(self._inflight),
+                    "held_messages": self.flow.messages, "held_jobs": self.flow.jobs,
                     "lanes": {ref: len(getattr(e, "lanes", [e])) for ref, e in self.engines.items()},
                     "torch_loaded": "torch" in sys.modules, "at": time.time()}
             try:

@@ -8,7 +8,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from genqueue.queue import TASK_NAME
-from genqueue_worker import jobs
+from genqueue_worker import jobs, prescreen
 from genqueue_worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -16,11 +16,20 @@ log = logging.getLogger(__name__)
 
 def register(app: Celery) -> None:
     @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)
-    def run_job(job_id: str) -> str:
-        # The message carries only the id; everything else is re-read from SQL under a lease.
-        try:
-            outcome = jobs.process(get_runtime(), job_id)
-        except jobs.GiveBack:
-            raise Reject(f"worker stopping; job {job_id} given back", requeue=True) from None
-        log.info("job %s: %s", job_id, outcome)
-        return outcome
+    def run_jobs(job_ids: list[str], model: str | None = None) -> dict[str, str]:
+        # The message carries only ids; everything else is re-read from SQL under a lease.
+        rt = get_runtime()
+        ids = [str(i) for i in job_ids] if isinstance(job_ids, list) else []
+        with rt.flow.message(len(ids)) as job_done:
+            report = jobs.process_message(rt.store, rt, prescreen.text_rules(rt.settings), ids, model, job_done)
+        if report.given_back:
+            # The worker is stopping: the given-back jobs are queued again in SQL, and the message goes back
+            # to Redis whole; its finished ids will be skipped by whoever takes it.
+            raise Reject(f"worker stopping; {len(report.given_back)} job(s) given back", requeue=True)
+        log.info("message of %d job(s): %s", len(ids), report.outcomes)
+        return report.outcomes
+
+    @app.task(name="genqueue.run_job", acks_late=True, ignore_result=True)
+    def run_job(job_id: str) -> dict[str, str]:
+        # One id per message, as published by an API from before chunked messages (a rolling upgrade).
+        return run_jobs([job_id])  # type: ignore[no-any-return]

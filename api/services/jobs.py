@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from genqueue import queue
+from genqueue import jobstate, queue
 from genqueue.db.models import ApiKey, Job, Review, utcnow
 from genqueue.enums import JobStatus, ReviewPolicy, ReviewStatus, Role
 from genqueue.registry import ModelKind, UnknownModel
@@ -72,7 +72,7 @@ def _invalid(e: ValidationError, prefix: str = "") -> ApiError:
 
 
 def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None) -> Prepared:
-    """Validate one job request. Raises ApiError with the API.md error shape."""
+    """Validate one job request. Raises ApiError in the contract's error shape."""
     if not isinstance(body, dict):
         raise ApiError(422, "validation_error", "a job request must be a JSON object", [{"field": "", "message": "not an object"}])
     raw = dict(body)
@@ -190,18 +190,8 @@ def _conflict(key: str) -> ApiError:
                     f"Idempotency-Key {key!r} was already used with a different request body")
 
 
-def publish_rows(state: AppState, session: Session, rows: list[dict[str, Any]]) -> None:
-    """After COMMIT: publish the ids; a broker failure leaves them queued for the reconciler."""
-    items = [queue.Publication(r["id"], r["model"], r["priority"]) for r in rows]
-    try:
-        queue.publish(state.celery, items)
-    except Exception as e:  # the broker is down: the rows are safe in SQL
-        log.warning("queue unavailable (%s): %d job(s) stored as queued, to be published by the reconciler",
-                    e.__class__.__name__, len(items))
-        metrics.UNPUBLISHED.inc(len(items))
-        return
-    store.mark_published(session, [r["id"] for r in rows])
-    session.commit()
+def _publications(rows: list[dict[str, Any]]) -> list[queue.Publication]:
+    return [queue.Publication(r["id"], r["model"], r["priority"], r["kind"]) for r in rows]
 
 
 def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
@@ -239,11 +229,11 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
         if existing.request_hash != p.request_hash:
             raise _conflict(idempotency_key) from None
         return outs(session, [existing])[0], False
-    publish_rows(state, session, [p.row])
-    job = store.get(session, p.row["id"])
-    assert job is not None
-    metrics.SUBMITTED.labels(job.model).inc()
-    return outs(session, [job])[0], True
+    # The answer waits for this COMMIT only: the publisher coalesces the publishes of every job committed
+    # within its window into one message per model and priority.
+    state.publisher.submit(_publications([p.row]))
+    metrics.SUBMITTED.labels(p.row["model"]).inc()
+    return out_from_row(p.row), True
 
 
 def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]) -> list[JobOut | ErrorResponse]:
@@ -297,7 +287,8 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
     if rows:
         store.insert_jobs(session, rows)
         session.commit()
-        publish_rows(state, session, rows)
+        # A bulk is chunked now, on this request's thread: it already amortises the round trip.
+        state.publisher.publish_now(_publications(rows))
         # The new rows are still in memory: answer from them rather than reading 1000 rows back.
         for i, p in prepared:
             results[i] = out_from_row(p.row)
@@ -349,7 +340,7 @@ def cancel_job(session: Session, key: ApiKey, job_id: str) -> JobOut:
     job = store.get_owned(session, job_id, None if key.role == Role.admin.value else key.id)
     if job is None:
         raise not_found()
-    if not store.cancel(session, job_id):
+    if not jobstate.cancel(session, job_id):
         session.rollback()
         raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}; only queued or running jobs can be canceled")
     review_state.record_canceled(session, [job_id])  # its job.canceled webhook, in the same transaction

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from genqueue.db import counters
-from genqueue.db.models import Job, JobImage, Review, utcnow
-from genqueue.enums import JobStatus
+from genqueue.db.models import Job, JobImage, Review
 from genqueue.review import policy as review_policy
 
 
@@ -79,21 +77,6 @@ def list_jobs(
         q = q.where(Job.created_seq < before_seq)
     q = q.order_by(Job.created_seq.desc()).limit(limit)
     return list(session.execute(q).scalars())
-
-
-def mark_published(session: Session, job_ids: Sequence[str], at: dt.datetime | None = None) -> None:
-    if job_ids:
-        session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(published_at=at or utcnow()))
-
-
-def cancel(session: Session, job_id: str) -> bool:
-    """Queued or running → canceled. False when the job had already finished."""
-    res = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
-        .values(status=JobStatus.canceled.value, finished_at=utcnow(), lease_expires_at=None)
-    )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
 def image(session: Session, job_id: str, index: int) -> JobImage | None:

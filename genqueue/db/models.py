@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -22,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from genqueue.enums import JobStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -91,7 +94,11 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(10))
-    status: Mapped[str] = mapped_column(String(12), index=True)
+    # Stored as a string with a CHECK constraint (not a native PostgreSQL enum, which a new state would need
+    # an ALTER TYPE for); genqueue.jobstate is the one module that moves it.
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=12, create_constraint=True, name="job_status",
+             values_callable=lambda e: [m.value for m in e], validate_strings=True), index=True)
     priority: Mapped[int] = mapped_column(Integer, default=5)
     input: Mapped[dict[str, Any]] = mapped_column(JSONType)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
@@ -108,12 +115,14 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
-    # Reliability (DESIGN.md invariants 1-3): deliveries claimed so far, who holds the lease and until
+    # Reliability: deliveries claimed so far, who holds the lease and until
     # when, and when the message was last published (NULL → never published: the reconciler's job).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     leased_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The broker message (its Celery task id) that last carried this job; one message carries a chunk of jobs.
+    message_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

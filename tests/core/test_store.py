@@ -6,14 +6,15 @@ import datetime as dt
 import uuid
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
+from genqueue import jobstate as service
 from genqueue.db import counters
 from genqueue.db.models import Job, JobImage, Review, utcnow
 from genqueue.db.session import Database
 from genqueue.enums import Role
 from genqueue_api.auth import create_key
 from genqueue_api.store import jobs as store
-from genqueue_worker import service
 
 
 def _job(db: Database) -> str:
@@ -27,38 +28,45 @@ def _job(db: Database) -> str:
     return jid
 
 
+def _claim(s: Session, jid: str, worker: str, lease: float, attempts: int) -> service.Claimed | service.Skipped:
+    return service.claim_many(s, [jid], worker, lease, attempts)[jid]
+
+
+def _success(s: Session, jid: str, worker: str, output: dict, images: list) -> bool:  # type: ignore[type-arg]
+    return service.write_outcomes(s, worker, [service.Success(jid, output, {}, images, [])])[jid]
+
+
 def test_claim_lease_and_duplicate_delivery(db: Database) -> None:
     jid = _job(db)
     with db.session() as s:
-        c = service.claim(s, jid, "w1", 60, 3)
+        c = _claim(s, jid, "w1", 60, 3)
         assert isinstance(c, service.Claimed) and c.attempts == 1
     with db.session() as s:
-        assert service.claim(s, jid, "w2", 60, 3) == service.Skipped("leased_elsewhere")
+        assert _claim(s, jid, "w2", 60, 3) == service.Skipped("leased_elsewhere")
     with db.session() as s:
-        assert service.record_success(s, jid, "w2", {"texts": ["no"]}, {}, [], []) is False
-        assert service.record_success(s, jid, "w1", {"texts": ["yes"]}, {}, [(b"png", 1, 1, "png")],
-                                      []) is True
+        assert _success(s, jid, "w2", {"texts": ["no"]}, []) is False
+        assert _success(s, jid, "w1", {"texts": ["yes"]}, [(b"png", 1, 1, "png")]) is True
         # A late duplicate from the same worker cannot write a second outcome either.
-        assert service.record_success(s, jid, "w1", {"texts": ["again"]}, {}, [], []) is False
+        assert _success(s, jid, "w1", {"texts": ["again"]}, []) is False
     with db.session() as s:
         job = s.get(Job, jid)
         assert job is not None and job.status == "succeeded" and job.output == {"texts": ["yes"]}
         assert s.scalar(select(func.count()).select_from(Review).where(Review.job_id == jid)) == 1
         assert s.scalar(select(func.count()).select_from(JobImage).where(JobImage.job_id == jid)) == 1
-        assert service.claim(s, jid, "w3", 60, 3) == service.Skipped("finished")
+        assert _claim(s, jid, "w3", 60, 3) == service.Skipped("finished")
 
 
 def test_expired_lease_is_reclaimed_and_poison_job_fails(db: Database) -> None:
     jid = _job(db)
     for attempt in (1, 2):
         with db.session() as s:
-            c = service.claim(s, jid, f"w{attempt}", 60, 2)
+            c = _claim(s, jid, f"w{attempt}", 60, 2)
             assert isinstance(c, service.Claimed) and c.attempts == attempt
             # The worker "dies": its lease runs out.
             s.execute(update(Job).where(Job.id == jid).values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
             s.commit()
     with db.session() as s:
-        assert service.claim(s, jid, "w3", 60, 2) == service.Skipped("poison")
+        assert _claim(s, jid, "w3", 60, 2) == service.Skipped("poison")
         job = s.get(Job, jid)
         assert job is not None and job.status == "failed" and job.error_code == "poison_job"
 
@@ -66,14 +74,14 @@ def test_expired_lease_is_reclaimed_and_poison_job_fails(db: Database) -> None:
 def test_canceled_job_is_skipped_and_release_gives_back(db: Database) -> None:
     jid = _job(db)
     with db.session() as s:
-        assert isinstance(service.claim(s, jid, "w1", 60, 3), service.Claimed)
-        assert service.release(s, jid, "w1") is True
+        assert isinstance(_claim(s, jid, "w1", 60, 3), service.Claimed)
+        assert service.write_outcomes(s, "w1", [service.Release(jid)])[jid] is True
         job = s.get(Job, jid)
         assert job is not None and job.status == "queued" and job.attempts == 0
-        assert store.cancel(s, jid) is True
+        assert service.cancel(s, jid) is True
         s.commit()
     with db.session() as s:
-        assert service.claim(s, jid, "w1", 60, 3) == service.Skipped("finished")
+        assert _claim(s, jid, "w1", 60, 3) == service.Skipped("finished")
         assert service.canceled_among(s, [jid]) == [jid]
 
 
@@ -92,7 +100,7 @@ def test_group_claim_and_group_commit(db: Database) -> None:
     assert all(isinstance(claimed[i], service.Claimed) for i in ids)
     assert claimed["no-such-job"] == service.Skipped("missing")
     with db.session() as s:
-        store.cancel(s, ids[1])  # canceled by its owner while running
+        service.cancel(s, ids[1])  # canceled by its owner while running
         s.commit()
     outcomes: list[service.Outcome] = [
         service.Success(ids[0], {"texts": ["a"]}, {}, []),

@@ -66,14 +66,15 @@ class Lone:
 
 
 @pytest.fixture
-def lone_stack(redis_url_factory, models_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Starts a SQLite stack with its own Redis database and ``workers`` workers; ``extra_env`` reaches the
+def lone_stack(redis_url_factory, fresh_postgres, models_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Starts a stack with its own Redis database, its own SQL database (SQLite, or with
+    ``database="postgres"`` a fresh PostgreSQL database) and ``workers`` workers; ``extra_env`` reaches the
     child processes."""
     started: list[Lone] = []
 
-    def start(extra_env: dict[str, str] | None = None, workers: int = 1) -> Lone:
-        settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'gq.db'}",
-                            redis_url=redis_url_factory(), models_dir=models_dir)
+    def start(extra_env: dict[str, str] | None = None, workers: int = 1, database: str = "sqlite") -> Lone:
+        url = f"sqlite:///{tmp_path / 'gq.db'}" if database == "sqlite" else fresh_postgres()
+        settings = Settings(data_dir=tmp_path, database_url=url, redis_url=redis_url_factory(), models_dir=models_dir)
         upgrade(settings.sqlalchemy_url)
         db = Database(settings.sqlalchemy_url)
         with db.session() as s:

@@ -13,6 +13,7 @@ from genqueue import queue
 from genqueue.db.models import Job
 from genqueue.db.session import Database, NotMigrated, upgrade
 from genqueue.enums import Role
+from genqueue.publisher import Publisher
 from genqueue.reconcile import reconcile_once
 from genqueue.settings import Settings
 from genqueue_api.app import create_app
@@ -39,17 +40,26 @@ def test_queued_job_is_published_once_with_only_its_id(api) -> None:  # type: ig
     assert r.status_code == 201
     job = r.json()
     assert job["status"] == "queued" and job["input"]["seed"] is not None
-    with db.session() as s:
-        row = s.get(Job, job["id"])
-        assert row is not None and row.published_at is not None
+    # The answer came after the COMMIT; the publish follows within the coalescing window.
+    deadline = time.monotonic() + 5
+    while True:
+        with db.session() as s:
+            row = s.get(Job, job["id"])
+            assert row is not None
+            if row.published_at is not None or time.monotonic() > deadline:
+                break
+        time.sleep(0.01)
+    assert row.published_at is not None and row.message_id is not None
     rc = queue.redis_client(settings.redis_url)
     import base64
     import json
 
     msgs = rc.lrange("gen.tiny-lm", 0, -1)  # priority 0 lands in the first bucket
     assert len(msgs) == 1
-    body = json.loads(base64.b64decode(json.loads(msgs[0])["body"]))
-    assert body[0] == [job["id"]] and body[1] == {}
+    message = json.loads(msgs[0])
+    body = json.loads(base64.b64decode(message["body"]))
+    assert body[0] == [[job["id"]]] and body[1] == {"model": "tiny-lm"}
+    assert message["headers"]["id"] == row.message_id
 
 
 def test_cancel_queued_job(api) -> None:  # type: ignore[no-untyped-def]
@@ -82,7 +92,7 @@ def test_redis_down_job_still_accepted_then_reconciled(database_url: str, models
         assert row is not None and row.status == "queued" and row.published_at is None
     # Redis is back: the reconciler publishes the stored job, and only once.
     redis_url = redis_scratch_url
-    app = queue.make_celery(settings, redis_url)
+    app = Publisher(settings, db, queue.make_celery(settings, redis_url))
     # (lost_grace_s: the session's database holds other tests' queued jobs, published to other Redis DBs.)
     assert reconcile_once(db, app, unpublished_grace_s=0, lost_grace_s=1e9) == 1
     assert reconcile_once(db, app, unpublished_grace_s=0, lost_grace_s=1e9) == 0
@@ -99,12 +109,13 @@ def test_messages_lost_with_redis_are_published_again_without_waiting_minutes(ap
 
     c, h, db, settings = api
     job = c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}}, headers=h).json()
-    app = queue.make_celery(settings, settings.redis_url)
+    app = Publisher(settings, db, queue.make_celery(settings, settings.redis_url))
     rc = queue.redis_client(settings.redis_url)
     keys = queue.bucket_keys(queue.queue_name("tiny-lm"))
 
     def queued_ids() -> set[str]:
-        return {json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for k in keys for m in rc.lrange(k, 0, -1)}
+        return {i for k in keys for m in rc.lrange(k, 0, -1)
+                for i in json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]}
 
     # The session's database also holds other tests' queued jobs, published to other Redis DBs: the first
     # pass may publish those here; after it, Redis holds a message per queued job and nothing is published

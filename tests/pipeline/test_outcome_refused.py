@@ -8,20 +8,42 @@ attempts ran out, and each write would fail the neighbours in its group.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from types import SimpleNamespace
+from concurrent.futures import Future
+from typing import Any
 
 from genqueue.db.models import Job
 from genqueue.db.session import Database
 from genqueue.enums import Role
+from genqueue.settings import Settings
 from genqueue_api.auth import create_key
 from genqueue_api.store import jobs as store
-from genqueue_worker import jobs, service
+from genqueue_worker import jobs, prescreen
 from genqueue_worker.engine.types import JobResult
-from genqueue_worker.groupsql import Grouper
+from genqueue_worker.store import JobStore
 
 
-def _claimed(db: Database, n: int) -> list[service.Claimed]:
+class _Replay:
+    """Engines that hand back preset results: the message path runs for real, the model is not needed."""
+
+    def __init__(self, results: dict[str, JobResult]) -> None:
+        self.results = results
+
+    def engine_for(self, model: str, version: str) -> tuple[str, Any]:
+        return f"{model}@{version}", self
+
+    def submit(self, request: Any) -> Future[JobResult]:
+        fut: Future[JobResult] = Future()
+        fut.set_result(self.results[request.job_id])
+        return fut
+
+    def track(self, job_id: str, engine_ref: str, fut: Future[JobResult]) -> None:
+        pass
+
+    def untrack(self, job_id: str) -> None:
+        pass
+
+
+def _queued(db: Database, n: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     with db.session() as s:
         key, _ = create_key(s, "t", Role.client)
@@ -30,42 +52,30 @@ def _claimed(db: Database, n: int) -> list[service.Claimed]:
                                "review_policy": "none", "webhook_events": [], "metrics": {}, "attempts": 0}
                               for jid in ids])
         s.commit()
-    with db.session() as s:
-        claimed = service.claim_many(s, ids, "w1", 60, 3)
-    out = [claimed[jid] for jid in ids]
-    assert all(isinstance(c, service.Claimed) for c in out)
-    return out  # type: ignore[return-value]
+    return ids
 
 
 def test_a_refused_output_fails_its_job_and_not_its_neighbours(db: Database) -> None:
-    def write(outcomes: Sequence[service.Outcome]) -> list[bool]:
-        with db.session() as s:
-            res = service.write_outcomes(s, "w1", outcomes)
-        return [res[o.job_id] for o in outcomes]
-
-    # The runtime's writer: outcomes of concurrent jobs share one transaction.
-    writer: Grouper[service.Outcome, bool] = Grouper("gq-write", write, linger_s=0.3, retries=0)
-    rt = SimpleNamespace(writer=writer, settings=SimpleNamespace(blocklist="", blocklist_file=None))
-    good, bad = _claimed(db, 2)
-    texts = {good.job_id: "fine", bad.job_id: "NUL \x00 inside"}
+    good, bad = _queued(db, 2)
+    texts = {good: "fine", bad: "NUL \x00 inside"}
     if db.engine.dialect.name == "sqlite":
-        texts[bad.job_id] = "fine too"  # SQLite stores U+0000: nothing to refuse there
-    results = [JobResult(c.job_id, "succeeded", output={"texts": [texts[c.job_id]], "finish_reasons": ["length"]},
-                         metrics={"tokens": 3.0}) for c in (good, bad)]
-    from concurrent.futures import ThreadPoolExecutor
-
+        texts[bad] = "fine too"  # SQLite stores U+0000: nothing to refuse there
+    results = {j: JobResult(j, "succeeded", output={"texts": [texts[j]], "finish_reasons": ["length"]},
+                            metrics={"tokens": 3.0}) for j in (good, bad)}
+    # The worker's own store: both outcomes share one grouped transaction, which the refusal fails as a whole.
+    st = JobStore(Settings(write_linger_ms=300), db, "w1", busy=lambda: True, on_finished=lambda ids: None)
     try:
-        with ThreadPoolExecutor(2) as pool:
-            got = list(pool.map(lambda cr: jobs._record(rt, cr[0], cr[1], 1.0), zip((good, bad), results, strict=True)))  # type: ignore[arg-type]
+        report = jobs.process_message(st, _Replay(results), prescreen.default_rules(), [good, bad], "tiny-lm")
     finally:
-        writer.close()
+        st.close()
+    got = [report.outcomes[good], report.outcomes[bad]]
     with db.session() as s:
-        rows = {c.job_id: s.get(Job, c.job_id) for c in (good, bad)}
-        assert rows[good.job_id].status == "succeeded" and rows[good.job_id].output["texts"] == ["fine"]  # type: ignore[union-attr]
+        rows = {j: s.get(Job, j) for j in (good, bad)}
+        assert rows[good].status == "succeeded" and rows[good].output["texts"] == ["fine"]  # type: ignore[union-attr]
         if db.engine.dialect.name == "sqlite":
             assert got == ["succeeded", "succeeded"]
         else:
             assert got == ["succeeded", "failed:postprocess_error"]
-            row = rows[bad.job_id]
+            row = rows[bad]
             assert row is not None and row.status == "failed" and row.error_code == "postprocess_error"
             assert row.error_message.startswith("the output could not be stored: ")  # type: ignore[union-attr]

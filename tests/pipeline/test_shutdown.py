@@ -36,9 +36,10 @@ def test_sigterm_finishes_or_gives_back_every_job(lone_stack, lanes: str) -> Non
 def test_sigterm_gives_back_what_the_grace_does_not_cover(lone_stack) -> None:  # type: ignore[no-untyped-def]
     import time
 
-    # One row at a time: the worker holds 32 long jobs and works through them one by one, so a shutdown that
-    # waited for them all would take a while even on a fast machine.
+    # One row at a time: the worker holds 32 long jobs (one per message) and works through them one by one, so
+    # a shutdown that waited for them all would take a while even on a fast machine.
     lone = lone_stack({"GENQUEUE_WORKER_CONCURRENCY": "32", "GENQUEUE_TEXT_MAX_RUNNING": "1",
+                       "GENQUEUE_WORKER_HELD_JOBS": "32",
                        "GENQUEUE_SHUTDOWN_GRACE_S": "0"})
     stack = lone.stack
     with Client(stack.base_url, lone.secret, timeout=60) as c:

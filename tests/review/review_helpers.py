@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from genqueue import jobstate as service
 from genqueue.db.models import ApiKey
 from genqueue.db.session import Database
 from genqueue.enums import Role
 from genqueue_api.auth import create_key
 from genqueue_api.store import jobs as store
-from genqueue_worker import service
 
 
 def key(db: Database, role: Role, name: str = "k", review_policy: str | None = None) -> ApiKey:

@@ -196,8 +196,8 @@ def test_openapi_lists_review_and_delivery(api: Api) -> None:
 def test_cancel_and_failure_webhooks_go_to_the_outbox(api: Api) -> None:
     from sqlalchemy import select
 
+    from genqueue import jobstate as service
     from genqueue.db.models import WebhookDelivery
-    from genqueue_worker import service
 
     hook = "https://hooks.example.com/in"
     r = api.c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}, "webhook": hook},
@@ -209,12 +209,12 @@ def test_cancel_and_failure_webhooks_go_to_the_outbox(api: Api) -> None:
                                          "webhook_events": ["review"]}, headers=api.h["client"]).json()["id"]
     api.c.post(f"/v1/jobs/{quiet}/cancel", headers=api.h["client"])
     with api.db.session() as s:
-        assert service.claim(s, canceled, "w", 60, 3) == service.Skipped("finished")
+        assert service.claim_many(s, [canceled], "w", 60, 3)[canceled] == service.Skipped("finished")
     r = api.c.post("/v1/jobs", json={"model": "tiny-lm", "input": {"prompt": "hi"}, "webhook": hook},
                    headers=api.h["client"])
     job = r.json()["id"]
     with api.db.session() as s:
-        assert isinstance(service.claim(s, job, "w", 60, 3), service.Claimed)
+        assert isinstance(service.claim_many(s, [job], "w", 60, 3)[job], service.Claimed)
     with api.db.session() as s:  # a failure, as a worker writes it
         assert service.write_outcomes(s, "w", [service.Failure(job, "nan_output", "NaN")]) == {job: True}
     with api.db.session() as s:

@@ -200,8 +200,8 @@ def test_a_decision_that_lost_a_race_changes_nothing(db: Database) -> None:
 def test_a_poison_job_gets_its_failed_webhook(db: Database) -> None:
     import uuid
 
+    from genqueue import jobstate as service
     from genqueue_api.store import jobs as store
-    from genqueue_worker import service
 
     owner = key(db, Role.client)
     jid = str(uuid.uuid4())
@@ -213,7 +213,7 @@ def test_a_poison_job_gets_its_failed_webhook(db: Database) -> None:
                                "webhook_events": ["completed"], "metrics": {}, "attempts": 3}])
         s.commit()
     with db.session() as s:
-        assert service.claim(s, jid, "w", 60, 3) == service.Skipped("poison")
+        assert service.claim_many(s, [jid], "w", 60, 3)[jid] == service.Skipped("poison")
     with db.session() as s:
         d = s.execute(select(WebhookDelivery).where(WebhookDelivery.job_id == jid)).scalar_one()
     assert d.event == "job.failed" and d.payload["data"]["error"]["code"] == "poison_job"

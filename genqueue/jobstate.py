@@ -1,10 +1,16 @@
-"""The worker's SQL: claim jobs under a lease, write their outcomes, renew leases.
+"""The one owner of job state: every guarded transition of a job row, for the API, the worker and the
+reconciler alike.
 
-Every function takes a batch: a worker claims every job delivered within a few milliseconds in one
-statement and commits every outcome finished since its last commit in one transaction (group commit), so the
-SQL cost per job stays small next to inference. Every write is still guarded per row by
-``status = running AND leased_by = me``, so a duplicate delivery or a job canceled meanwhile never produces a
-second output (DESIGN.md invariant 1: at-least-once delivery, exactly-once effect).
+    queued ──claim──▶ running ──write_outcomes──▶ succeeded | failed
+      ▲                 │  └──write_outcomes(Release)──▶ queued   (graceful shutdown; the attempt is not counted)
+      │                 └──lease runs out──▶ claimable again (a worker died; the reconciler publishes it)
+      └──────────── cancel (queued or running) ──▶ canceled
+
+Every function takes a batch: a worker claims all the ids of a broker message (and of any other message
+that arrived within a few milliseconds) in one statement, and commits every outcome finished since its last
+commit in one transaction (group commit), so the SQL cost per job stays small next to inference. Every
+write is still guarded per row by ``status = running AND leased_by = me``, so a duplicate delivery or a job
+canceled meanwhile never produces a second output: delivery is at least once, the effect exactly once.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Skipped:
-    reason: str  # "missing" | "finished" | "leased_elsewhere" | "poison"
+    # "missing" (no such row) | "other_model" (the message came from another model's queue) | "finished"
+    # (terminal, canceled included) | "leased_elsewhere" (another worker holds a live lease) | "poison"
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -76,14 +84,17 @@ def _claimable(now: dt.datetime) -> Any:
 
 
 def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s: float,
-               max_attempts: int) -> dict[str, Claimed | Skipped]:
+               max_attempts: int, models: Sequence[str] | None = None) -> dict[str, Claimed | Skipped]:
     """Claim every claimable job of ``job_ids``; commits. In the common case (every job queued) that is
-    one UPDATE … RETURNING; only jobs it did not claim are read back to say why."""
+    one UPDATE … RETURNING; only jobs it did not claim are read back to say why. ``models``: the model
+    names the ids' messages were queued for; an id of another model is left alone (a malformed message
+    must not make a worker run, or fail, a job that another model's workers will run)."""
     now = utcnow()
     ids = list(dict.fromkeys(job_ids))
     out: dict[str, Claimed | Skipped] = {}
+    scope = [Job.model.in_(list(models))] if models is not None else []
     claimed = session.execute(
-        update(Job).where(Job.id.in_(ids), _claimable(now), Job.attempts < max_attempts)
+        update(Job).where(Job.id.in_(ids), *scope, _claimable(now), Job.attempts < max_attempts)
         .values(status=JobStatus.running.value, leased_by=worker_id, attempts=Job.attempts + 1,
                 lease_expires_at=now + dt.timedelta(seconds=lease_s),
                 started_at=func.coalesce(Job.started_at, bindparam("claim_now", now, type_=UTCDateTime())))
@@ -98,12 +109,14 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
     rest = [j for j in ids if j not in out]
     if rest:
         rows = {r.id: r for r in session.execute(
-            select(Job.id, Job.status, Job.attempts, Job.lease_expires_at).where(Job.id.in_(rest)))}
+            select(Job.id, Job.model, Job.status, Job.attempts, Job.lease_expires_at).where(Job.id.in_(rest)))}
         poison: list[str] = []
         for job_id in rest:
             row = rows.get(job_id)
             if row is None:
                 out[job_id] = Skipped("missing")
+            elif models is not None and row.model not in models:
+                out[job_id] = Skipped("other_model")
             elif row.status not in _ACTIVE:
                 out[job_id] = Skipped("finished")
             elif row.status == JobStatus.running.value and row.lease_expires_at and row.lease_expires_at > now:
@@ -113,7 +126,7 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
         if poison:
             # Each earlier delivery died without writing an outcome: stop the loop here.
             failed = set(session.execute(
-                update(Job).where(Job.id.in_(poison), _claimable(now), Job.attempts >= max_attempts)
+                update(Job).where(Job.id.in_(poison), *scope, _claimable(now), Job.attempts >= max_attempts)
                 .values(status=JobStatus.failed.value, error_code="poison_job",
                         error_message=f"the job was delivered {max_attempts} times without finishing; giving up",
                         finished_at=now, lease_expires_at=None)
@@ -123,10 +136,6 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
             review_state.record_outputs(session, [], sorted(failed), now)  # their job.failed webhooks
     session.commit()
     return out
-
-
-def claim(session: Session, job_id: str, worker_id: str, lease_s: float, max_attempts: int) -> Claimed | Skipped:
-    return claim_many(session, [job_id], worker_id, lease_s, max_attempts)[job_id]
 
 
 def _mine(worker_id: str) -> Any:
@@ -186,20 +195,6 @@ def write_outcomes(session: Session, worker_id: str, outcomes: Sequence[Outcome]
     return written
 
 
-def record_success(session: Session, job_id: str, worker_id: str, output: dict[str, Any], metrics: dict[str, Any],
-                   images: Sequence[tuple[bytes, int, int, str]], flags: list[dict[str, Any]]) -> bool:
-    return write_outcomes(session, worker_id, [Success(job_id, output, metrics, images, flags)])[job_id]
-
-
-def record_failure(session: Session, job_id: str, worker_id: str, code: str, message: str,
-                   metrics: dict[str, Any] | None = None) -> bool:
-    return write_outcomes(session, worker_id, [Failure(job_id, code, message, metrics or {})])[job_id]
-
-
-def release(session: Session, job_id: str, worker_id: str) -> bool:
-    return write_outcomes(session, worker_id, [Release(job_id)])[job_id]
-
-
 def renew_leases(session: Session, job_ids: Sequence[str], worker_id: str, lease_s: float) -> None:
     if not job_ids:
         return
@@ -218,3 +213,54 @@ def canceled_among(session: Session, job_ids: Sequence[str]) -> list[str]:
         select(Job.id).where(Job.id.in_(list(job_ids)), Job.status == JobStatus.canceled.value)
     ).scalars()
     return list(rows)
+
+
+def cancel(session: Session, job_id: str) -> bool:
+    """Queued or running → canceled (the owner asked). False when the job had already ended. A running
+    job's worker sees the cancel between steps and writes nothing: its writes are guarded by status."""
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(_ACTIVE))
+        .values(status=JobStatus.canceled.value, finished_at=utcnow(), lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def mark_published(session: Session, chunks: Sequence[tuple[str, Sequence[str]]], at: dt.datetime | None = None) -> None:
+    """Record that each chunk's ids went out in the message named by its id. The message id is what lets
+    the reconciler count the messages Redis should hold (one message carries many jobs)."""
+    when = at or utcnow()
+    for message_id, ids in chunks:
+        session.execute(update(Job).where(Job.id.in_(list(ids))).values(published_at=when, message_id=message_id)
+                        .execution_options(synchronize_session=False))
+
+
+def due_for_publish(session: Session, now: dt.datetime, *, unpublished_grace_s: float, stale_before: dt.datetime,
+                    limit: int) -> list[tuple[str, str, int, str]]:
+    """(id, model, priority, kind) of the jobs whose message may be missing, most urgent first: never published
+    (the API died or Redis was down between the COMMIT and the publish), published before ``stale_before``
+    and still queued (the message died with Redis), or running under an expired lease (a worker died)."""
+    q = (
+        select(Job.id, Job.model, Job.priority, Job.kind)
+        .where(or_(
+            and_(Job.status == JobStatus.queued.value, Job.published_at.is_(None),
+                 Job.created_at < now - dt.timedelta(seconds=unpublished_grace_s)),
+            and_(Job.status == JobStatus.queued.value, Job.published_at < stale_before),
+            and_(Job.status == JobStatus.running.value, Job.lease_expires_at < now,
+                 or_(Job.published_at.is_(None), Job.published_at < Job.lease_expires_at)),
+        ))
+        .order_by(Job.priority, Job.created_seq)
+        .limit(limit)
+    )
+    return [(r.id, r.model, r.priority, r.kind) for r in session.execute(q)]
+
+
+def queued_messages(session: Session, published_before: dt.datetime) -> dict[str, int]:
+    """Per model, how many distinct messages still carry queued jobs published before the given time: a lower
+    bound on the messages Redis must hold for them."""
+    rows = session.execute(
+        select(Job.model, func.count(func.distinct(Job.message_id)))
+        .where(Job.status == JobStatus.queued.value, Job.published_at < published_before)
+        .group_by(Job.model)
+    ).all()
+    return {str(m): int(n) for m, n in rows}
