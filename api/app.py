@@ -16,8 +16,8 @@ from genqueue.reconcile import Reconciler
 from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, JobCreate
 from genqueue.settings import Settings, get_settings
-from genqueue_api import errors, httpmetrics, metrics
-from genqueue_api.routes import health, jobs, models
+from genqueue_api import errors, httpmetrics, metrics, review_metrics
+from genqueue_api.routes import feed, health, jobs, models, review
 from genqueue_api.state import AppState
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,9 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(review.router)
+    app.include_router(feed.router)
+    review_metrics.watch(app_state.db)
 
     # The job routes read raw JSON (so that bulk items fail one by one); publish their schemas anyway.
     original_openapi = app.openapi

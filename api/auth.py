@@ -19,10 +19,13 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str, role: Role, trusted: bool = False) -> tuple[ApiKey, str]:
+def create_key(session: Session, name: str, role: Role, trusted: bool = False,
+               review_policy: str | None = None) -> tuple[ApiKey, str]:
+    """``review_policy`` (all | flagged | none) is what review="auto" means for this key's jobs."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
-        id=str(uuid.uuid4()), name=name, role=role.value, prefix=secret[:10], key_hash=hash_key(secret), trusted=trusted
+        id=str(uuid.uuid4()), name=name, role=role.value, prefix=secret[:10], key_hash=hash_key(secret), trusted=trusted,
+        review_policy=review_policy,
     )
     session.add(key)
     session.commit()

@@ -1,5 +1,5 @@
-"""Gauges the API reads from SQL when /metrics is scraped: jobs waiting and running, the oldest queued job's
-age, and the review queue. Every API replica reports the same values (aggregate them with max, not sum).
+"""Gauges the API reads from SQL when /metrics is scraped: jobs waiting and running, and the oldest queued
+job's age (the review queue's gauges are api/review_metrics.py's). Every API replica reports the same values (aggregate them with max, not sum).
 
 Only indexed, bounded queries run here (counts on ``jobs.status`` and ``reviews.status``, the oldest queued
 row), so a scrape stays cheap on a large jobs table; `genqueue status` gives the full picture.
@@ -10,9 +10,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select
 
-from genqueue.db.models import Job, Review, utcnow
+from genqueue.db.models import Job, utcnow
 from genqueue.db.session import Database
-from genqueue.enums import JobStatus, ReviewStatus
+from genqueue.enums import JobStatus
 
 _ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 
@@ -22,17 +22,11 @@ def render(db: Database) -> bytes:
     jobs = Gauge("genqueue_jobs", "Jobs in SQL by status (queued and running only)", ["status"], registry=reg)
     oldest = Gauge("genqueue_oldest_queued_job_age_seconds", "Age of the oldest queued job (0 when none)",
                    registry=reg)
-    # Review metrics. Pending items are read here; the latency of moderators' decisions is observed where
-    # decisions are recorded, with the review routes.
-    pending = Gauge("genqueue_review_pending", "Outputs waiting for a moderator's decision", registry=reg)
     with db.session() as s:
         counts = dict(s.execute(select(Job.status, func.count()).where(Job.status.in_(_ACTIVE))  # type: ignore[arg-type]
                                 .group_by(Job.status)).all())
         first = s.execute(select(func.min(Job.created_at)).where(Job.status == JobStatus.queued.value)).scalar()
-        waiting = s.execute(select(func.count()).select_from(Review)
-                            .where(Review.status == ReviewStatus.pending.value)).scalar_one()
     for st in _ACTIVE:
         jobs.labels(st).set(counts.get(JobStatus(st), 0))
     oldest.set(0 if first is None else max(0.0, (utcnow() - first).total_seconds()))
-    pending.set(waiting)
     return generate_latest(reg)

@@ -26,7 +26,7 @@ from typing import Any
 
 from genqueue.db.models import utcnow
 from genqueue.db.session import Database, upgrade
-from genqueue.enums import ReviewStatus, Role
+from genqueue.enums import Role
 from genqueue.settings import Settings
 
 PNG = b"\x89PNG" + b"\x00" * 300  # about the size of a 32x32 digit
@@ -57,7 +57,7 @@ def per_job(db: Database, ids: list[str]) -> float:
         assert isinstance(c, service.Claimed)
         with db.session() as s:
             ok = service.write_outcomes(s, "w1", [service.Success(
-                job_id, {"images": []}, {"tokens": 1.0}, [(PNG, 32, 32, "png")], ReviewStatus.not_required, [])])[job_id]
+                job_id, {"images": []}, {"tokens": 1.0}, [(PNG, 32, 32, "png")], [])])[job_id]
         assert ok
     return time.perf_counter() - t0
 
@@ -73,7 +73,7 @@ def batched(db: Database, ids: list[str], batch: int) -> float:
             claimed = service.claim_many(s, chunk, "w1", 120, 3)
         assert all(isinstance(c, service.Claimed) for c in claimed.values())
         outcomes = [service.Success(j, {"images": []}, {"tokens": 1.0}, [(PNG, 32, 32, "png")],
-                                    ReviewStatus.not_required, []) for j in chunk]
+                                    []) for j in chunk]
         with db.session() as s:
             written = service.write_outcomes(s, "w1", outcomes)
         assert all(written.values())

@@ -80,7 +80,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     except NotMigrated as e:
         return _fail(str(e))
     with db.session() as s:
-        key, secret = create_key(s, args.name, role, trusted=args.trusted)
+        key, secret = create_key(s, args.name, role, trusted=args.trusted, review_policy=args.review_policy)
     print(f"created {role.value} key {key.name!r} (id {key.id}); the secret is shown once:")
     print(secret)
     return 0
@@ -117,6 +117,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     models = [m for m in (args.models or "").split(",") if m] or None
     run(_ready(_settings(args), "worker", models=True), models)
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from genqueue.webhooks.consumer import run
+
+    if args.concurrency < 1:
+        return _fail("--concurrency must be at least 1")
+    try:
+        run(_settings(args), concurrency=args.concurrency)
+    except ValueError as e:
+        return _fail(str(e))
     return 0
 
 
@@ -302,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--name", required=True)
     keys.add_argument("--role", required=True, help="client, moderator or admin")
     keys.add_argument("--trusted", action="store_true", help="a client key that may submit review=none")
+    keys.add_argument("--review-policy", choices=["all", "flagged", "none"],
+                      help='what review="auto" means for this key\'s jobs (default: the model\'s or global policy)')
     common(keys)
     keys.set_defaults(func=cmd_keys)
 
@@ -315,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--models", help="comma-separated model names (default: every model found)")
     common(worker)
     worker.set_defaults(func=cmd_worker)
+
+    hooks = sub.add_parser("webhooks", help="run the webhook sender (the `webhooks` queue and its relay)")
+    hooks.add_argument("--concurrency", type=int, default=8, help="attempts under way at once (default 8)")
+    common(hooks)
+    hooks.set_defaults(func=cmd_webhooks)
 
     serve = sub.add_parser("serve", help="run Redis (embedded unless configured), the API and workers")
     serve.add_argument("--port", type=int)

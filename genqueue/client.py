@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 _RETRYABLE = {500, 502, 503, 504}  # what a restarting API or its proxy answers while a wait is held
+
+
+def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str) -> Any:
+    """Check a webhook genqueue sent (Standard Webhooks: ``webhook-id``, ``webhook-timestamp``,
+    ``webhook-signature``) against the deployment's webhook secret and return the parsed event.
+
+    ``payload`` must be the request body exactly as received. Raises ``WebhookVerificationError`` (from
+    `standardwebhooks`) when the signature does not match, a header is missing, or the timestamp is more
+    than five minutes away from now (a replay). The event's ``webhook-id`` stays the same on every retry:
+    use it to drop repeats."""
+    from genqueue.webhooks.signing import verify
+
+    return verify(payload, headers, secret)
 
 
 class GenqueueError(Exception):
@@ -77,6 +91,30 @@ class Client:
 
     def models(self) -> list[dict[str, Any]]:
         return self._check(self._http.get("/v1/models"))["data"]  # type: ignore[no-any-return]
+
+    # Moderation (moderator and admin keys).
+    def claim(self, limit: int = 20, model: str | None = None, flagged_first: bool = True) -> list[dict[str, Any]]:
+        body = {"limit": limit, "model": model, "flagged_first": flagged_first}
+        return self._check(self._http.post("/v1/review/claim", json=body))["data"]  # type: ignore[no-any-return]
+
+    def decide(self, job_id: str, decision: str, reason: str | None = None) -> dict[str, Any]:
+        body = {"decision": decision, "reason": reason}
+        return self._check(self._http.post(f"/v1/review/{job_id}/decision", json=body))  # type: ignore[no-any-return]
+
+    def release(self, job_id: str) -> dict[str, Any]:
+        return self._check(self._http.post(f"/v1/review/{job_id}/release"))  # type: ignore[no-any-return]
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        return self._check(self._http.get(f"/v1/review/{job_id}/history"))["data"]  # type: ignore[no-any-return]
+
+    # Delivery (client keys: their own jobs; admin keys: everyone's).
+    def feed(self, after: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """One page of the feed: ``{"data": [...], "next_cursor": ...}``; call again with
+        ``after=next_cursor`` to follow it."""
+        params: dict[str, Any] = {"limit": limit}
+        if after:
+            params["after"] = after
+        return self._check(self._http.get("/v1/feed", params=params))  # type: ignore[no-any-return]
 
     def image(self, job_id: str, n: int = 0) -> tuple[bytes, str]:
         r = self._http.get(f"/v1/jobs/{job_id}/images/{n}")

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             run_jobs(client, stack.base_url, data / "images")
     finally:
         stack.stop()
-        print("stopped the API, the worker and the embedded Redis", flush=True)
+        print("stopped the API, the worker, the webhook sender and the embedded Redis", flush=True)
     return 0
 
 

@@ -23,9 +23,9 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from genqueue.db import counters
-from genqueue.db.models import AuditEvent, Job, JobImage, Review, UTCDateTime, utcnow
-from genqueue.enums import JobStatus, ReviewStatus
+from genqueue.db.models import Job, JobImage, UTCDateTime, utcnow
+from genqueue.enums import JobStatus
+from genqueue.review import state as review_state
 
 _ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 
@@ -57,7 +57,6 @@ class Success:
     output: dict[str, Any]
     metrics: dict[str, Any]
     images: Sequence[tuple[bytes, int, int, str]]  # (data, width, height, format), in output order
-    review: ReviewStatus
     flags: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -134,6 +133,7 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
                 .returning(Job.id).execution_options(synchronize_session=False)
             ).scalars())
             out.update({j: Skipped("poison" if j in failed else "leased_elsewhere") for j in poison})
+            review_state.record_outputs(session, [], sorted(failed), now)  # their job.failed webhooks
     session.commit()
     return out
 
@@ -181,18 +181,9 @@ def write_outcomes(session: Session, worker_id: str, outcomes: Sequence[Outcome]
                   for o in done for i, (d, w, h, f) in enumerate(o.images)]
         if images:
             session.execute(insert(JobImage), images)
-        deliverable = [o for o in done if o.review is ReviewStatus.not_required]
-        seq = counters.reserve(session, "feed_seq", len(deliverable)) if deliverable else 0
-        feed = {o.job_id: seq + i for i, o in enumerate(deliverable)}
-        if done:
-            session.execute(insert(Review), [
-                {"job_id": o.job_id, "status": o.review.value, "flags": o.flags,
-                 "flag_score": max((f["score"] for f in o.flags), default=0.0), "feed_seq": feed.get(o.job_id),
-                 "decided_at": now if o.job_id in feed else None} for o in done])
-            session.execute(insert(AuditEvent), [
-                {"job_id": o.job_id, "actor": None, "action": "prescreen", "from_status": None,
-                 "to_status": o.review.value, "reason": ",".join(f["rule"] for f in o.flags) or None, "at": now}
-                for o in done])
+        # The review row, its audit event, its feed position and the job's webhooks: one rule, in genqueue.review.
+        review_state.record_outputs(session, [(o.job_id, o.flags) for o in done],
+                                    [o.job_id for o in failures if o.job_id in ours], now)
     for o in releases:
         res = session.execute(
             update(Job).where(Job.id == o.job_id, _mine(worker_id))

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
@@ -37,8 +37,20 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     # Larger request bodies get 413.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    # Secret that will sign webhooks (not built yet); placeholders are refused in production.
+    # The one secret that signs every webhook (Standard Webhooks). A value starting with ``whsec_`` is that
+    # format (base64 after the prefix); any other value is used as raw bytes. Placeholders are refused in
+    # production. Receivers verify with genqueue.client.verify_webhook(payload, headers, secret).
     webhook_secret: str = "dev-secret"
+    # Webhook targets on private, loopback, link-local or reserved addresses are refused (SSRF) unless an
+    # entry here covers them: IP addresses or CIDR networks, comma separated (e.g. "127.0.0.1,10.0.0.0/8").
+    webhook_allow_private: str = ""
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # Failed deliveries are retried after base * 2**(attempt-1) seconds, capped, up to max attempts in all.
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_base_s: float = Field(default=5.0, gt=0)
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0)
+    # How often the webhook relay looks for deliveries to hand to the `webhooks` Celery queue.
+    webhook_relay_interval_s: float = Field(default=0.5, gt=0)
 
     # ONNX Runtime provider of the workers; the one that actually runs is logged, announced in the heartbeat and
     # exported as genqueue_worker_provider_info.
@@ -97,8 +109,18 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=120.0, gt=0)  # a running job's lease, renewed while the worker works on it
     # Redis redelivers unacked messages after this; it must exceed the longest job.
     visibility_timeout_s: int = Field(default=3600, ge=1)
-    # "auto" review policy: "flagged" sends only flagged outputs to review; "all" reviews everything.
+    # What review="auto" means, unless a model or the submitting key sets its own policy (the stricter of
+    # those two wins): "all" sends every output to moderators; "flagged" approves clean outputs
+    # automatically (decided by the system) and sends flagged ones; "none" delivers without review.
     review_auto_policy: Literal["flagged", "all", "none"] = "flagged"
+    # Per-model policies, JSON: GENQUEUE_REVIEW_MODEL_POLICY='{"tiny-lm": "all"}'.
+    review_model_policy: dict[str, Literal["flagged", "all", "none"]] = Field(default_factory=dict)
+    # A moderator's claim lasts this long unless renewed; an expired claim returns its item to the queue.
+    review_claim_lease_s: float = Field(default=600.0, gt=0, le=86400)
+    # Extra words for the pre-screen's blocklist: comma separated, and/or a file with one word or phrase a
+    # line (# starts a comment). Both add to the built-in list.
+    blocklist: str = ""
+    blocklist_file: Path | None = None
     # Longest `Prefer: wait` the API honours; API.md fixes it at 60, so raising it leaves the contract.
     max_wait_seconds: int = Field(default=60, ge=0)
     # Jobs one API key may submit per minute (bulk items count one each); 0 means no limit.
@@ -109,6 +131,18 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 5.0
     # A job still queued this long after its publish is published again (its message may be gone).
     republish_after_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("webhook_allow_private")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        import ipaddress
+
+        for part in filter(None, (p.strip() for p in v.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network") from None
+        return v
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -89,6 +89,8 @@ class Stack:
         self._spawn("api", ["api", "--port", str(self.port)])
         for i in range(self.workers):
             self._spawn(f"worker-{i}", ["worker", *self.worker_args])
+        # Webhooks go out from a process of their own, so that slow receivers never hold a GPU worker's threads.
+        self._spawn("webhooks", ["webhooks"])
         try:
             self.wait_ready(timeout)
         except Exception:

@@ -17,7 +17,6 @@ from sqlalchemy.exc import DataError
 
 from genqueue import jobstate, logs
 from genqueue.db.models import utcnow
-from genqueue.enums import ReviewStatus
 from genqueue_worker import metrics, prescreen
 from genqueue_worker.engine.types import (
     ErrorCode,
@@ -80,7 +79,7 @@ class _Write:
     result: JobResult | None
 
 
-def process_message(store: JobStore, engines: Engines, review_auto_policy: str, job_ids: Sequence[str],
+def process_message(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule], job_ids: Sequence[str],
                     model: str | None, job_done: Callable[[], None] = lambda: None,
                     message_id: str | None = None) -> MessageReport:
     """Run every job of one message. ``job_done`` is called once per id as the engine lets go of it;
@@ -118,7 +117,7 @@ def process_message(store: JobStore, engines: Engines, review_auto_policy: str, 
                 log.exception("job %s: engine error", c.job_id)
                 result = JobResult(job_id=c.job_id, status="failed", error_code=ErrorCode.engine_error,
                                    error_message=f"engine error: {e}")
-            outcome = _outcome(c, result, review_auto_policy)
+            outcome = _outcome(c, result, rules)
             if outcome is None:
                 report.outcomes[c.job_id] = "canceled"  # the API already marked the row
                 continue
@@ -144,7 +143,7 @@ def _start(engines: Engines, c: jobstate.Claimed,
     return None
 
 
-def _outcome(c: jobstate.Claimed, result: JobResult, review_auto_policy: str) -> jobstate.Outcome | None:
+def _outcome(c: jobstate.Claimed, result: JobResult, rules: Sequence[prescreen.TextRule]) -> jobstate.Outcome | None:
     queue_ms = (c.started_at - c.created_at).total_seconds() * 1000
     job_metrics: dict[str, Any] = {"queue_ms": round(queue_ms, 2), **{k: round(v, 3) for k, v in result.metrics.items()}}
     if result.status == "canceled":
@@ -158,7 +157,7 @@ def _outcome(c: jobstate.Claimed, result: JobResult, review_auto_policy: str) ->
     images = [(im.data, im.width, im.height, im.format) for im in result.images]
     t0 = time.perf_counter()
     if c.kind == "text":
-        flags = prescreen.text_flags(list(output.get("texts", [])))
+        flags = prescreen.text_flags(list(output.get("texts", [])), rules)
     else:
         # The engine measured each image's grey levels before encoding; decoding the file again cost ~45 us
         # per image here.
@@ -170,8 +169,8 @@ def _outcome(c: jobstate.Claimed, result: JobResult, review_auto_policy: str) ->
             for i, (_, w, h, fmt) in enumerate(images)
         ]
     job_metrics["prescreen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-    review: ReviewStatus = prescreen.review_status(c.review_policy, review_auto_policy, flags)
-    return jobstate.Success(c.job_id, output, job_metrics, images, review, flags)
+    # What happens to the output (its review row) is decided where it is written, in genqueue.review.
+    return jobstate.Success(c.job_id, output, job_metrics, images, flags)
 
 
 def _settle(store: JobStore, w: _Write) -> str:

@@ -9,7 +9,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from genqueue.queue import TASK_NAME
-from genqueue_worker import jobs
+from genqueue_worker import jobs, prescreen
 from genqueue_worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def register(app: Celery) -> None:
         rt = get_runtime()
         ids = [str(i) for i in job_ids] if isinstance(job_ids, list) else []
         with rt.flow.message(len(ids)) as job_done:
-            report = jobs.process_message(rt.store, rt, rt.settings.review_auto_policy, ids, model, job_done,
+            report = jobs.process_message(rt.store, rt, prescreen.text_rules(rt.settings), ids, model, job_done,
                                           message_id=self.request.id)
         if report.given_back:
             # The worker is stopping: the given-back jobs are queued again in SQL, and the message goes back

@@ -24,6 +24,8 @@ from genqueue import jobstate, logs, queue
 from genqueue.db.models import ApiKey, Job, Review, utcnow
 from genqueue.enums import JobStatus, ReviewPolicy, ReviewStatus, Role
 from genqueue.registry import ModelKind, UnknownModel
+from genqueue.review import policy as review_policy
+from genqueue.review import state as review_state
 from genqueue.schemas import (
     BulkItem,
     ErrorBody,
@@ -38,6 +40,7 @@ from genqueue.schemas import (
     storable,
 )
 from genqueue.tokens import count_prompt_tokens
+from genqueue.webhooks import guard
 from genqueue_api import metrics
 from genqueue_api.errors import ApiError, not_found, validation_details
 from genqueue_api.state import AppState
@@ -116,6 +119,12 @@ def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None
                 raise ApiError(422, "validation_error", "invalid request: input.class_label",
                                [{"field": "input.class_label",
                                  "message": f"must be below {m.image.num_classes} for {entry.ref}"}])
+    if req.webhook is not None:
+        try:
+            guard.check_submit(req.webhook, guard.parse_allow(state.settings.webhook_allow_private))
+        except guard.UnsafeTarget as e:
+            raise ApiError(422, "validation_error", "invalid request: webhook",
+                           [{"field": "webhook", "message": str(e), "type": "unsafe_webhook"}]) from None
     if req.review is ReviewPolicy.none and not (key.role == Role.admin.value or key.trusted):
         raise ApiError(403, "forbidden", 'review "none" is for admin or trusted keys only')
     if inp.seed is None:
@@ -151,10 +160,8 @@ def to_out(job: Job, review: Review | None) -> JobOut:
     if review is not None:
         info = ReviewInfo(status=ReviewStatus(review.status), flags=[ReviewFlag(**f) for f in review.flags or []],
                           decided_by=review.decided_by, reason=review.reason)
-    elif job.review_policy == ReviewPolicy.none.value or job.status in (JobStatus.failed, JobStatus.canceled):
-        info = ReviewInfo(status=ReviewStatus.not_required)
     else:
-        info = ReviewInfo(status=ReviewStatus.pending)
+        info = ReviewInfo(status=review_policy.shown_status(job.status, job.review_policy, None))
     return JobOut(
         id=job.id, model=job.model, model_version=job.model_version, kind=job.kind,  # type: ignore[arg-type]
         status=JobStatus(job.status), priority=job.priority, input=job.input, metadata=job.metadata_ or {},
@@ -167,7 +174,7 @@ def to_out(job: Job, review: Review | None) -> JobOut:
 
 def out_from_row(row: dict[str, Any]) -> JobOut:
     """The Job object of a row just inserted (queued, no review row yet)."""
-    review = ReviewStatus.not_required if row["review_policy"] == ReviewPolicy.none.value else ReviewStatus.pending
+    review = review_policy.shown_status(JobStatus.queued.value, row["review_policy"], None)
     return JobOut(id=row["id"], model=row["model"], model_version=row["model_version"], kind=row["kind"],
                   status=JobStatus.queued, priority=row["priority"], input=row["input"], metadata=row["metadata_"],
                   review=ReviewInfo(status=review), attempts=0, created_at=row["created_at"])
@@ -339,6 +346,7 @@ def cancel_job(session: Session, key: ApiKey, job_id: str) -> JobOut:
     if not jobstate.cancel(session, job_id):
         session.rollback()
         raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}; only queued or running jobs can be canceled")
+    review_state.record_canceled(session, [job_id])  # its job.canceled webhook, in the same transaction
     session.commit()
     session.refresh(job)
     logs.job_event(log, "canceled", job_id, model=job.model)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from genqueue.db import counters
 from genqueue.db.models import Job, JobImage, Review
-from genqueue.enums import JobStatus
+from genqueue.review import policy as review_policy
 
 
 def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -72,17 +72,7 @@ def list_jobs(
         if version:
             q = q.where(Job.model_version == version)
     if review:
-        q = q.join(Review, Review.job_id == Job.id, isouter=True)
-        # A job without a review row shows as the job object says (services.jobs.to_out): not_required when it
-        # needs no review or ended without an output (failed, canceled), pending otherwise.
-        no_output = Job.status.in_([JobStatus.failed.value, JobStatus.canceled.value])
-        exempt = (Job.review_policy == "none") | no_output
-        if review == "pending":
-            q = q.where((Review.status == "pending") | (Review.job_id.is_(None) & ~exempt))
-        elif review == "not_required":
-            q = q.where((Review.status == review) | (Review.job_id.is_(None) & exempt))
-        else:
-            q = q.where(Review.status == review)
+        q = q.join(Review, Review.job_id == Job.id, isouter=True).where(review_policy.status_filter(review))
     if before_seq is not None:
         q = q.where(Job.created_seq < before_seq)
     q = q.order_by(Job.created_seq.desc()).limit(limit)

@@ -73,6 +73,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # Trusted client keys may submit review="none".
     trusted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Review policy for this key's review="auto" jobs (all | flagged | none); NULL: the model's or global one.
+    review_policy: Mapped[str | None] = mapped_column(String(12), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -143,12 +145,21 @@ class JobImage(Base):
 
 
 class Review(Base):
+    """One output's review. Every change goes through genqueue.review.state, which writes its audit event."""
+
     __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_queue", "status", "flag_score", "queued_at"),)
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # The job's model, copied here so that the claim queue and its metrics need no join.
+    model: Mapped[str] = mapped_column(String(64), default="")
     status: Mapped[str] = mapped_column(String(16), index=True)
     flags: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     flag_score: Mapped[float] = mapped_column(default=0.0)
+    # Bumped by every transition: a write guarded by the version it read fails instead of overwriting.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    # When the output entered review (or was decided at once): the start of the decision latency.
+    queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     claimed_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
     claim_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     decided_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
@@ -166,6 +177,7 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     actor: Mapped[str | None] = mapped_column(String(36), nullable=True)  # api key id; NULL = system
+    actor_name: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the key's name then
     action: Mapped[str] = mapped_column(String(32))
     from_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     to_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -180,3 +192,39 @@ class Counter(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WebhookDelivery(Base):
+    """One webhook event for one job (the outbox): written in the transaction that changed the job, then
+    handed to the `webhooks` Celery queue by the relay. Its id is the Standard Webhooks ``webhook-id``, the
+    same on every attempt, so that receivers can drop repeats."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(12), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the relay may hand it to the queue (again): now for a new event, later for a retry in flight.
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class WebhookAttempt(Base):
+    """Every delivery attempt: when, the HTTP status (NULL when none came back) and the error."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(default=0.0)

@@ -12,7 +12,7 @@ from genqueue import jobstate as service
 from genqueue.db import counters
 from genqueue.db.models import Job, JobImage, Review, utcnow
 from genqueue.db.session import Database
-from genqueue.enums import ReviewStatus, Role
+from genqueue.enums import Role
 from genqueue_api.auth import create_key
 from genqueue_api.store import jobs as store
 
@@ -32,8 +32,8 @@ def _claim(s: Session, jid: str, worker: str, lease: float, attempts: int) -> se
     return service.claim_many(s, [jid], worker, lease, attempts)[jid]
 
 
-def _success(s: Session, jid: str, worker: str, output: dict, images: list, review: ReviewStatus) -> bool:  # type: ignore[type-arg]
-    return service.write_outcomes(s, worker, [service.Success(jid, output, {}, images, review, [])])[jid]
+def _success(s: Session, jid: str, worker: str, output: dict, images: list) -> bool:  # type: ignore[type-arg]
+    return service.write_outcomes(s, worker, [service.Success(jid, output, {}, images, [])])[jid]
 
 
 def test_claim_lease_and_duplicate_delivery(db: Database) -> None:
@@ -44,10 +44,10 @@ def test_claim_lease_and_duplicate_delivery(db: Database) -> None:
     with db.session() as s:
         assert _claim(s, jid, "w2", 60, 3) == service.Skipped("leased_elsewhere")
     with db.session() as s:
-        assert _success(s, jid, "w2", {"texts": ["no"]}, [], ReviewStatus.pending) is False
-        assert _success(s, jid, "w1", {"texts": ["yes"]}, [(b"png", 1, 1, "png")], ReviewStatus.not_required) is True
+        assert _success(s, jid, "w2", {"texts": ["no"]}, []) is False
+        assert _success(s, jid, "w1", {"texts": ["yes"]}, [(b"png", 1, 1, "png")]) is True
         # A late duplicate from the same worker cannot write a second outcome either.
-        assert _success(s, jid, "w1", {"texts": ["again"]}, [], ReviewStatus.pending) is False
+        assert _success(s, jid, "w1", {"texts": ["again"]}, []) is False
     with db.session() as s:
         job = s.get(Job, jid)
         assert job is not None and job.status == "succeeded" and job.output == {"texts": ["yes"]}
@@ -103,10 +103,10 @@ def test_group_claim_and_group_commit(db: Database) -> None:
         service.cancel(s, ids[1])  # canceled by its owner while running
         s.commit()
     outcomes: list[service.Outcome] = [
-        service.Success(ids[0], {"texts": ["a"]}, {}, [], ReviewStatus.not_required),
-        service.Success(ids[1], {"texts": ["b"]}, {}, [(b"x", 1, 1, "png")], ReviewStatus.pending),
+        service.Success(ids[0], {"texts": ["a"]}, {}, []),
+        service.Success(ids[1], {"texts": ["b"]}, {}, [(b"x", 1, 1, "png")]),
         service.Failure(ids[2], "nan_output", "NaN in logits"),
-        service.Success(ids[3], {"texts": ["d"]}, {}, [], ReviewStatus.not_required),
+        service.Success(ids[3], {"texts": ["d"]}, {}, []),
     ]
     with db.session() as s:
         written = service.write_outcomes(s, "w1", outcomes)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from webhook_receiver import WEBHOOK_SECRET
 
 from genqueue.client import Client
 from genqueue.db.session import Database, upgrade
@@ -12,6 +13,10 @@ from genqueue.enums import Role
 from genqueue.settings import Settings
 from genqueue.stack import Stack, free_port
 from genqueue_api.auth import create_key
+
+# Webhooks to the tests' own receivers on 127.0.0.1, retried quickly.
+WEBHOOK_ENV = {"GENQUEUE_WEBHOOK_SECRET": WEBHOOK_SECRET, "GENQUEUE_WEBHOOK_ALLOW_PRIVATE": "127.0.0.1",
+               "GENQUEUE_WEBHOOK_RETRY_BASE_S": "0.2", "GENQUEUE_WEBHOOK_RELAY_INTERVAL_S": "0.2"}
 
 
 @dataclass
@@ -36,11 +41,12 @@ def running(database_url: str, redis_url_factory, models_dir: Path,  # type: ign
     db = Database(settings.sqlalchemy_url)
     keys = {}
     with db.session() as s:
-        for name, role in (("client", Role.client), ("other", Role.client), ("admin", Role.admin)):
+        for name, role in (("client", Role.client), ("other", Role.client), ("admin", Role.admin),
+                           ("moderator", Role.moderator)):
             keys[name] = create_key(s, name, role)[1]
     stack = Stack(settings, port=free_port(),
-                  extra_env={"GENQUEUE_WORKER_METRICS_PORT": str(free_port())}).start(timeout=180)
-    clients = {n: Client(stack.base_url, k, timeout=90) for n, k in keys.items()}
+                  extra_env={"GENQUEUE_WORKER_METRICS_PORT": str(free_port()), **WEBHOOK_ENV}).start(timeout=180)
+    clients = {n: Client(stack.base_url, k, timeout=90) for n, k in keys.items() if n != "moderator"}
     try:
         yield Running(stack, settings, db, clients["client"], clients["other"], clients["admin"], keys)
     finally:

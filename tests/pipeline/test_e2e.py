@@ -27,7 +27,10 @@ def test_text_job_succeeds_with_model_output(running) -> None:  # type: ignore[n
     m = done["metrics"]
     assert m["tokens"] >= 1 and m["batch_size"] >= 1 and m["inference_ms"] > 0 and m["queue_ms"] >= 0
     assert done["attempts"] == 1 and done["started_at"] and done["finished_at"]
-    assert done["review"]["status"] in ("not_required", "pending")
+    # The "flagged" policy: a clean output is approved by the system, a flagged one waits for a moderator.
+    review = done["review"]
+    assert (review["status"], review["decided_by"]) in (("approved", "system"), ("pending", None))
+    assert (review["status"] == "pending") == bool(review["flags"])
 
 
 def test_same_seed_same_text(running) -> None:  # type: ignore[no-untyped-def]

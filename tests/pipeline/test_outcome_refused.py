@@ -17,7 +17,7 @@ from genqueue.enums import Role
 from genqueue.settings import Settings
 from genqueue_api.auth import create_key
 from genqueue_api.store import jobs as store
-from genqueue_worker import jobs
+from genqueue_worker import jobs, prescreen
 from genqueue_worker.engine.types import JobResult
 from genqueue_worker.store import JobStore
 
@@ -65,7 +65,7 @@ def test_a_refused_output_fails_its_job_and_not_its_neighbours(db: Database) -> 
     # The worker's own store: both outcomes share one grouped transaction, which the refusal fails as a whole.
     st = JobStore(Settings(write_linger_ms=300), db, "w1", busy=lambda: True, on_finished=lambda ids: None)
     try:
-        report = jobs.process_message(st, _Replay(results), "flagged", [good, bad], "tiny-lm")
+        report = jobs.process_message(st, _Replay(results), prescreen.default_rules(), [good, bad], "tiny-lm")
     finally:
         st.close()
     got = [report.outcomes[good], report.outcomes[bad]]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from genqueue.enums import ReviewStatus
+from genqueue.settings import Settings
 from genqueue_worker import prescreen
 from genqueue_worker.engine.fake import FakeImageRunner
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig, luma_std
@@ -43,19 +44,37 @@ def test_text_flags() -> None:
     assert prescreen.text_flags(["", "  "]) == [{"rule": "empty_output", "score": 1.0}]
 
 
-@pytest.mark.parametrize(
-    ("policy", "auto", "flags", "status"),
-    [
-        ("none", "flagged", [{"rule": "x"}], ReviewStatus.not_required),
-        ("required", "none", [], ReviewStatus.pending),
-        ("auto", "flagged", [], ReviewStatus.not_required),
-        ("auto", "flagged", [{"rule": "x"}], ReviewStatus.pending),
-        ("auto", "all", [], ReviewStatus.pending),
-        ("auto", "none", [{"rule": "x"}], ReviewStatus.not_required),
-    ],
-)
-def test_review_status(policy: str, auto: str, flags: list[dict[str, Any]], status: ReviewStatus) -> None:
-    assert prescreen.review_status(policy, auto, flags) is status
+def test_personal_data_rules() -> None:
+    flags = prescreen.text_flags(["Write to ann.lee@mail.example.org or call +44 20 7946 0958 today.",
+                                  "More at https://example.com/page and www.example.org"])
+    assert flags == [{"rule": "pii_email", "score": 0.5}, {"rule": "pii_phone", "score": 0.5},
+                     {"rule": "url", "score": 0.6}]
+    # Numbers that are not phone numbers: a date, a year, a short code.
+    assert prescreen.text_flags(["On 2024-01-02 at 10:30, in 1999, code 12345."]) == []
+    assert prescreen.text_flags(["a@b.co a@b.co c@d.io"]) == [{"rule": "pii_email", "score": 1.0}]
+
+
+def test_a_deployments_blocklist(tmp_path: Path) -> None:
+    words = tmp_path / "blocklist.txt"
+    words.write_text("# one entry a line\nsecret project\nZorblax\n", encoding="utf-8")
+    settings = Settings(blocklist="grumble, snark", blocklist_file=words)
+    rules = prescreen.text_rules(settings)
+    assert prescreen.text_rules(settings) is rules  # read once
+    assert prescreen.text_flags(["the Secret Project of zorblax"], rules) == [{"rule": "blocklist", "score": 0.667}]
+    assert prescreen.text_flags(["grumble snark kill"], rules) == [{"rule": "blocklist", "score": 1.0}]
+    assert prescreen.text_flags(["a secret, then a project"], rules) == []  # a phrase is its words in a row
+    assert prescreen.text_flags(["grumble"]) == []  # the built-in list alone
+
+
+def test_rules_are_pluggable() -> None:
+    class Shouting:
+        name = "shouting"
+
+        def score(self, texts: Sequence[str]) -> float:
+            letters = [c for t in texts for c in t if c.isalpha()]
+            return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
+
+    assert prescreen.text_flags(["STOP THAT now"], [Shouting()]) == [{"rule": "shouting", "score": 0.727}]
 
 
 def test_the_engine_reports_each_images_luma_std() -> None:
