@@ -44,10 +44,13 @@ class Settings(BaseSettings):
     # Webhook targets on private, loopback, link-local or reserved addresses are refused (SSRF) unless an
     # entry here covers them: IP addresses or CIDR networks, comma separated (e.g. "127.0.0.1,10.0.0.0/8").
     webhook_allow_private: str = ""
+    # One delivery attempt's HTTP timeout.
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     # Failed deliveries are retried after base * 2**(attempt-1) seconds, capped, up to max attempts in all.
     webhook_max_attempts: int = Field(default=8, ge=1)
+    # The first retry's delay (doubling with each attempt after it).
     webhook_retry_base_s: float = Field(default=5.0, gt=0)
+    # The longest delay between two attempts.
     webhook_retry_max_s: float = Field(default=3600.0, gt=0)
     # How often the webhook relay looks for deliveries to hand to the `webhooks` Celery queue.
     webhook_relay_interval_s: float = Field(default=0.5, gt=0)
@@ -120,6 +123,7 @@ class Settings(BaseSettings):
     # Extra words for the pre-screen's blocklist: comma separated, and/or a file with one word or phrase a
     # line (# starts a comment). Both add to the built-in list.
     blocklist: str = ""
+    # A file of blocklist entries, one word or phrase a line (# starts a comment).
     blocklist_file: Path | None = None
     # Longest `Prefer: wait` the API honours; API.md fixes it at 60, so raising it leaves the contract.
     max_wait_seconds: int = Field(default=60, ge=0)
