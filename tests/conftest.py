@@ -49,20 +49,33 @@ def _with_db(base: str, db: int) -> str:
     return f"{parts.scheme}://{parts.netloc}/{db}"
 
 
-_next_db = iter(range(15, 1, -1))  # database 1 is the per-test scratch database
+class RedisDatabases:
+    """Redis database numbers 2..15 (1 is the per-test scratch database): each caller gets one of its own,
+    flushed first, so queues never mix. A stack that stops gives its number back for later tests."""
 
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self._free = list(range(2, 16))
 
-@pytest.fixture(scope="session")
-def redis_url_factory(redis_base_url: str):  # type: ignore[no-untyped-def]
-    """Each caller gets its own Redis database number, flushed first, so queues never mix."""
-    from genqueue.queue import redis_client
+    def __call__(self) -> str:
+        from genqueue.queue import redis_client
 
-    def make() -> str:
-        url = _with_db(redis_base_url, next(_next_db))
+        if not self._free:
+            raise RuntimeError("every Redis database is in use; give some back with release()")
+        url = _with_db(self.base, self._free.pop())
         redis_client(url).flushdb()
         return url
 
-    return make
+    def release(self, url: str) -> None:
+        from genqueue.queue import redis_client
+
+        redis_client(url).flushdb()
+        self._free.insert(0, int(url.rsplit("=", 1)[-1] if "virtual_host=" in url else url.rsplit("/", 1)[-1]))
+
+
+@pytest.fixture(scope="session")
+def redis_url_factory(redis_base_url: str) -> RedisDatabases:
+    return RedisDatabases(redis_base_url)
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]
 
 # The extra each service's image must install, and nothing more.
-NEEDS = {"migrate": "server", "api": "server", "beat": "server", "worker": "worker", "exporter": "export"}
+NEEDS = {"migrate": "server", "api": "server", "beat": "server", "webhooks": "server", "worker": "worker",
+         "exporter": "export"}
 DOCKERFILES = {"api": "docker/api.Dockerfile", "worker": "docker/worker.Dockerfile",
                "exporter": "docker/exporter.Dockerfile"}
 EXTRA_OF_DOCKERFILE = {"docker/api.Dockerfile": "server", "docker/worker.Dockerfile": "worker",
@@ -111,7 +112,8 @@ def requirement_names(reqs: list[str]) -> set[str]:
 
 # -- compose ----------------------------------------------------------------------------------------------
 def test_the_stack_has_every_service() -> None:
-    assert set(SERVICES) == {"redis", "postgres", "migrate", "exporter", "api", "worker", "beat", "flower"}
+    assert set(SERVICES) == {"redis", "postgres", "migrate", "exporter", "api", "worker", "beat", "webhooks",
+                             "flower"}
     assert "--appendonly" in SERVICES["redis"]["command"]
     assert SERVICES["redis"]["command"][SERVICES["redis"]["command"].index("--appendonly") + 1] == "yes"
     assert "pg_isready" in " ".join(SERVICES["postgres"]["healthcheck"]["test"])

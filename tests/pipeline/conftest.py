@@ -87,3 +87,4 @@ def lone_stack(redis_url_factory, fresh_postgres, models_dir: Path, tmp_path: Pa
     for lone in started:
         lone.stack.stop()
         lone.db.dispose()
+        redis_url_factory.release(str(lone.stack.settings.redis_url))
