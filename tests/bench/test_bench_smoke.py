@@ -32,7 +32,8 @@ def test_submit_and_continuous_write_results(models_dir: Path, redis_url_factory
         assert isinstance(m[key], float) and m[key] > 0, key
     sub = latest["scenarios"]["submit"]
     assert sub["jobs"] == SMOKE.submit_jobs
-    assert sub["messages_in_redis"]["genqueue"] >= SMOKE.submit_jobs  # nothing consumed them
+    # Nothing consumed them; genqueue's messages carry chunks of ids (at most a text batch, 32, each).
+    assert sub["messages_in_redis"]["genqueue"] >= -(-SMOKE.submit_jobs // 32)
     assert sub["messages_in_redis"]["celery_delay"] >= SMOKE.submit_jobs
     cont = latest["scenarios"]["continuous"]
     assert cont["static"]["tokens"] == cont["continuous"]["tokens"]  # the same work under both policies
