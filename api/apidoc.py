@@ -131,7 +131,8 @@ def _operation(method: str, path: str, op: dict[str, Any]) -> list[str]:
     if body:
         kinds = [f"`{ct}` {type_of(c.get('schema', {}))}" for ct, c in body.get("content", {}).items()]
         out += [f"Body ({'required' if body.get('required') else 'optional'}): {'; '.join(kinds)}.", ""]
-    ok, errors = [], []
+    ok: list[tuple[str, str]] = []
+    errors: list[tuple[str, str]] = []
     for status, resp in op.get("responses", {}).items():
         content = resp.get("content", {})
         shown = "; ".join(f"`{ct}` {type_of(c.get('schema', {}))}" for ct, c in content.items()) or "no body"
