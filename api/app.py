@@ -14,7 +14,7 @@ from genqueue.events import FinishedListener
 from genqueue.publisher import Publisher
 from genqueue.reconcile import Reconciler
 from genqueue.registry import Registry
-from genqueue.schemas import BulkCreate, JobCreate
+from genqueue.schemas import BulkCreate, ImageInput, JobCreate, TextInput
 from genqueue.settings import Settings, get_settings
 from genqueue_api import errors, httpmetrics, metrics, review_metrics
 from genqueue_api.routes import feed, health, jobs, models, review
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
             return app.openapi_schema
         schema = original_openapi()
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (JobCreate, BulkCreate):
+        for model in (JobCreate, BulkCreate, TextInput, ImageInput):  # `input` is one of the last two
             comps[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(comps[model.__name__].pop("$defs", {}))
         return schema

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from sqlalchemy.orm import Session
 
 from genqueue.db.models import ApiKey
@@ -31,9 +32,15 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_key(request: Request, state: StateDep) -> ApiKey:
+# Declared as a security scheme so that the OpenAPI schema says which operations need a key, and (as the
+# scheme's scopes, which OpenAPI 3.1 allows to be role names) which roles; current_key does the checking.
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+
+
+def current_key(request: Request, state: StateDep,
+                _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
     header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
+    scheme, _sep, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -48,15 +55,13 @@ def current_key(request: Request, state: StateDep) -> ApiKey:
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def _require(*roles: Role):  # type: ignore[no-untyped-def]
-    def dep(key: CurrentKey) -> ApiKey:
-        if key.role not in {r.value for r in roles}:
-            raise ApiError(403, "forbidden", f"this endpoint needs the {' or '.join(r.value for r in roles)} role")
-        return key
-
-    return dep
+def role_key(scopes: SecurityScopes, key: CurrentKey) -> ApiKey:
+    """The caller's key, when its role is one of the roles (security scopes) the route asks for."""
+    if key.role not in scopes.scopes:
+        raise ApiError(403, "forbidden", f"this endpoint needs the {' or '.join(scopes.scopes)} role")
+    return key
 
 
-CurrentClient = Annotated[ApiKey, Depends(_require(Role.client, Role.admin))]
-CurrentModerator = Annotated[ApiKey, Depends(_require(Role.moderator, Role.admin))]
-CurrentAdmin = Annotated[ApiKey, Depends(_require(Role.admin))]
+CurrentClient = Annotated[ApiKey, Security(role_key, scopes=[Role.client.value, Role.admin.value])]
+CurrentModerator = Annotated[ApiKey, Security(role_key, scopes=[Role.moderator.value, Role.admin.value])]
+CurrentAdmin = Annotated[ApiKey, Security(role_key, scopes=[Role.admin.value])]

@@ -1,8 +1,8 @@
 """Per-key submission quotas: a fixed one-minute window counted in Redis, shared by every API process.
 
 A request over the quota gets 429 with Retry-After and changes nothing. If Redis cannot be reached the
-limiter lets the request through: accepting a job matters more than counting it (API.md, "queue
-unavailable").
+limiter lets the request through: accepting a job matters more than counting it (docs/api.md,
+"Rate limits and an unavailable queue").
 """
 
 from __future__ import annotations

@@ -223,6 +223,23 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_docs(args: argparse.Namespace) -> int:
+    try:
+        from genqueue_api import apidoc
+    except ImportError as e:
+        return _fail(f"the API reference needs the [server] extra (pip install 'genqueue[server]'): {e}")
+    reference = apidoc.render(apidoc.served_schema())
+    if args.write:
+        doc = Path(args.write)
+        if doc.exists() and apidoc.block(doc) is None:
+            return _fail(f"{doc} has no HTTP reference markers; add the two marker lines from "
+                         "genqueue_api/apidoc.py where the reference belongs")
+        print(f"{doc}: {'updated' if apidoc.write(doc, reference) else 'already current'}")
+        return 0
+    print(reference, end="")
+    return 0
+
+
 def _client(args: argparse.Namespace) -> Any:
     from genqueue.client import Client
 
@@ -354,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--markdown", action="store_true", help="print the reference table (as in README.md)")
     se.add_argument("--write-readme", metavar="PATH", help="rewrite the reference table inside this README")
     se.set_defaults(func=cmd_settings)
+
+    ad = sub.add_parser("api-docs", help="the HTTP reference rendered from the app's OpenAPI schema (docs/api.md)")
+    ad.add_argument("--markdown", action="store_true", help="print the reference (the default)")
+    ad.add_argument("--write", metavar="PATH", help="rewrite the reference inside this file (docs/api.md)")
+    ad.set_defaults(func=cmd_api_docs)
 
     for name, fn in (("submit", cmd_submit), ("get", cmd_get)):
         sp = sub.add_parser(name, help=f"{name} a job through the API")

@@ -26,7 +26,7 @@ def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str
 
 
 class GenqueueError(Exception):
-    """An API error in the API.md shape."""
+    """An API error, in the API's error shape (docs/api.md, "Errors")."""
 
     def __init__(self, status: int, code: str, message: str, details: list[Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")

@@ -1,4 +1,4 @@
-"""Pydantic request and response models of the public HTTP API (see API.md)."""
+"""Pydantic request and response models of the public HTTP API (docs/api.md is generated from them)."""
 
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     blocklist: str = ""
     # A file of blocklist entries, one word or phrase a line (# starts a comment).
     blocklist_file: Path | None = None
-    # Longest `Prefer: wait` the API honours; API.md fixes it at 60, so raising it leaves the contract.
+    # Longest `Prefer: wait` the API honours; docs/api.md promises clients 60, so raising it goes past that.
     max_wait_seconds: int = Field(default=60, ge=0)
     # Jobs one API key may submit per minute (bulk items count one each); 0 means no limit.
     rate_limit_jobs_per_min: int = Field(default=0, ge=0)

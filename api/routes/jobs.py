@@ -159,7 +159,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
 async def get_job(job_id: str, state: StateDep, key: CurrentKey,
                   prefer: Annotated[str | None, Header()] = None) -> Response:
-    """``Prefer: wait=N`` (an extension of API.md) holds the answer until the job ends, as on submit."""
+    """``Prefer: wait=N`` holds the answer until the job ends, as on submit."""
     if key.role == Role.moderator.value:
         raise not_found()
     job = await run_in_threadpool(service.reload, state, key, _job_id(job_id))

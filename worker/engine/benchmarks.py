@@ -1,4 +1,4 @@
-"""Engine-limit benchmarks (DESIGN.md "Benchmark definitions"): the engine alone, in process, jobs in memory.
+"""Engine-limit benchmarks (docs/design.md, "Benchmark definitions"): the engine alone, in process, jobs in memory.
 
 The bench harness (bench/) calls these functions; ``python -m genqueue_worker.engine.benchmarks --models-dir
 models`` prints them as JSON. Every figure comes from ``run_all`` (the loop in the calling thread), so there

@@ -8,7 +8,7 @@ column into column P, a copy of rows x H x D values per tensor instead of the wh
 
 Measured with ``python -m bench.kvstep`` (tiny-lm's shape, 32 rows, 2 CPU cores, through the runner): a
 decode step took 1.26-1.27 ms with this graph against 2.81-3.00 ms for the concat graph with every row 140
-long, and 1.21-1.28 vs 2.72-2.81 ms with lengths spread over 10..140. The DESIGN.md calibration found that
+long, and 1.21-1.28 vs 2.72-2.81 ms with lengths spread over 10..140. A calibration run of an early prototype found that
 moving the cache, not computing attention, is what limits continuous batching on a CPU.
 
 Like :class:`~genqueue_worker.engine.kv_cache.HostKVCache`, rows leave by swap-remove and join into the free

@@ -10,8 +10,8 @@ that synchronizes on every op suffers most from a stolen core).
 Lanes are N :class:`TextEngine` loops, each with its own scheduler, cache and thread, sharing one session
 (one copy of the weights) created with one intra-op thread; ORT releases the GIL while it runs, so one
 lane's step overlaps another lane's Python. A job runs entirely in one lane (the one with the fewest
-unfinished jobs when it arrives), so its tokens are exactly those it would get alone (DESIGN.md invariant
-4): lanes change where a job runs, never what it computes. ``max_batch_size``, the token budget and the KV
+unfinished jobs when it arrives), so its tokens are exactly those it would get alone (docs/design.md,
+invariant 5): lanes change where a job runs, never what it computes. ``max_batch_size``, the token budget and the KV
 budget are split evenly between the lanes, so a job's ``n`` candidates must fit in one lane's share.
 """
 

@@ -8,7 +8,7 @@ Two users:
   before it runs a call, and stores what each call computes.
 
 Reuse is exact, because a prompt's logits and keys/values do not depend on which prompts share its call or
-when it ran (DESIGN.md invariant 4; the real-model tests compare cached, fresh and batched prefills token for
+when it ran (docs/design.md, invariant 5; the real-model tests compare cached, fresh and batched prefills token for
 token). Only whole prompts match: a prompt that merely shares a prefix with a cached one is a miss.
 """
 

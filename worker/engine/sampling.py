@@ -1,6 +1,6 @@
 """Per-job token sampling on numpy (sampling is kept out of the exported graph, as in nanoGPT).
 
-Reproducibility (DESIGN.md invariant 4): each candidate owns a ``np.random.Generator(PCG64)`` derived from
+Reproducibility (docs/design.md, invariant 5): each candidate owns a ``np.random.Generator(PCG64)`` derived from
 (job seed, candidate index), draws exactly one uniform per sampled token, and every operation below is
 row-local on a float32 copy of that row's logits (elementwise ops, per-row max/argmax, block sums and
 cumsums along the row; nothing whose grouping could depend on the batch). So a row's token depends only on

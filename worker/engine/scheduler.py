@@ -5,7 +5,7 @@ A pure class in the style of vLLM's v1 ``Scheduler``: no onnxruntime, no threads
 running rows), samples, and reports the sampled tokens back with ``update_from_output``. Tests drive it with
 fake outputs.
 
-Policies (DESIGN.md "Benchmark definitions"):
+Policies (docs/design.md, "Benchmark definitions"):
 
 * ``continuous``: a job is admitted as soon as budgets allow, joins the decode batch on the step after its
   prefill, and its rows leave the batch the moment they finish, so later steps spend no compute on them.
