@@ -23,7 +23,7 @@ class BenchConfig:
     # text engine lanes (worker/engine/lanes.py) measured beside the one-loop engine: batch-32 throughput and
     # continuous vs static; 0 = one lane per CPU core, at most 4
     lanes: int = 0
-    # continuous vs static (DESIGN.md calibration workload)
+    # continuous vs static (the calibration workload of docs/design.md, "Benchmark definitions")
     continuous_jobs: int = 128
     continuous_slots: int = 32
     continuous_min_new: int = 8

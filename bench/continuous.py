@@ -1,4 +1,4 @@
-"""``continuous`` scenario: continuous vs static batching on the DESIGN.md calibration workload (128 jobs,
+"""``continuous`` scenario: continuous vs static batching on the calibration workload of docs/design.md (128 jobs,
 max_new_tokens uniform in 8-128, 32 slots), via ``genqueue_worker.engine.benchmarks.compare_policies``."""
 
 from __future__ import annotations
