@@ -10,14 +10,13 @@ COMMIT and never waits for this thread. If the process dies between the COMMIT a
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Sequence
 
 from celery import Celery
 
 from genqueue import jobstate, queue
 from genqueue.db.session import Database
+from genqueue.grouping import Grouper
 from genqueue.settings import Settings
 from genqueue.workers import WorkerCounts
 
@@ -30,11 +29,11 @@ class Publisher:
         self.settings, self.db, self.app = settings, db, app
         self.workers = WorkerCounts(queue.shared_redis(str(app.conf.broker_url)))
         self._on_unpublished = on_unpublished
-        self._pending: list[queue.Publication] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
         self.messages = 0  # published so far (stats and tests)
+        # No retries: a publish that fails is the reconciler's, and a retry here would only delay the rest.
+        self._coalescer: Grouper[queue.Publication, bool] = Grouper(
+            "gq-publish", self._publish_group, linger_s=settings.publish_window_ms / 1000, max_batch=10_000,
+            retries=0)
 
     def max_chunk(self, kind: str) -> int:
         if self.settings.publish_chunk_size:
@@ -70,42 +69,17 @@ class Publisher:
     # -- coalesced single submits ------------------------------------------------------------------------
     def submit(self, items: Sequence[queue.Publication]) -> None:
         """Hand committed jobs to the coalescing thread; returns at once."""
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the publisher is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="gq-publish", daemon=True)
-                self._thread.start()
-            self._pending.extend(items)
-            self._cond.notify()
+        for it in items:
+            self._coalescer.submit(it)
 
     def close(self, timeout: float = 5.0) -> None:
         """Publish what is pending, then stop."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        self._coalescer.close(timeout)
 
-    def _take(self) -> list[queue.Publication]:
-        window = self.settings.publish_window_ms / 1000
-        with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
-            if window and not self._closed:
-                deadline = time.monotonic() + window
-                while not self._closed and (left := deadline - time.monotonic()) > 0:
-                    self._cond.wait(left)
-            batch, self._pending = self._pending, []
-            return batch
-
-    def _loop(self) -> None:
-        while True:
-            batch = self._take()
-            if not batch:
-                return  # closed and drained
-            try:
-                self.publish_now(batch)
-            except Exception:  # never let the thread die: the reconciler covers what was not published
-                log.exception("publisher: %d job(s) left to the reconciler", len(batch))
+    def _publish_group(self, items: Sequence[queue.Publication]) -> list[bool]:
+        try:
+            ok = self.publish_now(items)
+        except Exception:  # the reconciler covers what was not published
+            log.exception("publisher: %d job(s) left to the reconciler", len(items))
+            ok = False
+        return [ok] * len(items)

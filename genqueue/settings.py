@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # How long the worker waits for more deliveries to claim them in one statement.
     claim_linger_ms: float = Field(default=2.0, ge=0)
     # How long the worker waits for more finished jobs to commit them in one transaction; it waits only while
-    # other jobs are still running on it (worker/groupsql.py), so a job on a quiet worker is written at once.
+    # other jobs are still running on it (genqueue/grouping.py), so a job on a quiet worker is written at once.
     write_linger_ms: float = Field(default=20.0, ge=0)
     # ORT pool threads busy-wait between ops: fastest for a lone engine, a loss when cores are shared.
     ort_allow_spinning: bool = False

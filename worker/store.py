@@ -1,6 +1,6 @@
 """The worker's one door to SQL: claims and outcome writes grouped across messages, lease renewal, cancels.
 
-Claims and writes go through two groupers (worker/groupsql.py), so that the ids of every message that
+Claims and writes go through two groupers (genqueue/grouping.py), so that the ids of every message that
 arrived within ``claim_linger_ms`` are claimed in one statement, and every outcome finished since the last
 commit is written in one transaction. The state transitions themselves are genqueue.jobstate's.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from genqueue import jobstate
 from genqueue.db.session import Database
+from genqueue.grouping import Grouper
 from genqueue.settings import Settings
-from genqueue_worker.groupsql import Grouper
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The worker's SQL grouping (worker/groupsql.py): items become batches, and the linger is paid only when
+"""The worker's SQL grouping (genqueue/grouping.py): items become batches, and the linger is paid only when
 more items are on their way."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from genqueue_worker.groupsql import Grouper
+from genqueue.grouping import Grouper
 
 
 class Recorder:

@@ -1,4 +1,7 @@
-"""Group SQL work across task threads: claims and outcome writes go to SQL in batches, one transaction each.
+"""Group work across threads into batches: one call of a batch function for everything that queued up.
+
+The worker's claims and outcome writes go to SQL this way, one transaction each, and the API's publisher
+sends the single submits committed within its window as one set of broker messages.
 
 With one transaction per job, a worker spends more time in SQL (and, on SQLite, waiting for the single
 writer lock) than in inference for small models. Task threads instead hand their item to a `Grouper` and
