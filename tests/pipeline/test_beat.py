@@ -24,6 +24,10 @@ def test_beat_publishes_a_job_whose_message_was_lost(lone_stack: Callable[..., A
         job_id = c.submit("tiny-lm", {"prompt": "lost", "max_new_tokens": 4})["id"]
     r = queue.redis_client(lone.stack.broker_url)
     keys = queue.bucket_keys(queue.queue_name("tiny-lm"))
+    # A single submit is published by the API's coalescing window after its response, so wait for it.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(r.llen(k) for k in keys) == 0:
+        time.sleep(0.02)
     assert sum(r.llen(k) for k in keys) == 1
     # The message is lost (as with a Redis flush) and the row says it was never published.
     r.delete(*keys)
