@@ -29,15 +29,10 @@ serve: models
 test: venv
 	$(PY) -m pytest -q -ra tests
 
-# mypy cannot follow the editable install's import hook, so it reads the packages through a tree of links
-# named by their import names.
 lint: venv
 	$(VENV)/bin/ruff check .
-	@mkdir -p build/typecheck && for p in genqueue:genqueue api:genqueue_api worker:genqueue_worker exporter:genqueue_exporter; do \
-	  ln -sfn "$(CURDIR)/$${p%%:*}" "build/typecheck/$${p##*:}"; done
-	cd build/typecheck && MYPYPATH=$(CURDIR)/build/typecheck $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml \
-	  -p genqueue -p genqueue_api -p genqueue_worker -p genqueue_exporter
-	MYPYPATH=$(CURDIR)/build/typecheck $(VENV)/bin/mypy bench
+	$(VENV)/bin/mypy -p genqueue -p genqueue_api -p genqueue_worker -p genqueue_exporter
+	$(VENV)/bin/mypy bench
 
 bench: models
 	$(PY) -m bench --full --models-dir $(MODELS_DIR)

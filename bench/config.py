@@ -20,7 +20,7 @@ class BenchConfig:
     # runs per PyTorch thread count: the eager baseline only gives engine.text.ort_vs_torch (no target), and at
     # batch 1 one text run takes ~12 s on a slow 2-core machine
     torch_repeats: int = 1
-    # text engine lanes (worker/engine/lanes.py) measured beside the one-loop engine: batch-32 throughput and
+    # text engine lanes (worker/genqueue_worker/engine/lanes.py) measured beside the one-loop engine: batch-32 throughput and
     # continuous vs static; 0 = one lane per CPU core, at most 4
     lanes: int = 0
     # continuous vs static (the calibration workload of docs/design.md, "Benchmark definitions")

@@ -2,7 +2,7 @@
 
 Text: tokens/s of the continuous-batching engine at each batch size (equal-length jobs, EOS ignored, so every
 batch size does the same work). Images: images/s of the dynamic-batching engine (PNG encoding included, as
-in production) and of the bare ORT forward. PyTorch: the modules from exporter/gpt.py and dcgan.py loaded
+in production) and of the bare ORT forward. PyTorch: the modules from exporter/genqueue_exporter/gpt.py and dcgan.py loaded
 with the ONNX weights (bench/torch_models.py checks their outputs against ORT before anything is timed),
 running the same jobs at the same batch size: a static batch with a KV cache for text (all jobs have the
 same length, so static batching wastes nothing here), one forward per batch for images.

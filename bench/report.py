@@ -219,16 +219,16 @@ def _engine_section(e: dict[str, Any], m: dict[str, Any]) -> list[str]:
     return [
         "## Engine alone (in process)\n",
         f"Text: equal-length jobs, EOS ignored; torch/ORT max |Δlogit| = {e['parity']['text_max_abs_diff']:.2e} "
-        f"(checked before timing). PyTorch eager = exporter/gpt.py with the ONNX weights, static batch with KV "
+        f"(checked before timing). PyTorch eager = exporter/genqueue_exporter/gpt.py with the ONNX weights, static batch with KV "
         f"cache, its best thread count.\n",
         _table(["batch", "ORT engine tokens/s", "PyTorch eager tokens/s", "ORT ÷ torch", "jobs", "tokens"], rows),
         f"batch gain (32 ÷ 1) = **{m.get('engine.text.batch_gain')}**"
-        + (f"; with {m['engine.text.lanes']} lanes (worker/engine/lanes.py: one batching loop per core over one "
+        + (f"; with {m['engine.text.lanes']} lanes (worker/genqueue_worker/engine/lanes.py: one batching loop per core over one "
            f"session) batch 32 makes {m.get('engine.text.tokens_per_s.b32_lanes')} tokens/s, "
            f"{m.get('engine.text.batch_gain_lanes')}× batch 1" if m.get("engine.text.lanes") else "") + "\n",
         f"Images: engine = dynamic batcher + PNG encoding; forward = the image runner's forward (one ORT run, or from "
-        f"8 images one single-threaded sub-batch per core, worker/engine/ort_image.py); one ORT run = the same "
-        f"forward never split; torch = exporter/dcgan.py forward with the ONNX weights (max |Δ| = "
+        f"8 images one single-threaded sub-batch per core, worker/genqueue_worker/engine/ort_image.py); one ORT run = the same "
+        f"forward never split; torch = exporter/genqueue_exporter/dcgan.py forward with the ONNX weights (max |Δ| = "
         f"{e['parity']['image_max_abs_diff']:.2e}).\n",
         _table(["batch", "engine images/s", "ORT forward images/s", "one ORT run images/s", "PyTorch forward images/s",
                 "ORT ÷ torch"], irows),

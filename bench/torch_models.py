@@ -92,7 +92,7 @@ def onnx_state_dict(model: torch.nn.Module, onnx_path: Path) -> dict[str, torch.
 
 
 def ragged_state_dict(model: torch.nn.Module, onnx_path: Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a ragged-contract graph (exporter/gpt_ragged.py names its initializers after
+    """The ``state_dict`` of a ragged-contract graph (exporter/genqueue_exporter/gpt_ragged.py names its initializers after
     the parameters: ``<module>.w`` is a Linear weight stored [in,out] or a LayerNorm weight, ``<module>.b``
     the bias)."""
     graph = onnx.load(str(onnx_path)).graph

@@ -8,7 +8,7 @@ ONNX contract (what the worker's runners rely on):
 
 * text, by the manifest's ``text.kv_contract``:
 
-  - "ragged" (the exporter's default, exporter/gpt_ragged.py): inputs ``input_ids`` int64 [B,S],
+  - "ragged" (the exporter's default, exporter/genqueue_exporter/gpt_ragged.py): inputs ``input_ids`` int64 [B,S],
     ``position_ids`` int64 [B,S], ``seqlens_k`` int32 [B], ``total_sequence_length`` int32 [],
     ``past_key_values.<i>.key`` / ``.value`` [B,H,M,D]; outputs ``logits`` [B,1,V] (each row's last
     real token) and ``present.<i>.*`` [B,H,max(M,total),D]. Rows are right-padded and carry their own

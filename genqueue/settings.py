@@ -63,12 +63,12 @@ class Settings(BaseSettings):
     # Prefill and decode tokens per engine step.
     text_max_tokens_per_step: int = Field(default=2048, ge=1)
     # Text engine lanes on CPU workers: independent batching loops over one ONNX session, each on one
-    # intra-op thread (worker/engine/lanes.py); the budgets above are split between them. GPUs use one.
+    # intra-op thread (worker/genqueue_worker/engine/lanes.py); the budgets above are split between them. GPUs use one.
     text_lanes: int = Field(default=1, ge=1)
     # Waiting text jobs whose prompts run inside another admission's prefill call, so that they later join
-    # the batch without an ONNX Runtime call of their own (worker/engine/text_engine.py); 0 turns it off.
+    # the batch without an ONNX Runtime call of their own (worker/genqueue_worker/engine/text_engine.py); 0 turns it off.
     text_prefill_ahead: int = Field(default=8, ge=0)
-    # MiB of prefill results kept for prompts that come again (worker/engine/prompt_cache.py), per text
+    # MiB of prefill results kept for prompts that come again (worker/genqueue_worker/engine/prompt_cache.py), per text
     # model (lanes split it), on top of the KV budget of the running batch; 0 turns the cache off.
     text_prompt_cache_mb: float = Field(default=32.0, ge=0)
     # Images: request-level dynamic batching. The most images in one forward:
@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # How long the first waiting image job waits for others to share its forward.
     image_max_queue_delay_ms: float = Field(default=5.0, ge=0)
     # CPU: an image forward of at least 8 images runs as this many single-threaded sub-batches at once
-    # (worker/engine/ort_image.py); 0 = one per ORT thread (per usable core by default), 1 = never split.
+    # (worker/genqueue_worker/engine/ort_image.py); 0 = one per ORT thread (per usable core by default), 1 = never split.
     image_forward_parts: int = Field(default=0, ge=0)
     # Threads that PNG/WebP-encode finished images; 0 = one per usable core, at most 4.
     image_encode_threads: int = Field(default=0, ge=0)

@@ -33,8 +33,8 @@ def test_every_path_named_in_the_design_notes_exists() -> None:
 
 def test_the_design_notes_name_the_files_a_newcomer_looks_for() -> None:
     text = DESIGN.read_text()
-    for path in ("worker/engine/scheduler.py", "worker/engine/ort_session.py", "worker/engine/ort_text.py",
-                 "worker/engine/ort_image.py", "genqueue/jobstate.py", "genqueue/review/state.py"):
+    for path in ("worker/genqueue_worker/engine/scheduler.py", "worker/genqueue_worker/engine/ort_session.py", "worker/genqueue_worker/engine/ort_text.py",
+                 "worker/genqueue_worker/engine/ort_image.py", "genqueue/jobstate.py", "genqueue/review/state.py"):
         assert f"`{path}`" in text, path
 
 

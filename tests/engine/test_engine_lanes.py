@@ -1,4 +1,4 @@
-"""Text engine lanes (worker/engine/lanes.py) on the real model: where a job runs never changes its tokens,
+"""Text engine lanes (worker/genqueue_worker/engine/lanes.py) on the real model: where a job runs never changes its tokens,
 and the engine API (submit, cancel, stop, run_all) behaves as with one loop."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The prompt cache (worker/engine/prompt_cache.py) and the de-duplication of identical prompts in a call."""
+"""The prompt cache (worker/genqueue_worker/engine/prompt_cache.py) and the de-duplication of identical prompts in a call."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from genqueue.client import Client
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.mark.parametrize("lanes", ["1", "2"])  # one batching loop, or two lanes (worker/engine/lanes.py)
+@pytest.mark.parametrize("lanes", ["1", "2"])  # one batching loop, or two lanes (worker/genqueue_worker/engine/lanes.py)
 def test_sigterm_finishes_or_gives_back_every_job(lone_stack, lanes: str) -> None:  # type: ignore[no-untyped-def]
     lone = lone_stack({"GENQUEUE_WORKER_CONCURRENCY": "8", "GENQUEUE_TEXT_LANES": lanes})
     stack = lone.stack

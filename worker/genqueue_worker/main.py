@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _flow_step(rt: WorkerRuntime) -> type:
-    """A consumer bootstep that hands Celery's prefetch count to the worker's flow rule (worker/flow.py)."""
+    """A consumer bootstep that hands Celery's prefetch count to the worker's flow rule (worker/genqueue_worker/flow.py)."""
 
     class FlowStep(bootsteps.StartStopStep):
         requires = ("celery.worker.consumer.tasks:Tasks",)

@@ -1,5 +1,5 @@
 """Gauges the API reads from SQL when /metrics is scraped: jobs waiting and running, and the oldest queued
-job's age (the review queue's gauges are api/review_metrics.py's). Every API replica reports the same values (aggregate them with max, not sum).
+job's age (the review queue's gauges are api/genqueue_api/review_metrics.py's). Every API replica reports the same values (aggregate them with max, not sum).
 
 Only indexed, bounded queries run here (counts on ``jobs.status`` and ``reviews.status``, the oldest queued
 row), so a scrape stays cheap on a large jobs table; `genqueue status` gives the full picture.

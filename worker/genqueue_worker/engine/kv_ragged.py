@@ -1,4 +1,4 @@
-"""The decode batch's KV cache for "ragged" graphs (exporter/gpt_ragged.py): rows of their own lengths, updated
+"""The decode batch's KV cache for "ragged" graphs (exporter/genqueue_exporter/gpt_ragged.py): rows of their own lengths, updated
 in place by the graph.
 
 A ragged graph's attention (onnxruntime's GroupQueryAttention) reads row r's first ``lens[r]`` cached
