@@ -30,7 +30,9 @@ BLOCKLIST = "little,moon,tree,garden"
 
 
 def _chromium() -> str | None:
-    for candidate in (os.environ.get("GENQUEUE_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+    """GENQUEUE_CHROMIUM when set (and then only it), else Debian's chromium."""
+    forced = os.environ.get("GENQUEUE_CHROMIUM")
+    for candidate in [forced] if forced else [shutil.which("chromium"), "/usr/bin/chromium"]:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None

@@ -168,10 +168,13 @@ def test_a_wrong_key_gets_a_clear_error(chromium: Any, console_stack: Any) -> No
 def test_a_forged_post_without_the_csrf_token_gets_403_and_changes_nothing(chromium: Any, console_stack: Any) -> None:
     expect, cs = _expect(), console_stack
     drain(cs)
-    job = generate(cs, ["The lighthouse keeper"], [])[0]["id"]
+    job = generate(cs, ['<img src=x onerror="document.title=1">The lighthouse keeper'], [])[0]["id"]
     ctx, page = login(chromium, cs.url, cs.keys["alice"])
     page.keyboard.press("c")
     expect(page.locator("li.row")).to_have_count(1)
+    # What clients send is shown as text, never as markup.
+    expect(shown(page).locator(".prompt")).to_contain_text('<img src=x onerror="document.title=1">')
+    assert shown(page).locator(".prompt img").count() == 0
 
     # The session cookie goes along, as it would with a forged form on another site; the token does not.
     r = ctx.request.post(f"{cs.url}/console/api/items/{job}/decision", form={"decision": "approve"})
