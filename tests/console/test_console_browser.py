@@ -69,6 +69,11 @@ def test_a_moderator_decides_with_the_keyboard_and_an_admin_decides_the_escalate
     assert shown_id(page) == rows[1]
     page.keyboard.press("k")
     assert shown_id(page) == rows[0]
+    page.keyboard.press("?")
+    expect(page.locator("#help-dialog")).to_be_visible()
+    expect(page.locator("#help-dialog")).to_contain_text("escalate it to an admin")
+    page.keyboard.press("Escape")
+    expect(page.locator("#help-dialog")).to_be_hidden()
     bar = page.locator(".actions").bounding_box()
 
     # Approve with the keyboard: the next item is there at once, without a reload or a layout jump.
@@ -225,6 +230,29 @@ def test_an_expired_claim_says_so_and_offers_to_claim_again(chromium: Any, conso
     expect(page.locator("li.row")).to_have_count(0)
     assert review(cs, job).status == "approved"
     assert [h["action"] for h in cs.admin.history(job)] == ["prescreen", "claim", "expire", "claim", "approve"]
+    ctx.close()
+
+
+def test_extend_and_release_buttons(chromium: Any, console_stack: Any) -> None:
+    expect, cs = _expect(), console_stack
+    drain(cs)
+    generate(cs, ["The baker", "The fisher"], [])
+    ctx, page = login(chromium, cs.url, cs.keys["alice"])
+    page.click('.claim-form [data-action="claim"]')
+    expect(page.locator("li.row")).to_have_count(2)
+    job = shown_id(page)
+    before = review(cs, job).claim_expires_at
+    page.click('.actions [data-action="renew"]')
+    expect(page.locator("#notice")).to_contain_text("Claim extended")
+    after = review(cs, job).claim_expires_at
+    assert before is not None and after is not None and after > before
+    page.click('.actions [data-action="release"]')
+    expect(page.locator("li.row")).to_have_count(1)
+    assert shown_id(page) != job
+    row = review(cs, job)
+    assert (row.status, row.claimed_by) == ("pending", None)
+    assert [h["action"] for h in cs.admin.history(job)] == ["prescreen", "claim", "renew", "release"]
+    expect(page.locator('[data-counter="pending"]')).to_have_text("2")
     ctx.close()
 
 
