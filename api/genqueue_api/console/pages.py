@@ -46,8 +46,7 @@ def console(request: Request, state: StateDep, session: SessionDep, viewer: Page
     return web.render(request, "console.html", {
         "viewer": viewer, "csrf": viewer.session.csrf, "items": held,
         "counters": service.counters(session, viewer.key), "reasons": service.recent_reasons(session, viewer.key),
-        "models": state.registry.names(), "page_sizes": PAGE_SIZES,
-        "lease_s": state.settings.review_claim_lease_s})
+        "models": state.registry.names(), "page_sizes": PAGE_SIZES})
 
 
 @router.get("/login")

@@ -13,6 +13,7 @@
   const rejectDialog = $("#reject-dialog");
   const helpDialog = $("#help-dialog");
   let current = 0; // index into items()
+  let lastShown = null; // the job id shown last, to start a newly shown item at its top
   let busy = false; // one request that changes something at a time: a second key press is not a second decision
   let noticeTimer = null;
   let reasons = JSON.parse($("#reasons").dataset.reasons || "[]");
@@ -116,6 +117,10 @@
     $$("li.row", rows).forEach((row) => row.removeAttribute("aria-current"));
     const item = currentItem();
     empty.hidden = !!item;
+    if (item && item.dataset.jobId !== lastShown) {
+      stage.scrollTop = 0;
+      lastShown = item.dataset.jobId;
+    }
     if (item) {
       const row = rowOf(item.dataset.jobId);
       if (row) {
@@ -326,7 +331,11 @@
     }
   });
 
-  $("#claim-form").addEventListener("submit", (ev) => { ev.preventDefault(); claim(); });
+  $("#claim-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    document.activeElement?.blur(); // so that the keys work at once on what was claimed
+    claim();
+  });
   $("#reject-form").addEventListener("submit", (ev) => { ev.preventDefault(); submitReject(); });
 
   $("#reject-reason").addEventListener("keydown", (ev) => {
