@@ -93,7 +93,12 @@ class FakeEngine:
 
     def cancel(self, job_id: str) -> None:
         with self._cond:
-            self._cancels.add(job_id)
+            waiting = [j for j in self._waiting if j.job_id == job_id]
+            if waiting:  # not admitted yet: it ends now
+                self._waiting.remove(waiting[0])
+                waiting[0].future.set_result(JobResult(job_id, "canceled"))
+                return
+            self._cancels.add(job_id)  # running: it ends at the next step
             self._cond.notify()
 
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
