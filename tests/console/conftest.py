@@ -55,9 +55,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line("Install Debian's chromium (`make browser`, as root) to run them.", red=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """A headless Debian chromium under Playwright, shared by the module's tests."""
+    """A headless Debian chromium under Playwright, shared by the module's tests. Module scope, not session:
+    Playwright's sync API keeps an event loop running in this thread until it stops, and tests elsewhere
+    that call asyncio.run() fail while one runs."""
     path = _chromium()
     if path is None:
         pytest.skip(f"{BROWSER_SKIP}: no chromium executable (install Debian's `chromium`: `make browser`)")

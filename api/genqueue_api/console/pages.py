@@ -76,8 +76,9 @@ def login(request: Request, state: StateDep, session: SessionDep, key: Annotated
     except redis.RedisError:
         return _login_page(request, "The console cannot reach its session store (Redis). Try again shortly.", 503)
     response = RedirectResponse("/console", status_code=303)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path=COOKIE_PATH, secure=_secure(request),
-                        max_age=state.settings.console_session_ttl_s)
+    # A browser-session cookie: how long the session lasts is the server's business (a sliding expiry in
+    # Redis), and closing the browser ends it here too.
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path=COOKIE_PATH, secure=_secure(request))
     response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
     return response
 

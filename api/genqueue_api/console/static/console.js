@@ -218,7 +218,8 @@
       if (data.reasons) reasons = data.reasons;
       busy = false;
       removeItem(item);
-      if (!items().length) claim(); // the page is done: the next one comes without a key press
+      // The page is done: the next one comes without a key press (once this request has wound up).
+      if (!items().length) queueMicrotask(claim);
       return true;
     } catch (err) {
       if (err.code === "claim_expired") {
