@@ -84,8 +84,15 @@ def test_redis_down_job_still_accepted_then_reconciled(database_url: str, models
                    headers={"Authorization": f"Bearer {secret}"})
         assert r.status_code == 201 and r.json()["status"] == "queued"
         assert c.get("/readyz").status_code == 503
-        line = next(ln for ln in c.get("/metrics").text.splitlines()
-                    if ln.startswith("genqueue_api_publish_failures_total "))
+        # The publish runs just after the response (single submits are coalesced), so its failure shows
+        # in the metrics a moment later.
+        deadline = time.monotonic() + 15
+        while True:
+            line = next(ln for ln in c.get("/metrics").text.splitlines()
+                        if ln.startswith("genqueue_api_publish_failures_total "))
+            if float(line.split()[-1]) >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert float(line.split()[-1]) >= 1
     with db.session() as s:
         row = s.get(Job, r.json()["id"])

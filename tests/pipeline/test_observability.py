@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,17 @@ def test_status_names_the_live_worker_and_counts_jobs_as_sql_does(running: Any) 
 def test_status_and_metrics_show_what_waits_without_a_worker(lone_stack: Callable[..., Any]) -> None:
     lone = lone_stack(workers=0)
     with Client(lone.stack.base_url, lone.secret) as c:
-        ids = [c.submit("tiny-lm", {"prompt": f"waiting {i}", "max_new_tokens": 4})["id"] for i in range(3)]
-    p = genqueue(lone.stack, "status", "--json")
-    assert p.returncode == 0, p.stderr
-    snap = json.loads(p.stdout)
+        # Three priorities, so three messages however the API coalesces its publishes.
+        ids = [c.submit("tiny-lm", {"prompt": f"waiting {i}", "max_new_tokens": 4}, priority=p)["id"]
+               for i, p in enumerate((9, 5, 0))]
+    deadline = time.monotonic() + 15  # single submits are published just after their responses
+    while True:
+        p = genqueue(lone.stack, "status", "--json")
+        assert p.returncode == 0, p.stderr
+        snap = json.loads(p.stdout)
+        if snap["queues"].get("gen.tiny-lm") == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert snap["workers"] == []
     assert snap["queues"]["gen.tiny-lm"] == 3  # the messages in Redis, every priority bucket
     assert snap["jobs"]["queued"] == 3 and snap["jobs"]["succeeded"] == 0

@@ -246,8 +246,10 @@ def test_a_priority_0_job_overtakes_a_backlog_of_priority_9(lone_stack) -> None:
         # Backlog jobs long enough that the worker's first chunk outlasts the urgent submit's round trip even
         # on a loaded machine; otherwise the worker may fetch a second backlog chunk before the urgent message
         # exists, and the test would measure the machine's load instead of the priority order.
+        limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
         backlog = [j["id"] for j in c.submit_bulk(
-            [{"model": "tiny-lm", "input": {"prompt": f"b{i}", "max_new_tokens": 96, "seed": i}, "priority": 9}
+            [{"model": "tiny-lm", "input": {"prompt": f"b{i}", "max_new_tokens": min(96, limit - 8), "seed": i},
+              "priority": 9}
              for i in range(500)])]
         urgent = c.submit("tiny-lm", {"prompt": "urgent", "max_new_tokens": 24, "seed": 1}, priority=0)["id"]
         final = c.wait(urgent, timeout=120)
