@@ -4,7 +4,7 @@ Nothing here imports torch (invariant 5); onnxruntime is imported only when a ru
 """
 
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig
-from genqueue_worker.engine.loader import load_engine
+from genqueue_worker.engine.loader import EngineConfigs, engine_configs, load_engine
 from genqueue_worker.engine.text_engine import EngineStats, TextEngine, TextEngineConfig
 from genqueue_worker.engine.textproc import count_prompt_tokens, load_tokenizer
 from genqueue_worker.engine.types import (
@@ -21,6 +21,7 @@ from genqueue_worker.engine.types import (
 __all__ = [
     "EncodedImage",
     "Engine",
+    "EngineConfigs",
     "EngineStats",
     "ErrorCode",
     "ImageEngine",
@@ -33,6 +34,7 @@ __all__ = [
     "TextParams",
     "TextRequest",
     "count_prompt_tokens",
+    "engine_configs",
     "load_engine",
     "load_tokenizer",
 ]

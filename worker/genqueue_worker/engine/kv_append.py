@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from genqueue_worker.engine.kv_cache import KVBlock, PingPongBuffers, swap_remove
+from genqueue_worker.engine.kv_cache import KVBlock, PingPongBuffers
 
 
 class AppendKVCache(PingPongBuffers):
@@ -105,20 +105,15 @@ class AppendKVCache(PingPongBuffers):
         self._cur, self._length, self._width = other, new_length, width
         self.relayouts += 1
 
-    def remove(self, rows: Sequence[int]) -> list[int]:
-        def move(dst: int, src: int, _n: int) -> None:
-            for t in range(self.n_tensors):
-                v = self._view(self._cur, t, self._rows, self._width)
-                v[dst] = v[src]
+    def _columns(self) -> int:
+        return self._width
 
-        order, self._lens = swap_remove(self._rows, self._lens, rows, move)
-        self._rows = len(order)
+    def _removed(self) -> None:
         if self._rows == 0:
             self._length = self._width = 0
         elif self._length - int(self._lens.max()) >= self.block:
             # One copy now saves attention over the dropped columns on every later step.
             self._relayout(int(self._lens.max()))
-        return order
 
     def append(self, block: KVBlock, take: Sequence[int]) -> None:
         if not take:
