@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from genqueue.registry import ModelEntry
+from genqueue.registry import ModelEntry, ModelKind
 from genqueue_worker.engine.image_batcher import Chunk, ImageBatcher
 from genqueue_worker.engine.loop import SHUTDOWN_MESSAGE, EngineLoop
 from genqueue_worker.engine.png import encode_png
-from genqueue_worker.engine.runner import ImageModelInfo, ImageRunner
+from genqueue_worker.engine.runner import ImageModelInfo, ImageRunner, ort_runner
 from genqueue_worker.engine.sampling import seed_generator
 from genqueue_worker.engine.types import EncodedImage, ErrorCode, ImageRequest, JobResult
 
@@ -103,30 +103,14 @@ class _ImageJob:
 _Chunk = Chunk[_ImageJob]
 
 
-def _ort_runner(entry: ModelEntry | None, provider: str, cfg: ImageEngineConfig) -> ImageRunner:
-    if entry is None or entry.manifest.image is None:
-        raise ValueError("ImageEngine needs an image ModelEntry or a runner")
-    from genqueue_worker.engine.ort_image import OrtImageRunner
-    from genqueue_worker.engine.ort_session import SessionConfig
-
-    info = ImageModelInfo.from_spec(entry.manifest.image)
-    return OrtImageRunner(entry.onnx_path, info, SessionConfig.for_engine(provider, cfg), parts=cfg.forward_parts)
-
-
 class ImageEngine(EngineLoop[ImageRequest, _ImageJob]):
     kind = "image"
     config: ImageEngineConfig
 
-    def __init__(
-        self,
-        entry: ModelEntry | None = None,
-        provider: str = "auto",
-        config: ImageEngineConfig | None = None,
-        *,
-        runner: ImageRunner | None = None,
-    ) -> None:
+    def __init__(self, entry: ModelEntry | None = None, provider: str = "auto",
+                 config: ImageEngineConfig | None = None, *, runner: ImageRunner | None = None) -> None:
         cfg = config or ImageEngineConfig()
-        super().__init__(cfg, entry, runner or _ort_runner(entry, provider, cfg))
+        super().__init__(cfg, entry, runner or ort_runner(entry, ModelKind.image, provider, cfg))
         self.config = cfg
         self.runner: ImageRunner = self.runner
         self.info: ImageModelInfo = self.runner.info

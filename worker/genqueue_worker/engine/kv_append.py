@@ -115,27 +115,8 @@ class AppendKVCache(PingPongBuffers):
             # One copy now saves attention over the dropped columns on every later step.
             self._relayout(int(self._lens.max()))
 
-    def append(self, block: KVBlock, take: Sequence[int]) -> None:
-        if not take:
-            return
-        need = int(block.lens[list(take)].max())
-        if self._rows == 0:
-            self._length, self._width = need, need + self.block
-        elif need > self._length:
-            self._relayout(need)
-        rows = self._rows + len(take)
-        width, length = self._width, self._length
-        self._ensure(self._cur, rows * self._row_elems(width), keep=self._rows * self._row_elems(width))
-        for t in range(self.n_tensors):
-            dst = self._view(self._cur, t, rows, width)
-            for j, r in enumerate(take):
-                n = int(block.lens[r])
-                row = dst[self._rows + j]
-                row[:, : length - n] = 0
-                row[:, length - n : length] = block.tokens(t, r)
-                row[:, length:] = 0
-        self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
-        self._rows = rows
+    def _start(self, length: int) -> None:
+        self._length, self._width = length, length + self.block
 
     def extract(self, rows: Sequence[int]) -> KVBlock:
         idx = list(rows)

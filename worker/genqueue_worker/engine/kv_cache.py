@@ -182,6 +182,39 @@ class PingPongBuffers(KVCacheBase):
             v = self._view(self._cur, t, self._rows, self._columns())
             v[dst] = v[src]
 
+    def _start(self, length: int) -> None:
+        """The first rows join an empty cache, ``length`` columns long."""
+        self._length = length
+
+    def _relayout(self, new_length: int) -> None:
+        raise NotImplementedError
+
+    def append(self, block: KVBlock, take: Sequence[int]) -> None:
+        """Copy ``block``'s rows ``take`` into the free rows after the batch (only the new rows are copied);
+        the whole batch is re-laid out first when a joining row is longer than it."""
+        if not take:
+            return
+        need = int(block.lens[list(take)].max())
+        if self._rows == 0:
+            self._start(need)
+        elif need > self._length:
+            self._relayout(need)
+        rows = self._rows + len(take)
+        width, length = self._columns(), self._length
+        self._ensure(self._cur, rows * self._row_elems(width), keep=self._rows * self._row_elems(width))
+        for t in range(self.n_tensors):
+            dst = self._view(self._cur, t, rows, width)
+            for j, r in enumerate(take):
+                n = int(block.lens[r])
+                row = dst[self._rows + j]
+                # Zero the pad and any spare columns: masked keys get probability 0, but 0 x NaN from stale
+                # memory would be NaN.
+                row[:, : length - n] = 0
+                row[:, length - n : length] = block.tokens(t, r)
+                row[:, length:] = 0
+        self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
+        self._rows = rows
+
     def nbytes(self) -> int:
         return sum(b.nbytes for pair in self._bufs for b in pair)
 
@@ -277,28 +310,6 @@ class HostKVCache(PingPongBuffers):
                 dst[...] = src[:, :, self._length - new_length :]
         self._cur, self._length = other, new_length
         self.relayouts += 1
-
-    def append(self, block: KVBlock, take: Sequence[int]) -> None:
-        if not take:
-            return
-        need = int(block.lens[list(take)].max())
-        if self._rows == 0:
-            self._length = need
-        elif need > self._length:
-            self._relayout(need)
-        rows = self._rows + len(take)
-        self._ensure(self._cur, rows * self._row_elems(self._length), keep=self._rows * self._row_elems(self._length))
-        length = self._length
-        for t in range(self.n_tensors):
-            dst = self._view(self._cur, t, rows, length)
-            for j, r in enumerate(take):
-                n = int(block.lens[r])
-                row = dst[self._rows + j]
-                # Zero the pad: masked keys get probability 0, but 0 x NaN from stale memory would be NaN.
-                row[:, : length - n] = 0
-                row[:, length - n :] = block.tokens(t, r)
-        self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
-        self._rows = rows
 
     def extract(self, rows: Sequence[int]) -> KVBlock:
         idx = list(rows)

@@ -26,27 +26,23 @@ class EngineConfigs:
 
 def engine_configs(settings: Settings) -> EngineConfigs:
     """The text and image engine configurations the settings describe (GENQUEUE_TEXT_*, GENQUEUE_IMAGE_*,
-    GENQUEUE_ORT_*). ORT's spinning pool threads would busy-wait on the core the glue threads need, hence
-    ``ort_allow_spinning`` (off by default) for both."""
-    return EngineConfigs(
-        text=TextEngineConfig(
-            max_batch_size=settings.text_max_running,
-            max_tokens_per_step=settings.text_max_tokens_per_step,
-            lanes=settings.text_lanes,
-            prefill_ahead=settings.text_prefill_ahead,
-            prompt_cache_mb=settings.text_prompt_cache_mb,
-            intra_op_threads=settings.ort_threads,
-            allow_spinning=settings.ort_allow_spinning,
-        ),
-        image=ImageEngineConfig(
-            max_batch_size=settings.image_max_batch_size,
-            max_queue_delay_ms=settings.image_max_queue_delay_ms,
-            forward_parts=settings.image_forward_parts,
-            encode_threads=settings.image_encode_threads,
-            intra_op_threads=settings.ort_threads,
-            allow_spinning=settings.ort_allow_spinning,
-        ),
+    GENQUEUE_ORT_*)."""
+    text = TextEngineConfig(
+        max_batch_size=settings.text_max_running, max_tokens_per_step=settings.text_max_tokens_per_step,
+        lanes=settings.text_lanes, prefill_ahead=settings.text_prefill_ahead,
+        prompt_cache_mb=settings.text_prompt_cache_mb,
     )
+    image = ImageEngineConfig(
+        max_batch_size=settings.image_max_batch_size, max_queue_delay_ms=settings.image_max_queue_delay_ms,
+        forward_parts=settings.image_forward_parts, encode_threads=settings.image_encode_threads,
+    )
+    return EngineConfigs(_ort(text, settings), _ort(image, settings))
+
+
+def _ort(config: ConfigT, settings: Settings) -> ConfigT:
+    # ORT's spinning pool threads would busy-wait on the core the glue threads need: ort_allow_spinning is
+    # off by default.
+    return replace(config, intra_op_threads=settings.ort_threads, allow_spinning=settings.ort_allow_spinning)
 
 
 def _with(config: ConfigT, kind: str, overrides: dict[str, Any]) -> ConfigT:

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 log = logging.getLogger("genqueue.worker.engine")
 
@@ -30,21 +30,6 @@ class SessionConfig:
     graph_optimization: str = "all"  # "all" | "extended" | "basic" | "disabled"
     log_severity: int = 3  # ORT's own logs: 3 = errors only (the fallback warning is logged by us instead)
     allow_spinning: bool = True  # ORT worker threads busy-wait between ops; off frees cores for neighbours
-
-    @classmethod
-    def for_engine(cls, provider: str, engine: EngineSessionOptions) -> SessionConfig:
-        """The session an engine's configuration asks for."""
-        return cls(provider, intra_op_threads=engine.intra_op_threads, allow_spinning=engine.allow_spinning)
-
-
-class EngineSessionOptions(Protocol):
-    """The ORT options both engine configurations carry."""
-
-    @property
-    def intra_op_threads(self) -> int: ...
-
-    @property
-    def allow_spinning(self) -> bool: ...
 
 
 def resolve_providers(provider: str, device_id: int = 0) -> list[Any]:

@@ -21,13 +21,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from genqueue.registry import ModelEntry
+from genqueue.registry import ModelEntry, ModelKind
 from genqueue_worker.engine.kv_append import AppendKVCache
 from genqueue_worker.engine.kv_cache import HostKVCache
 from genqueue_worker.engine.kv_ragged import RaggedKVCache
 from genqueue_worker.engine.loop import SHUTDOWN_MESSAGE, EngineLoop
 from genqueue_worker.engine.prompt_cache import Prefilled
-from genqueue_worker.engine.runner import TextModelInfo, TextRunner
+from genqueue_worker.engine.runner import TextModelInfo, TextRunner, ort_runner
 from genqueue_worker.engine.sampling import SamplingState, StopMatcher, validate_text_params
 from genqueue_worker.engine.scheduler import (
     BatchScheduler,
@@ -67,16 +67,6 @@ class TextEngineConfig:
     prompt_cache_mb: float = 32.0
 
 
-def _ort_runner(entry: ModelEntry | None, provider: str, cfg: TextEngineConfig) -> TextRunner:
-    if entry is None or entry.manifest.text is None:
-        raise ValueError("TextEngine needs a text ModelEntry or a runner")
-    from genqueue_worker.engine.ort_session import SessionConfig
-    from genqueue_worker.engine.ort_text import OrtTextRunner
-
-    info = TextModelInfo.from_spec(entry.manifest.text)
-    return OrtTextRunner(entry.onnx_path, info, SessionConfig.for_engine(provider, cfg), trim_slack=cfg.trim_slack)
-
-
 class TextEngine(EngineLoop[TextRequest, TextJob]):
     """One text model. ``start()`` runs the loop in a thread; ``run_all()`` runs it in the caller's thread.
     ``scheduler`` builds the batching policy (default: continuous, :class:`Scheduler`)."""
@@ -84,18 +74,11 @@ class TextEngine(EngineLoop[TextRequest, TextJob]):
     kind = "text"
     config: TextEngineConfig
 
-    def __init__(
-        self,
-        entry: ModelEntry | None = None,
-        provider: str = "auto",
-        config: TextEngineConfig | None = None,
-        *,
-        runner: TextRunner | None = None,
-        tokenizer: Any = None,
-        scheduler: SchedulerFactory = Scheduler,
-    ) -> None:
+    def __init__(self, entry: ModelEntry | None = None, provider: str = "auto", config: TextEngineConfig | None = None,
+                 *, runner: TextRunner | None = None, tokenizer: Any = None,
+                 scheduler: SchedulerFactory = Scheduler) -> None:
         cfg = config or TextEngineConfig()
-        super().__init__(cfg, entry, runner or _ort_runner(entry, provider, cfg))
+        super().__init__(cfg, entry, runner or ort_runner(entry, ModelKind.text, provider, cfg))
         self.config = cfg
         self.runner: TextRunner = self.runner
         self.info: TextModelInfo = self.runner.info
