@@ -215,3 +215,33 @@ def test_abort_all() -> None:
     run_step(s)
     assert {g.group_id for g in s.abort_all(FinishReason.failed)} == {"a", "b"}
     assert not s.has_work()
+
+
+def test_refill_admits_into_slots_freed_in_this_step_without_decoding_again() -> None:
+    s = Scheduler(SchedulerConfig(max_num_seqs=1))
+    s.add(group("a", max_new=2, eos=None))
+    s.add(group("b", max_new=2, eos=None))
+    run_step(s)  # a prefills
+    assert s.refill() is None  # the one slot is taken
+    out, done = run_step(s)  # a's second token: a finishes, its slot frees
+    assert [g.group_id for g in done] == ["a"]
+    refill = s.refill()
+    assert refill is not None and [g.group_id for g in refill.prefill] == ["b"]
+    assert refill.decode == [] and not refill.padded and refill.removed == [out.decode[0]]
+    assert s.refill() is None  # nothing waits any more
+
+
+def test_prefill_ahead_picks_the_next_waiting_prompts_not_at_hand() -> None:
+    held = {"c"}
+    s = Scheduler(SchedulerConfig(max_num_seqs=1, max_tokens_per_step=40, prefill_ahead=3),
+                  prefilled=lambda g: g.group_id in held)
+    for gid in "abcde":
+        s.add(group(gid, prompt=10))
+    out = s.schedule()
+    assert [g.group_id for g in out.prefill] == ["a"]
+    ahead = s.prefill_ahead(out.prefill, held=0)
+    assert [g.group_id for g in ahead] == ["b", "d"]  # c is at hand; e is past the 3 looked at
+    assert [g.group_id for g in s.prefill_ahead(out.prefill, held=25)] == ["b"]  # 25 + 10 fits, 25 + 20 not
+    ahead[0].run_ahead = False  # a call that ran b ahead failed: b waits for its own call
+    assert [g.group_id for g in s.prefill_ahead(out.prefill, held=0)] == ["d"]
+    assert Scheduler(SchedulerConfig(prefill_ahead=0)).prefill_ahead(out.prefill, held=0) == []
