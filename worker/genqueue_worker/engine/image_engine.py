@@ -106,14 +106,13 @@ _Chunk = Chunk[_ImageJob]
 class ImageEngine(EngineLoop[ImageRequest, _ImageJob]):
     kind = "image"
     config: ImageEngineConfig
+    runner: ImageRunner
+    info: ImageModelInfo
 
     def __init__(self, entry: ModelEntry | None = None, provider: str = "auto",
                  config: ImageEngineConfig | None = None, *, runner: ImageRunner | None = None) -> None:
         cfg = config or ImageEngineConfig()
         super().__init__(cfg, entry, runner or ort_runner(entry, ModelKind.image, provider, cfg))
-        self.config = cfg
-        self.runner: ImageRunner = self.runner
-        self.info: ImageModelInfo = self.runner.info
         self.batcher: ImageBatcher[_ImageJob] = ImageBatcher(cfg.max_batch_size, cfg.max_queue_delay_ms / 1000)
         if cfg.encode_threads < 0:
             raise ValueError("encode_threads must be >= 0 (0 = one per usable core, at most 4)")

@@ -23,10 +23,10 @@ from typing import Any
 
 from genqueue.registry import ModelEntry, ModelKind
 from genqueue_worker.engine.kv_append import AppendKVCache
-from genqueue_worker.engine.kv_cache import HostKVCache
+from genqueue_worker.engine.kv_cache import HostKVCache, KVCache
 from genqueue_worker.engine.kv_ragged import RaggedKVCache
 from genqueue_worker.engine.loop import SHUTDOWN_MESSAGE, EngineLoop
-from genqueue_worker.engine.prompt_cache import Prefilled
+from genqueue_worker.engine.prompt_cache import Prefilled, PromptCache
 from genqueue_worker.engine.runner import TextModelInfo, TextRunner, ort_runner
 from genqueue_worker.engine.sampling import SamplingState, StopMatcher, validate_text_params
 from genqueue_worker.engine.scheduler import (
@@ -73,15 +73,14 @@ class TextEngine(EngineLoop[TextRequest, TextJob]):
 
     kind = "text"
     config: TextEngineConfig
+    runner: TextRunner
+    info: TextModelInfo
 
     def __init__(self, entry: ModelEntry | None = None, provider: str = "auto", config: TextEngineConfig | None = None,
                  *, runner: TextRunner | None = None, tokenizer: Any = None,
                  scheduler: SchedulerFactory = Scheduler) -> None:
         cfg = config or TextEngineConfig()
         super().__init__(cfg, entry, runner or ort_runner(entry, ModelKind.text, provider, cfg))
-        self.config = cfg
-        self.runner: TextRunner = self.runner
-        self.info: TextModelInfo = self.runner.info
         if tokenizer is None:
             if entry is None or entry.tokenizer_path is None:
                 raise ValueError("TextEngine needs a tokenizer (or a ModelEntry with tokenizer.json)")
@@ -109,11 +108,11 @@ class TextEngine(EngineLoop[TextRequest, TextJob]):
         return self.batch.stats
 
     @property
-    def cache(self) -> Any:
+    def cache(self) -> KVCache:
         return self.batch.cache
 
     @property
-    def prompts(self) -> Any:
+    def prompts(self) -> PromptCache:
         return self.batch.prompts
 
     # -- submission (caller's thread) --------------------------------------------------------------------
