@@ -1,5 +1,5 @@
 """``continuous`` scenario: continuous vs static batching on the calibration workload of docs/design.md (128 jobs,
-max_new_tokens uniform in 8-128, 32 slots), via ``genqueue_worker.engine.benchmarks.compare_policies``."""
+max_new_tokens uniform in 8-128, 32 slots), via ``bench.engine_benchmarks.compare_policies``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 from bench.config import BenchConfig
 from bench.engine_bench import bench_lanes
+from bench.engine_benchmarks import compare_policies, compare_prompt_cache
 from bench.workload import TEMPERATURE
 from genqueue.registry import ModelEntry
-from genqueue_worker.engine.benchmarks import compare_policies, compare_prompt_cache
 from genqueue_worker.engine.text_engine import TextEngineConfig
 
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from bench.config import BenchConfig
+from bench.engine_benchmarks import engine_throughput, image_host_ceiling
 from bench.workload import TEMPERATURE, fixed_length_requests, image_inputs, image_request
 from genqueue.registry import ModelEntry
-from genqueue_worker.engine.benchmarks import engine_throughput, image_host_ceiling
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig
 from genqueue_worker.engine.text_engine import TextEngineConfig
 from genqueue_worker.engine.types import ImageRequest, TextRequest

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels, when that is where they are
     from dataclasses import replace
 
-    from genqueue_worker.engine.benchmarks import engine_throughput
+    from bench.engine_benchmarks import engine_throughput
     from genqueue_worker.engine.text_engine import TextEngineConfig
     from genqueue_worker.engine.types import TextParams, TextRequest
 

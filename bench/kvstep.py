@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             for c in CONTRACTS:
                 out["ms_per_step"][f"{c}/{mix}"] = step_ms(entries[c], lengths, args.steps, args.repeats)
         if args.policies:
-            from genqueue_worker.engine.benchmarks import compare_policies
+            from bench.engine_benchmarks import compare_policies
 
             out["policies"] = {}
             for c in CONTRACTS:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from genqueue_worker.engine.benchmarks import PROMPTS as BENCH_PROMPTS
+from bench.engine_benchmarks import PROMPTS as BENCH_PROMPTS
 from genqueue_worker.engine.types import ImageParams, ImageRequest, TextParams, TextRequest
 
 # The API's defaults (temperature 0.8, no top-k/top-p); every scenario samples this way.

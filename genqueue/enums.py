@@ -33,8 +33,3 @@ class Role(StrEnum):
     client = "client"
     moderator = "moderator"
     admin = "admin"
-
-
-class ModelKindName(StrEnum):
-    text = "text"
-    image = "image"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -53,19 +54,46 @@ def storable(value: Any) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class TextDefaults:
+    """A text request's defaults, the one place they are written: the API's :class:`TextInput`, the worker's
+    requests built from stored inputs and the engine's ``TextParams`` all read them here."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0  # 1 disables
+    repetition_penalty: float = 1.0  # 1 disables
+    no_repeat_ngram_size: int = 0  # 0 disables
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class ImageDefaults:
+    """An image request's defaults (see :class:`TextDefaults`)."""
+
+    num_images: int = 1
+    truncation: float = 1.0  # 1 means none
+    format: Literal["png", "webp"] = "png"
+
+
+TEXT_DEFAULTS = TextDefaults()
+IMAGE_DEFAULTS = ImageDefaults()
+
+
 class TextInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(max_length=100_000)  # the real limit is in tokens, checked against the manifest
-    max_new_tokens: int = Field(default=64, ge=1, le=4096)
-    temperature: float = Field(default=0.8, ge=0.0, le=5.0)  # 0 means greedy
-    top_k: int = Field(default=0, ge=0, le=100_000)  # 0 disables
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
-    no_repeat_ngram_size: int = Field(default=0, ge=0, le=32)
+    max_new_tokens: int = Field(default=TEXT_DEFAULTS.max_new_tokens, ge=1, le=4096)
+    temperature: float = Field(default=TEXT_DEFAULTS.temperature, ge=0.0, le=5.0)  # 0 means greedy
+    top_k: int = Field(default=TEXT_DEFAULTS.top_k, ge=0, le=100_000)  # 0 disables
+    top_p: float = Field(default=TEXT_DEFAULTS.top_p, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=TEXT_DEFAULTS.repetition_penalty, gt=0.0, le=10.0)
+    no_repeat_ngram_size: int = Field(default=TEXT_DEFAULTS.no_repeat_ngram_size, ge=0, le=32)
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # chosen and recorded when missing
-    n: int = Field(default=1, ge=1, le=16)
+    n: int = Field(default=TEXT_DEFAULTS.n, ge=1, le=16)
 
     @field_validator("prompt", "stop")
     @classmethod
@@ -88,10 +116,10 @@ class ImageInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    num_images: int = Field(default=1, ge=1, le=64)
-    truncation: float = Field(default=1.0, gt=0.0, le=1.0)  # 1 means none
+    num_images: int = Field(default=IMAGE_DEFAULTS.num_images, ge=1, le=64)
+    truncation: float = Field(default=IMAGE_DEFAULTS.truncation, gt=0.0, le=1.0)  # 1 means none
     class_label: int | None = Field(default=None, ge=0)
-    format: Literal["png", "webp"] = "png"
+    format: Literal["png", "webp"] = IMAGE_DEFAULTS.format
 
 
 class JobCreate(BaseModel):

@@ -33,10 +33,6 @@ def count_prompt_tokens(tokenizer: Any, prompt: str, prepend_bos: bool = False) 
     return n + 1 if (prepend_bos or n == 0) else n
 
 
-def prompt_fits(num_prompt_tokens: int, context_length: int) -> bool:
-    return num_prompt_tokens < context_length
-
-
 def max_new_tokens_for(num_prompt_tokens: int, requested: int, context_length: int) -> int:
     """``requested`` clamped to the context left after the prompt (0 when the prompt does not fit)."""
     return max(0, min(requested, context_length - num_prompt_tokens))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from genqueue_worker.engine.benchmarks import compare_policies, image_host_ceiling, image_scaling, text_jobs
+from bench.engine_benchmarks import compare_policies, image_host_ceiling, image_scaling, text_jobs
 
 
 def test_text_jobs_are_reproducible_and_in_range() -> None:

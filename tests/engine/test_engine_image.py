@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genqueue_worker.engine.fake import FakeImageRunner
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig
 from genqueue_worker.engine.runner import ImageModelInfo
 from genqueue_worker.engine.types import EncodedImage, ErrorCode, ImageParams, ImageRequest, JobResult
+from tests.engine.fake_runners import FakeImageRunner
 
 
 def engine(runner: FakeImageRunner | None = None, **cfg: Any) -> ImageEngine:

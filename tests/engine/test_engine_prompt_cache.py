@@ -7,15 +7,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from genqueue_worker.engine.fake import FakeTextRunner
+from bench.engine_benchmarks import POLICIES
 from genqueue_worker.engine.kv_cache import KVBlock
 from genqueue_worker.engine.prompt_cache import Prefilled, PromptCache
 from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
 from genqueue_worker.engine.types import ErrorCode, JobResult, TextParams, TextRequest
+from tests.engine.fake_runners import FakeTextRunner
 
 
-def engine(tok: Any, runner: FakeTextRunner | None = None, **cfg: Any) -> TextEngine:
-    return TextEngine(runner=runner or FakeTextRunner(), tokenizer=tok, config=TextEngineConfig(**cfg))
+def engine(tok: Any, runner: FakeTextRunner | None = None, policy: str = "continuous", **cfg: Any) -> TextEngine:
+    return TextEngine(runner=runner or FakeTextRunner(), tokenizer=tok, config=TextEngineConfig(**cfg),
+                      scheduler=POLICIES[policy])
 
 
 def req(job_id: str, prompt: str, seed: int = 1, n: int = 12) -> TextRequest:

@@ -175,7 +175,8 @@ def test_no_torch_in_the_worker_process(models: dict[str, Any]) -> None:
         import json, sys
         from pathlib import Path
         from genqueue.registry import Registry
-        from genqueue_worker.engine import load_engine, TextRequest, TextParams, ImageRequest, ImageParams
+        from genqueue_worker.engine import load_engine
+        from genqueue_worker.engine.types import ImageParams, ImageRequest, TextParams, TextRequest
         reg = Registry(Path({str(models["root"])!r}))
         text = load_engine(reg.resolve("tiny-lm"), "cpu")
         image = load_engine(reg.resolve("dcgan-digits"), "cpu")

@@ -18,7 +18,8 @@ V = 10
 
 
 def state(history: list[int] | None = None, index: int = 0, **kw) -> SamplingState:
-    return SamplingState.create(TextParams(**kw), index, history or [], V)
+    # Temperature 1 unless a test says otherwise: the distributions below are the logits' own.
+    return SamplingState.create(TextParams(**{"temperature": 1.0, **kw}), index, history or [], V)
 
 
 def test_greedy_picks_argmax_and_does_not_touch_the_generator() -> None:

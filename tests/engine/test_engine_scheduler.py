@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bench.engine_benchmarks import POLICIES
+from bench.static_scheduler import StaticScheduler
 from genqueue_worker.engine.scheduler import FinishReason, Scheduler, SchedulerConfig, SequenceGroup
 
 EOS = 0
@@ -67,8 +69,7 @@ def test_budget_tokens_per_step_counts_prefill_tokens_and_decode_rows() -> None:
 def test_prompts_whose_prefill_is_at_hand_cost_no_prefill_tokens() -> None:
     # The engine says which prompts it already holds (run ahead or cached): those cost the step nothing.
     held = {"b", "c"}
-    s = Scheduler(SchedulerConfig(max_num_seqs=8, max_tokens_per_step=10),
-                  prefill_cost=lambda g: 0 if g.group_id in held else g.prompt_len)
+    s = Scheduler(SchedulerConfig(max_num_seqs=8, max_tokens_per_step=10), prefilled=lambda g: g.group_id in held)
     for gid in "abcd":
         s.add(group(gid, prompt=6, max_new=10))
     out, _ = run_step(s)
@@ -148,15 +149,6 @@ def test_cancel_running_and_waiting() -> None:
     assert s.finish_group("a", FinishReason.canceled) is None  # already over
 
 
-def test_finish_one_row_of_a_group() -> None:
-    s = Scheduler(SchedulerConfig())
-    s.add(group("a", n=2, max_new=10))
-    out, _ = run_step(s)
-    first, second = (x.seq_id for x in out.prefill[0].seqs)
-    assert s.finish(first, FinishReason.stop) is None  # the other candidate still runs
-    assert s.finish(second, FinishReason.stop) is not None
-
-
 def test_n_candidates_share_one_prefill_and_finish_together() -> None:
     s = Scheduler(SchedulerConfig())
     s.add(group("a", n=3, max_new=2))
@@ -183,7 +175,7 @@ def test_continuous_spends_no_compute_on_finished_rows() -> None:
 
 
 def test_static_keeps_finished_rows_and_admits_only_into_an_empty_batch() -> None:
-    s = Scheduler(SchedulerConfig(max_num_seqs=2, policy="static"))
+    s = StaticScheduler(SchedulerConfig(max_num_seqs=2))
     s.add(group("a", max_new=2, eos=None))
     s.add(group("b", max_new=4, eos=None))
     s.add(group("c", max_new=1, eos=None))
@@ -202,7 +194,7 @@ def test_static_keeps_finished_rows_and_admits_only_into_an_empty_batch() -> Non
 
 def test_static_vs_continuous_rows_computed() -> None:
     def total_rows(policy: str) -> int:
-        s = Scheduler(SchedulerConfig(max_num_seqs=4, policy=policy))  # type: ignore[arg-type]
+        s = POLICIES[policy](SchedulerConfig(max_num_seqs=4), lambda g: False)
         for i, n in enumerate([2, 9, 3, 9, 4, 2, 8, 5]):
             s.add(group(f"j{i}", max_new=n, eos=None))
         total = 0
@@ -223,3 +215,33 @@ def test_abort_all() -> None:
     run_step(s)
     assert {g.group_id for g in s.abort_all(FinishReason.failed)} == {"a", "b"}
     assert not s.has_work()
+
+
+def test_refill_admits_into_slots_freed_in_this_step_without_decoding_again() -> None:
+    s = Scheduler(SchedulerConfig(max_num_seqs=1))
+    s.add(group("a", max_new=2, eos=None))
+    s.add(group("b", max_new=2, eos=None))
+    run_step(s)  # a prefills
+    assert s.refill() is None  # the one slot is taken
+    out, done = run_step(s)  # a's second token: a finishes, its slot frees
+    assert [g.group_id for g in done] == ["a"]
+    refill = s.refill()
+    assert refill is not None and [g.group_id for g in refill.prefill] == ["b"]
+    assert refill.decode == [] and not refill.padded and refill.removed == [out.decode[0]]
+    assert s.refill() is None  # nothing waits any more
+
+
+def test_prefill_ahead_picks_the_next_waiting_prompts_not_at_hand() -> None:
+    held = {"c"}
+    s = Scheduler(SchedulerConfig(max_num_seqs=1, max_tokens_per_step=40, prefill_ahead=3),
+                  prefilled=lambda g: g.group_id in held)
+    for gid in "abcde":
+        s.add(group(gid, prompt=10))
+    out = s.schedule()
+    assert [g.group_id for g in out.prefill] == ["a"]
+    ahead = s.prefill_ahead(out.prefill, held=0)
+    assert [g.group_id for g in ahead] == ["b", "d"]  # c is at hand; e is past the 3 looked at
+    assert [g.group_id for g in s.prefill_ahead(out.prefill, held=25)] == ["b"]  # 25 + 10 fits, 25 + 20 not
+    ahead[0].run_ahead = False  # a call that ran b ahead failed: b waits for its own call
+    assert [g.group_id for g in s.prefill_ahead(out.prefill, held=0)] == ["d"]
+    assert Scheduler(SchedulerConfig(prefill_ahead=0)).prefill_ahead(out.prefill, held=0) == []

@@ -9,16 +9,19 @@ from typing import Any
 
 import pytest
 
-from genqueue_worker.engine.fake import FakeTextRunner
+from bench.engine_benchmarks import POLICIES
 from genqueue_worker.engine.runner import TextModelInfo
-from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig, choose_ahead
+from genqueue_worker.engine.scheduler import choose_ahead
+from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
 from genqueue_worker.engine.types import ErrorCode, JobResult, TextParams, TextRequest
+from tests.engine.fake_runners import FakeTextRunner
 
 EOS = 256
 
 
-def engine(tok: Any, runner: FakeTextRunner | None = None, **cfg: Any) -> TextEngine:
-    return TextEngine(runner=runner or FakeTextRunner(), tokenizer=tok, config=TextEngineConfig(**cfg))
+def engine(tok: Any, runner: FakeTextRunner | None = None, policy: str = "continuous", **cfg: Any) -> TextEngine:
+    return TextEngine(runner=runner or FakeTextRunner(), tokenizer=tok, config=TextEngineConfig(**cfg),
+                      scheduler=POLICIES[policy])
 
 
 def mixed_requests(k: int = 12) -> list[TextRequest]:

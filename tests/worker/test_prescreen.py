@@ -12,11 +12,11 @@ from PIL import Image
 
 from genqueue.settings import Settings
 from genqueue_worker import prescreen
-from genqueue_worker.engine.fake import FakeImageRunner
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig, luma_std
 from genqueue_worker.engine.png import encode_png
 from genqueue_worker.engine.runner import ImageModelInfo
 from genqueue_worker.engine.types import ImageParams, ImageRequest
+from tests.engine.fake_runners import FakeImageRunner
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])

@@ -17,8 +17,10 @@ from sqlalchemy.exc import DataError
 
 from genqueue import jobstate, logs
 from genqueue.db.models import utcnow
+from genqueue.schemas import IMAGE_DEFAULTS, TEXT_DEFAULTS
 from genqueue_worker import metrics, prescreen
 from genqueue_worker.engine.types import (
+    Engine,
     ErrorCode,
     ImageParams,
     ImageRequest,
@@ -35,7 +37,7 @@ class Engines(Protocol):
     """What running a message needs of the worker besides SQL: its engines, and where running jobs are
     tracked (for cancels and lease renewal)."""
 
-    def engine_for(self, model: str, version: str) -> tuple[str, Any] | None: ...
+    def engine_for(self, model: str, version: str) -> tuple[str, Engine] | None: ...
 
     def track(self, job_id: str, engine_ref: str, fut: Future[JobResult]) -> None: ...
 
@@ -56,18 +58,21 @@ class MessageReport:
 def build_request(claimed: jobstate.Claimed) -> TextRequest | ImageRequest:
     inp = claimed.input
     if claimed.kind == "text":
+        t = TEXT_DEFAULTS
         params = TextParams(
-            max_new_tokens=int(inp.get("max_new_tokens", 64)), temperature=float(inp.get("temperature", 0.8)),
-            top_k=int(inp.get("top_k", 0)), top_p=float(inp.get("top_p", 1.0)),
-            repetition_penalty=float(inp.get("repetition_penalty", 1.0)),
-            no_repeat_ngram_size=int(inp.get("no_repeat_ngram_size", 0)), stop=tuple(inp.get("stop") or ()),
-            seed=int(inp.get("seed") or 0), n=int(inp.get("n", 1)),
+            max_new_tokens=int(inp.get("max_new_tokens", t.max_new_tokens)),
+            temperature=float(inp.get("temperature", t.temperature)),
+            top_k=int(inp.get("top_k", t.top_k)), top_p=float(inp.get("top_p", t.top_p)),
+            repetition_penalty=float(inp.get("repetition_penalty", t.repetition_penalty)),
+            no_repeat_ngram_size=int(inp.get("no_repeat_ngram_size", t.no_repeat_ngram_size)),
+            stop=tuple(inp.get("stop") or ()), seed=int(inp.get("seed") or 0), n=int(inp.get("n", t.n)),
         )
         return TextRequest(job_id=claimed.job_id, prompt=str(inp.get("prompt", "")), params=params,
                            priority=claimed.priority)
-    iparams = ImageParams(seed=int(inp.get("seed") or 0), num_images=int(inp.get("num_images", 1)),
-                          truncation=float(inp.get("truncation", 1.0)), class_label=inp.get("class_label"),
-                          format=inp.get("format", "png"))
+    i = IMAGE_DEFAULTS
+    iparams = ImageParams(seed=int(inp.get("seed") or 0), num_images=int(inp.get("num_images", i.num_images)),
+                          truncation=float(inp.get("truncation", i.truncation)), class_label=inp.get("class_label"),
+                          format=inp.get("format", i.format))
     return ImageRequest(job_id=claimed.job_id, params=iparams, priority=claimed.priority)
 
 

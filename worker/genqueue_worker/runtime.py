@@ -27,8 +27,8 @@ from genqueue.registry import ModelEntry, ModelKind, Registry
 from genqueue.settings import Settings
 from genqueue.workers import HEARTBEAT_EVERY_S, HEARTBEAT_TTL_S, WORKER_KEY_PREFIX
 from genqueue_worker import metrics
-from genqueue_worker.engine.base import stop_all
-from genqueue_worker.engine.types import JobResult
+from genqueue_worker.engine.loop import stop_all
+from genqueue_worker.engine.types import Engine, JobResult
 from genqueue_worker.flow import Flow
 from genqueue_worker.store import JobStore
 
@@ -62,7 +62,7 @@ class WorkerRuntime:
             raise SystemExit(f"genqueue worker: error: no models found in {settings.models_dir}; "
                              "build them with `genqueue export builtin`")
         self.broker_url = broker_url or queue.resolve_broker_url(settings)
-        self.engines: dict[str, Any] = {}
+        self.engines: dict[str, Engine] = {}
         self.providers: dict[str, str] = {}
         self._inflight: dict[str, InFlight] = {}
         self._lock = threading.Lock()
@@ -88,33 +88,20 @@ class WorkerRuntime:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
-        from genqueue_worker.engine import load_engine
+        from genqueue_worker.engine.loader import engine_configs, load_engine
 
+        configs = engine_configs(self.settings)
         for entry in self.entries:
-            # ORT's spinning pool threads would busy-wait on the core the glue threads need.
-            config: dict[str, Any] = {"allow_spinning": self.settings.ort_allow_spinning,
-                                      "intra_op_threads": self.settings.ort_threads}
             if entry.manifest.kind is ModelKind.text:
-                config.update(max_batch_size=self.settings.text_max_running,
-                              max_tokens_per_step=self.settings.text_max_tokens_per_step,
-                              lanes=self.settings.text_lanes,
-                              prefill_ahead=self.settings.text_prefill_ahead,
-                              prompt_cache_mb=self.settings.text_prompt_cache_mb)
                 per_lane = -(-self.settings.text_max_running // self.settings.text_lanes)
                 if self.settings.text_lanes > 1 and per_lane < 16:
                     log.warning("%s: %d text lanes leave %d rows each; a job with more candidates (n, up to 16) "
                                 "fails there: raise GENQUEUE_TEXT_MAX_RUNNING", entry.ref, self.settings.text_lanes, per_lane)
-            else:
-                config.update(max_batch_size=self.settings.image_max_batch_size,
-                              max_queue_delay_ms=self.settings.image_max_queue_delay_ms,
-                              forward_parts=self.settings.image_forward_parts,
-                              encode_threads=self.settings.image_encode_threads)
-            engine = load_engine(entry, provider=self.settings.provider, **config)
+            engine = load_engine(entry, self.settings.provider, configs.for_kind(entry.manifest.kind))
             engine.start()
             self.engines[entry.ref] = engine
-            provider = getattr(engine, "provider", "unknown")
-            self.providers[entry.ref] = str(provider)
-            log.info("serving %s (%s) on %s", entry.ref, entry.manifest.kind.value, provider)
+            self.providers[entry.ref] = engine.provider
+            log.info("serving %s (%s) on %s", entry.ref, entry.manifest.kind.value, engine.provider)
         metrics.serve(self.settings.worker_metrics_port)
         metrics.announce_providers(self.providers)
         for target, name in ((self._watch, "gq-watch"), (self._heartbeat, "gq-heartbeat")):
@@ -136,7 +123,7 @@ class WorkerRuntime:
             queue.redis_client(self.broker_url).delete(WORKER_KEY_PREFIX + self.worker_id)
 
     # -- what process_message needs (genqueue_worker.jobs.Engines) ----------------------------------------
-    def engine_for(self, model: str, version: str) -> tuple[str, Any] | None:
+    def engine_for(self, model: str, version: str) -> tuple[str, Engine] | None:
         ref = f"{model}@{version}"
         engine = self.engines.get(ref)
         return (ref, engine) if engine is not None else None

@@ -1,10 +1,10 @@
 """Image engine: request-level dynamic batching in the style of Triton's dynamic batcher.
 
-Jobs queue as chunks of images (a job larger than ``max_batch_size`` is split into chunks of that size; a
-chunk is never split). The loop thread waits until ``max_batch_size`` images are queued or the oldest has
-waited ``max_queue_delay_ms``, takes chunks in (priority, arrival) order while they fit, and runs one forward.
-Submissions keep queueing while a forward runs, so the next batch is already formed when it returns; PNG/WebP
-encoding runs on a small thread pool, off the inference path.
+The batching decisions (chunks, the queue delay, what one forward takes) are :class:`ImageBatcher`'s
+(image_batcher.py); the loop (inbox, cancels, stop and drain) is the one both engines share (loop.py). Each
+step runs one forward for the batch the batcher formed. Submissions keep queueing while a forward runs, so
+the next batch is already formed when it returns; PNG/WebP encoding runs on a small thread pool, off the
+inference path.
 
 Reproducibility: image i of a job uses z from ``seed_generator(seed, i)`` (PCG64 seeded from (seed, i)),
 drawn at submit time, so batching never changes an image.
@@ -22,24 +22,20 @@ because it is continuous in t, needs no rejection loop, and t = 1 is exactly the
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import io
-import itertools
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterable
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from genqueue.registry import ModelEntry
-from genqueue_worker.engine.base import EngineThread
+from genqueue.registry import ModelEntry, ModelKind
+from genqueue_worker.engine.image_batcher import Chunk, ImageBatcher
+from genqueue_worker.engine.loop import SHUTDOWN_MESSAGE, EngineLoop
 from genqueue_worker.engine.png import encode_png
-from genqueue_worker.engine.runner import ImageModelInfo, ImageRunner
+from genqueue_worker.engine.runner import ImageModelInfo, ImageRunner, ort_runner
 from genqueue_worker.engine.sampling import seed_generator
 from genqueue_worker.engine.types import EncodedImage, ErrorCode, ImageRequest, JobResult
 
@@ -98,138 +94,36 @@ class _ImageJob:
     pixels: list[np.ndarray | None] = field(default_factory=list)  # uint8 [H,W,C] per image once generated
     stds: list[float] = field(default_factory=list)  # luma_std per image, beside pixels
     chunks_left: int = 0  # chunks not generated yet
-    in_flight: int = 0  # chunks inside the running forward
     admitted: float = 0.0  # perf_counter when its first forward began
     forwards: int = 0  # forwards it took part in
     rows_sum: int = 0  # images in those forwards, summed (mean batch size = rows_sum / forwards)
-    canceled: bool = False
     done: bool = False  # failed, canceled or handed to the encoder
 
 
-@dataclass(eq=False)
-class _Chunk:
-    job: _ImageJob  # owner
-    start: int  # first image index
-    count: int  # images
-    queued_at: float  # perf_counter when queued (the batching window starts from the oldest)
+_Chunk = Chunk[_ImageJob]
 
 
-class ImageEngine(EngineThread):
+class ImageEngine(EngineLoop[ImageRequest, _ImageJob]):
     kind = "image"
+    config: ImageEngineConfig
+    runner: ImageRunner
+    info: ImageModelInfo
 
-    def __init__(
-        self,
-        entry: ModelEntry | None = None,
-        provider: str = "auto",
-        config: ImageEngineConfig | None = None,
-        *,
-        runner: ImageRunner | None = None,
-    ) -> None:
-        self.config = config or ImageEngineConfig()
-        if runner is None:
-            if entry is None or entry.manifest.image is None:
-                raise ValueError("ImageEngine needs an image ModelEntry or a runner")
-            from genqueue_worker.engine.ort_image import OrtImageRunner
-            from genqueue_worker.engine.ort_session import SessionConfig
-
-            info = ImageModelInfo.from_spec(entry.manifest.image)
-            session = SessionConfig(
-                provider=provider,
-                intra_op_threads=self.config.intra_op_threads,
-                allow_spinning=self.config.allow_spinning,
-            )
-            runner = OrtImageRunner(entry.onnx_path, info, session, parts=self.config.forward_parts)
-        self.entry = entry
-        self.runner = runner
-        self.info = runner.info
-        self.name = entry.ref if entry is not None else "image"
-        self._cond = threading.Condition()
-        self._queue: list[tuple[int, int, _Chunk]] = []  # heap of (priority, arrival, chunk)
-        self._queued_images = 0
-        self._arrivals = itertools.count()
-        self._jobs: dict[str, _ImageJob] = {}  # unfinished jobs by id
-        if self.config.encode_threads < 0:
+    def __init__(self, entry: ModelEntry | None = None, provider: str = "auto",
+                 config: ImageEngineConfig | None = None, *, runner: ImageRunner | None = None) -> None:
+        cfg = config or ImageEngineConfig()
+        super().__init__(cfg, entry, runner or ort_runner(entry, ModelKind.image, provider, cfg))
+        self.batcher: ImageBatcher[_ImageJob] = ImageBatcher(cfg.max_batch_size, cfg.max_queue_delay_ms / 1000)
+        if cfg.encode_threads < 0:
             raise ValueError("encode_threads must be >= 0 (0 = one per usable core, at most 4)")
-        if not 0 <= self.config.png_compress_level <= 9:
+        if not 0 <= cfg.png_compress_level <= 9:
             raise ValueError("png_compress_level must be in 0..9 (zlib's levels)")
         # zlib (PNG) and Pillow (WebP) release the GIL while they compress, so a GPU host's spare cores encode in parallel;
         # past ~4 threads the Python around each image (which holds the GIL) is the limit.
-        self.encode_threads = self.config.encode_threads or min(4, _usable_cores())
+        self.encode_threads = cfg.encode_threads or min(4, _usable_cores())
         self._pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="image-encode")
-        self._closed = self._stopping = False
-        self._drain = True
-        self._thread: threading.Thread | None = None
-        self._warm = False
         self.forwards = 0  # forward calls so far (stats)
         self.images_generated = 0
-
-    # -- public API ------------------------------------------------------------------------------------
-    def submit(self, request: ImageRequest) -> Future[JobResult]:
-        future: Future[JobResult] = Future()
-        future.set_running_or_notify_cancel()
-        job = self._prepare(request, future)
-        if job is None:
-            return future
-        now = time.perf_counter()
-        size = self.config.max_batch_size
-        n = request.params.num_images
-        with self._cond:
-            if self._closed:
-                self._finish_failed(job, ErrorCode.shutdown, "the engine is stopping")
-                return future
-            original = self._jobs.get(request.job_id)
-            if original is not None:  # redelivered while still here: both futures get one result
-                original.future.add_done_callback(lambda f: future.set_result(f.result()))
-                return future
-            self._jobs[request.job_id] = job
-            job.chunks_left = (n + size - 1) // size
-            for start in range(0, n, size):
-                chunk = _Chunk(job, start, min(size, n - start), now)
-                heapq.heappush(self._queue, (request.priority, next(self._arrivals), chunk))
-                self._queued_images += chunk.count
-            self._cond.notify()
-        return future
-
-    def cancel(self, job_id: str) -> None:
-        with self._cond:
-            job = self._jobs.get(job_id)
-            if job is None or job.done:
-                return
-            job.canceled = True
-            if job.in_flight == 0:  # nothing of it is running: drop its chunks now
-                self._drop_queued(job)
-                self._settle(job, JobResult(job_id, "canceled", metrics=self._metrics(job)))
-
-    def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
-        with self._cond:
-            self._closed = self._stopping = True
-            self._drain = drain
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                with self._cond:
-                    self._drain = False
-                    self._cond.notify_all()
-                self._thread.join(max(1.0, timeout / 10))
-        self._pool.shutdown(wait=True)
-        close = getattr(self.runner, "close", None)
-        if close is not None:
-            close()
-        with self._cond:
-            # The pool has run every encoding task it was given, so a job still here gets no result unless it
-            # gets one now: one not generated yet, or one a forward that outlived the waits above finished.
-            for job in list(self._jobs.values()):
-                self._finish_failed(job, ErrorCode.shutdown, "the worker stopped before the job finished")
-
-    def run_all(self, requests: Iterable[ImageRequest]) -> list[JobResult]:
-        """Synchronous in-process API (benchmarks, tests): every request to completion in this thread."""
-        if self._thread is not None:
-            raise RuntimeError("run_all() needs an engine whose loop thread is not started")
-        self._warmup()
-        futures = [self.submit(r) for r in requests]
-        self._loop(until_idle=True)
-        return [f.result() for f in futures]
 
     # -- submission --------------------------------------------------------------------------------------
     def _prepare(self, req: ImageRequest, future: Future[JobResult]) -> _ImageJob | None:
@@ -264,67 +158,47 @@ class ImageEngine(EngineThread):
         job.stds = [0.0] * p.num_images
         return job
 
-    # -- the loop ----------------------------------------------------------------------------------------
-    def _warmup(self) -> None:
-        if self._warm or not self.config.warmup:
-            return
-        self._warm = True
-        warm = getattr(self.runner, "warmup", None)
-        if warm is not None:
-            warm(sorted({1, self.config.max_batch_size}))
+    # -- the loop's hooks (loop thread) ------------------------------------------------------------------
+    def _admit(self, job: _ImageJob) -> None:
+        # Queued as of its submission: the batching window counts from when the caller handed it over.
+        job.chunks_left = self.batcher.add(job, job.request.params.num_images, job.request.priority, job.submitted)
 
-    def _next_batch(self, until_idle: bool) -> list[_Chunk] | None:
-        """Block until a batch is ready (full, or the oldest waited long enough); None means exit."""
-        delay = self.config.max_queue_delay_ms / 1000
+    def _ready_in(self) -> float | None:
+        return self.batcher.ready_in(time.perf_counter())
+
+    def _cancel(self, job_id: str) -> None:
         with self._cond:
-            while True:
-                if self._stopping and (not self._drain or not self._queue):
-                    return None
-                if not self._queue:
-                    if until_idle:
-                        return None
-                    self._cond.wait()
-                    continue
-                if self._queued_images >= self.config.max_batch_size or self._stopping or until_idle:
-                    break
-                oldest = min(e[2].queued_at for e in self._queue)
-                left = oldest + delay - time.perf_counter()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            batch: list[_Chunk] = []
-            room = self.config.max_batch_size
-            while self._queue and self._queue[0][2].count <= room:
-                chunk = heapq.heappop(self._queue)[2]
-                self._queued_images -= chunk.count
-                if chunk.job.canceled or chunk.job.done:
-                    continue
-                batch.append(chunk)
-                room -= chunk.count
-                chunk.job.in_flight += 1
-            return batch
+            job = self._jobs.get(job_id)
+            if job is None or job.done:
+                return
+            self.batcher.drop(job)
+            self._settle(job, JobResult(job_id, "canceled", metrics=self._metrics(job)))
 
-    def _loop(self, until_idle: bool = False) -> None:
-        while True:
-            batch = self._next_batch(until_idle)
-            if batch is None:
-                break
-            if batch:
-                try:
-                    self._run_batch(batch)
-                except Exception as e:  # a bug, not a runner failure (those are retried per job)
-                    log.exception("%s: internal error in a batch", self.name)
-                    with self._cond:
-                        for c in batch:
-                            if not c.job.done:
-                                self._drop_queued(c.job)
-                                self._finish_failed(c.job, ErrorCode.engine_error, f"internal engine error: {e!r}")
+    def _step(self) -> None:
+        batch = self.batcher.next_batch(live=lambda job: not job.done)
+        if not batch:
+            return
+        try:
+            self._run_batch(batch)
+        except Exception as e:  # a bug, not a runner failure (those are retried per job)
+            log.exception("%s: internal error in a batch", self.name)
+            with self._cond:
+                for c in batch:
+                    if not c.owner.done:
+                        self.batcher.drop(c.owner)
+                        self._finish_failed(c.owner, ErrorCode.engine_error, f"internal engine error: {e!r}")
+
+    def _stopped(self) -> None:
+        self._pool.shutdown(wait=True)
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     def _forward(self, chunks: list[_Chunk]) -> np.ndarray:
-        z = np.concatenate([c.job.z[c.start : c.start + c.count] for c in chunks])  # [B,latent]
+        z = np.concatenate([c.owner.z[c.start : c.start + c.count] for c in chunks])  # [B,latent]
         labels = None
         if self.info.num_classes:
-            labels = np.concatenate([c.job.labels[c.start : c.start + c.count] for c in chunks if c.job.labels is not None])
+            labels = np.concatenate([c.owner.labels[c.start : c.start + c.count] for c in chunks if c.owner.labels is not None])
         self.forwards += 1
         return self.runner.forward(z, labels)
 
@@ -332,9 +206,9 @@ class ImageEngine(EngineThread):
         t0 = time.perf_counter()
         size = sum(c.count for c in batch)
         for c in batch:
-            c.job.admitted = c.job.admitted or t0
-            c.job.forwards += 1
-            c.job.rows_sum += size
+            c.owner.admitted = c.owner.admitted or t0
+            c.owner.forwards += 1
+            c.owner.rows_sum += size
         raw: dict[int, np.ndarray] = {}  # id(chunk) -> images [count,C,H,W]
         failed: dict[int, str] = {}  # id(job) -> message
         images: np.ndarray | None = None
@@ -343,7 +217,7 @@ class ImageEngine(EngineThread):
         except Exception as e:
             log.warning("%s: forward of %d images failed (%s); retrying each job alone", self.name, size, e)
             for c in batch:
-                if id(c.job) in failed:
+                if id(c.owner) in failed:
                     continue
                 last: Exception = e
                 for _ in range(self.config.max_attempts):
@@ -353,7 +227,7 @@ class ImageEngine(EngineThread):
                     except Exception as e2:
                         last = e2
                 else:
-                    failed[id(c.job)] = f"the runner failed on this job {self.config.max_attempts} times alone: {last}"
+                    failed[id(c.owner)] = f"the runner failed on this job {self.config.max_attempts} times alone: {last}"
         # id(chunk) -> (uint8 images [count,H,W,C], all finite, luma_std per image). After a whole forward, one
         # conversion, one finiteness check and one std serve the batch: per chunk they cost ~6 numpy calls
         # for what is usually one image.
@@ -372,22 +246,16 @@ class ImageEngine(EngineThread):
         finished: list[_ImageJob] = []  # jobs whose last chunk this forward made, for the encoder pool
         with self._cond:
             for c in batch:
-                job = c.job
-                job.in_flight -= 1
+                job = c.owner
                 if job.done:
                     continue
                 if id(job) in failed:
-                    self._drop_queued(job)
+                    self.batcher.drop(job)
                     self._finish_failed(job, ErrorCode.engine_error, failed[id(job)])
-                    continue
-                if job.canceled:
-                    if job.in_flight == 0:
-                        self._drop_queued(job)
-                        self._settle(job, JobResult(job.request.job_id, "canceled", metrics=self._metrics(job)))
                     continue
                 pixels, ok, chunk_stds = outputs[id(c)]
                 if not ok:
-                    self._drop_queued(job)
+                    self.batcher.drop(job)
                     self._finish_failed(job, ErrorCode.nan_output, "the model produced NaN/Inf pixels for this job")
                     continue
                 for i in range(c.count):
@@ -409,15 +277,7 @@ class ImageEngine(EngineThread):
             except RuntimeError:  # stop() gave up waiting for this forward and shut the pool: nobody will encode
                 with self._cond:
                     for job in share:
-                        self._finish_failed(job, ErrorCode.shutdown, "the worker stopped before the job finished")
-
-    def _drop_queued(self, job: _ImageJob) -> None:
-        """Remove a job's queued chunks (caller holds the lock)."""
-        kept = [e for e in self._queue if e[2].job is not job]
-        if len(kept) != len(self._queue):
-            self._queue = kept
-            heapq.heapify(self._queue)
-            self._queued_images = sum(e[2].count for e in kept)
+                        self._finish_failed(job, ErrorCode.shutdown, SHUTDOWN_MESSAGE)
 
     # -- post-processing ---------------------------------------------------------------------------------
     def _to_uint8(self, imgs: np.ndarray) -> np.ndarray:
@@ -483,13 +343,14 @@ class ImageEngine(EngineThread):
             "tokens": float(job.request.params.num_images),
         }
 
-    def _finish_failed(self, job: _ImageJob, code: ErrorCode, message: str) -> None:
+    def _failed(self, job: _ImageJob, code: ErrorCode, message: str) -> JobResult:
         if code is not ErrorCode.shutdown:
             log.info("%s: job %s failed: %s (%s)", self.name, job.request.job_id, code.value, message)
-        self._settle(job, JobResult(job.request.job_id, "failed", error_code=code, error_message=message, metrics=self._metrics(job)))
+        return JobResult(job.request.job_id, "failed", error_code=code, error_message=message, metrics=self._metrics(job))
+
+    def _finish_failed(self, job: _ImageJob, code: ErrorCode, message: str) -> None:
+        self._settle(job, self._failed(job, code, message))
 
     def _settle(self, job: _ImageJob, result: JobResult) -> None:
         job.done = True
-        self._jobs.pop(job.request.job_id, None)
-        with contextlib.suppress(InvalidStateError):
-            job.future.set_result(result)
+        super()._settle(job, result)

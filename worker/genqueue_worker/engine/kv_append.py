@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from genqueue_worker.engine.kv_cache import KVBlock, PingPongBuffers, swap_remove
+from genqueue_worker.engine.kv_cache import KVBlock, PingPongBuffers
 
 
 class AppendKVCache(PingPongBuffers):
@@ -105,42 +105,18 @@ class AppendKVCache(PingPongBuffers):
         self._cur, self._length, self._width = other, new_length, width
         self.relayouts += 1
 
-    def remove(self, rows: Sequence[int]) -> list[int]:
-        def move(dst: int, src: int, _n: int) -> None:
-            for t in range(self.n_tensors):
-                v = self._view(self._cur, t, self._rows, self._width)
-                v[dst] = v[src]
+    def _columns(self) -> int:
+        return self._width
 
-        order, self._lens = swap_remove(self._rows, self._lens, rows, move)
-        self._rows = len(order)
+    def _removed(self) -> None:
         if self._rows == 0:
             self._length = self._width = 0
         elif self._length - int(self._lens.max()) >= self.block:
             # One copy now saves attention over the dropped columns on every later step.
             self._relayout(int(self._lens.max()))
-        return order
 
-    def append(self, block: KVBlock, take: Sequence[int]) -> None:
-        if not take:
-            return
-        need = int(block.lens[list(take)].max())
-        if self._rows == 0:
-            self._length, self._width = need, need + self.block
-        elif need > self._length:
-            self._relayout(need)
-        rows = self._rows + len(take)
-        width, length = self._width, self._length
-        self._ensure(self._cur, rows * self._row_elems(width), keep=self._rows * self._row_elems(width))
-        for t in range(self.n_tensors):
-            dst = self._view(self._cur, t, rows, width)
-            for j, r in enumerate(take):
-                n = int(block.lens[r])
-                row = dst[self._rows + j]
-                row[:, : length - n] = 0
-                row[:, length - n : length] = block.tokens(t, r)
-                row[:, length:] = 0
-        self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
-        self._rows = rows
+    def _start(self, length: int) -> None:
+        self._length, self._width = length, length + self.block
 
     def extract(self, rows: Sequence[int]) -> KVBlock:
         idx = list(rows)

@@ -12,7 +12,8 @@ step was no faster than static batching. So :class:`HostKVCache`:
 
 * keeps two preallocated flat buffers per tensor (ping-pong): ORT reads ``past`` from one and writes
   ``present`` straight into the other through IO binding, then they swap. No allocation, no copy;
-* removes a finished row by moving the last row into its slot (swap-remove: one row copied, not the batch);
+* removes a finished row by moving the last row into its slot (swap-remove, :class:`KVCacheBase`, which
+  every cache shares: one row copied, not the batch);
 * appends newly prefilled rows into the free rows after the batch (only the new rows are copied);
 * re-lays the whole batch out (one copy into the spare buffer) only when a joining row is longer than the
   batch, or when the common left padding has grown past ``trim_slack`` after the longest rows left, which
@@ -24,7 +25,7 @@ changes go through a host copy (one round trip per step at most, batched by the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,25 +85,6 @@ class KVCache(Protocol):
         ...
 
 
-def swap_remove(
-    count: int, lens: np.ndarray, rows: Sequence[int], move: Callable[[int, int, int], None]
-) -> tuple[list[int], np.ndarray]:
-    """Drop ``rows`` from a batch of ``count`` by moving the last row into each hole (one row copied per
-    removal, not the batch). ``move(dst, src, n)`` copies the cache row at position ``src`` (``n`` real
-    tokens) to ``dst``; returns (old index of each surviving row in its new position, the survivors' lens)."""
-    order = list(range(count))
-    lens = lens.copy()
-    for i in sorted(set(rows), reverse=True):
-        last = count - 1
-        if i != last:
-            move(i, last, int(lens[last]))
-            lens[i] = lens[last]
-            order[i] = order[last]
-        order.pop()
-        count -= 1
-    return order, lens[:count]
-
-
 def attention_mask(lens: np.ndarray, length: int) -> np.ndarray:
     """int64 [rows, length]: 1 on each row's last ``lens[r]`` positions (left padding)."""
     return (np.arange(length)[None, :] >= (length - lens)[:, None]).astype(np.int64)
@@ -124,24 +106,19 @@ def prefill_inputs(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.nd
     return ids, mask, pos
 
 
-class PingPongBuffers:
-    """Two sets of flat host buffers per cache tensor (the live one and the one a copy goes into), with
-    row-major [rows, H, columns, D] views; shared by the left-padded host caches."""
+class KVCacheBase:
+    """What every batch cache shares: its tensors' shape, its rows and their real lengths, the padded length,
+    and removal by swap-remove. A subclass says how one row moves (``_move_row``) and what follows a removal
+    (``_removed``: trimming padding, resetting an empty cache)."""
 
     def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any = np.float32) -> None:
         self.n_tensors = n_tensors  # 2 x n_layer
         self.n_head = n_head
         self.head_dim = head_dim
         self.dtype = np.dtype(dtype)
-        self._bufs: list[list[np.ndarray]] = [
-            [np.zeros(0, self.dtype) for _ in range(n_tensors)] for _ in range(2)
-        ]  # [which][tensor] flat buffers
-        self._cur = 0  # index of the buffer that holds the live cache
         self._rows = 0
         self._length = 0
         self._lens = np.zeros(0, np.int64)
-        self._ptrs: list[list[int] | None] = [None, None]  # cached data pointers per buffer set
-        self.relayouts = 0  # full-batch copies so far; for profiling
 
     @property
     def rows(self) -> int:
@@ -149,11 +126,94 @@ class PingPongBuffers:
 
     @property
     def length(self) -> int:
+        """P: padded length shared by every row."""
         return self._length
 
     @property
     def lens(self) -> np.ndarray:
+        """int64 [rows]: real tokens per row."""
         return self._lens
+
+    def remove(self, rows: Sequence[int]) -> list[int]:
+        """Drop ``rows`` by moving the last row into each hole (one row copied per removal, not the batch);
+        returns, for each surviving row in its new position, its old index."""
+        count = self._rows
+        order = list(range(count))
+        lens = self._lens.copy()
+        for i in sorted(set(rows), reverse=True):
+            last = count - 1
+            if i != last:
+                self._move_row(i, last, int(lens[last]))
+                lens[i] = lens[last]
+                order[i] = order[last]
+            order.pop()
+            count -= 1
+        self._rows, self._lens = count, lens[:count]
+        self._removed()
+        return order
+
+    def _move_row(self, dst: int, src: int, n: int) -> None:
+        """Copy the row at ``src`` (``n`` real tokens) to ``dst``."""
+        raise NotImplementedError
+
+    def _removed(self) -> None:
+        """Rows just left (there may be none left)."""
+
+
+class PingPongBuffers(KVCacheBase):
+    """Two sets of flat host buffers per cache tensor (the live one and the one a copy goes into), with
+    row-major [rows, H, columns, D] views; shared by the left-padded host caches."""
+
+    def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any = np.float32) -> None:
+        super().__init__(n_tensors, n_head, head_dim, dtype)
+        self._bufs: list[list[np.ndarray]] = [
+            [np.zeros(0, self.dtype) for _ in range(n_tensors)] for _ in range(2)
+        ]  # [which][tensor] flat buffers
+        self._cur = 0  # index of the buffer that holds the live cache
+        self._ptrs: list[list[int] | None] = [None, None]  # cached data pointers per buffer set
+        self.relayouts = 0  # full-batch copies so far; for profiling
+
+    def _columns(self) -> int:
+        """Columns per row in the live buffer."""
+        return self._length
+
+    def _move_row(self, dst: int, src: int, n: int) -> None:
+        for t in range(self.n_tensors):
+            v = self._view(self._cur, t, self._rows, self._columns())
+            v[dst] = v[src]
+
+    def _start(self, length: int) -> None:
+        """The first rows join an empty cache, ``length`` columns long."""
+        self._length = length
+
+    def _relayout(self, new_length: int) -> None:
+        raise NotImplementedError
+
+    def append(self, block: KVBlock, take: Sequence[int]) -> None:
+        """Copy ``block``'s rows ``take`` into the free rows after the batch (only the new rows are copied);
+        the whole batch is re-laid out first when a joining row is longer than it."""
+        if not take:
+            return
+        need = int(block.lens[list(take)].max())
+        if self._rows == 0:
+            self._start(need)
+        elif need > self._length:
+            self._relayout(need)
+        rows = self._rows + len(take)
+        width, length = self._columns(), self._length
+        self._ensure(self._cur, rows * self._row_elems(width), keep=self._rows * self._row_elems(width))
+        for t in range(self.n_tensors):
+            dst = self._view(self._cur, t, rows, width)
+            for j, r in enumerate(take):
+                n = int(block.lens[r])
+                row = dst[self._rows + j]
+                # Zero the pad and any spare columns: masked keys get probability 0, but 0 x NaN from stale
+                # memory would be NaN.
+                row[:, : length - n] = 0
+                row[:, length - n : length] = block.tokens(t, r)
+                row[:, length:] = 0
+        self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
+        self._rows = rows
 
     def nbytes(self) -> int:
         return sum(b.nbytes for pair in self._bufs for b in pair)
@@ -225,14 +285,7 @@ class HostKVCache(PingPongBuffers):
         return attention_mask(self._lens + 1, self._length + 1)
 
     # -- membership -----------------------------------------------------------------------------------
-    def remove(self, rows: Sequence[int]) -> list[int]:
-        def move(dst: int, src: int, _n: int) -> None:
-            for t in range(self.n_tensors):
-                v = self._view(self._cur, t, self._rows, self._length)
-                v[dst] = v[src]
-
-        order, self._lens = swap_remove(self._rows, self._lens, rows, move)
-        self._rows = len(order)
+    def _removed(self) -> None:
         if self._rows == 0:
             self._length = 0
         else:
@@ -242,7 +295,6 @@ class HostKVCache(PingPongBuffers):
             slack = self._length - int(self._lens.max())
             if slack > self.trim_slack:
                 self._relayout(int(self._lens.max()))
-        return order
 
     def _relayout(self, new_length: int) -> None:
         """Copy every row into the spare buffer at a new padded length (left pad grows or is trimmed)."""
@@ -259,28 +311,6 @@ class HostKVCache(PingPongBuffers):
         self._cur, self._length = other, new_length
         self.relayouts += 1
 
-    def append(self, block: KVBlock, take: Sequence[int]) -> None:
-        if not take:
-            return
-        need = int(block.lens[list(take)].max())
-        if self._rows == 0:
-            self._length = need
-        elif need > self._length:
-            self._relayout(need)
-        rows = self._rows + len(take)
-        self._ensure(self._cur, rows * self._row_elems(self._length), keep=self._rows * self._row_elems(self._length))
-        length = self._length
-        for t in range(self.n_tensors):
-            dst = self._view(self._cur, t, rows, length)
-            for j, r in enumerate(take):
-                n = int(block.lens[r])
-                row = dst[self._rows + j]
-                # Zero the pad: masked keys get probability 0, but 0 x NaN from stale memory would be NaN.
-                row[:, : length - n] = 0
-                row[:, length - n :] = block.tokens(t, r)
-        self._lens = np.concatenate([self._lens, block.lens[list(take)].astype(np.int64)])
-        self._rows = rows
-
     def extract(self, rows: Sequence[int]) -> KVBlock:
         idx = list(rows)
         arrays = [self._view(self._cur, t, self._rows, self._length)[idx].copy() for t in range(self.n_tensors)]
@@ -295,7 +325,7 @@ class HostKVCache(PingPongBuffers):
         self._rows, self._length, self._lens = 0, 0, np.zeros(0, np.int64)
 
 
-class DeviceKVCache:
+class DeviceKVCache(KVCacheBase):
     """Cache held as ORT values on a device between decode steps (CUDA IO binding).
 
     Decode steps bind the previous step's ``present`` values as ``past`` and let ORT allocate the new
@@ -306,28 +336,15 @@ class DeviceKVCache:
     """
 
     def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any, device: str, device_id: int = 0) -> None:
+        super().__init__(n_tensors, n_head, head_dim, dtype)
         self.device = device  # ORT device name: "cuda" or "cpu"
         self.device_id = device_id
         self._host = HostKVCache(n_tensors, n_head, head_dim, dtype)
         self._dev: list[Any] | None = None  # OrtValues [rows,H,P,D] when the device copy is authoritative
-        self._lens = np.zeros(0, np.int64)
-        self._length = 0
         self.round_trips = 0  # host round trips so far; for profiling
 
-    @property
-    def rows(self) -> int:
-        return int(self._lens.shape[0])
-
-    @property
-    def length(self) -> int:
-        return self._length
-
-    @property
-    def lens(self) -> np.ndarray:
-        return self._lens
-
     def nbytes(self) -> int:
-        per = self._host.n_head * self._host.head_dim * self._host.dtype.itemsize * self._host.n_tensors
+        per = self.n_head * self.head_dim * self.dtype.itemsize * self.n_tensors
         return self.rows * self._length * per + self._host.nbytes()
 
     def _to_host(self) -> HostKVCache:
@@ -341,7 +358,7 @@ class DeviceKVCache:
 
     def _sync(self) -> None:
         h = self._host
-        self._lens, self._length = h.lens.copy(), h.length
+        self._lens, self._length, self._rows = h.lens.copy(), h.length, h.rows
 
     def past_values(self) -> list[Any]:
         """OrtValues to bind as ``past_key_values.*`` (uploads pending host changes first)."""

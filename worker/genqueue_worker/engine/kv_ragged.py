@@ -27,35 +27,26 @@ from typing import Any
 
 import numpy as np
 
-from genqueue_worker.engine.kv_cache import KVBlock, swap_remove
+from genqueue_worker.engine.kv_cache import KVBlock, KVCacheBase
 
 
-class RaggedKVCache:
+class RaggedKVCache(KVCacheBase):
     """Host cache for ragged graphs; implements the engine's ``KVCache`` protocol."""
 
     def __init__(self, n_tensors: int, n_head: int, head_dim: int, dtype: Any = np.float32, block: int = 64) -> None:
         if block < 1:
             raise ValueError("block must be >= 1")
-        self.n_tensors = n_tensors  # 2 x n_layer
-        self.n_head = n_head
-        self.head_dim = head_dim
-        self.dtype = np.dtype(dtype)
+        super().__init__(n_tensors, n_head, head_dim, dtype)
         self.block = block  # spare columns after a relayout; trims happen past 2 x block
         self._bufs: list[np.ndarray] = [np.zeros(0, self.dtype) for _ in range(n_tensors)]  # flat, live
         self._spare: list[np.ndarray] = [np.zeros(0, self.dtype) for _ in range(n_tensors)]  # relayout target
         self._ptrs: list[int] | None = None
-        self._rows = 0
         self._cap = 0  # columns per row in the current layout
-        self._lens = np.zeros(0, np.int64)
         self._reserved_cap = 0  # the layout reserve() set up; never trimmed below
         self._row_room = 0  # rows the live buffer was sized for (relayouts keep that many at the new cap)
         self.relayouts = 0  # whole-cache copies so far; for profiling
 
     # -- shape -----------------------------------------------------------------------------------------
-    @property
-    def rows(self) -> int:
-        return self._rows
-
     @property
     def length(self) -> int:
         """The longest row (rows are not padded to a common length)."""
@@ -64,10 +55,6 @@ class RaggedKVCache:
     @property
     def capacity(self) -> int:
         return self._cap
-
-    @property
-    def lens(self) -> np.ndarray:
-        return self._lens
 
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self._bufs) + sum(b.nbytes for b in self._spare)
@@ -145,19 +132,16 @@ class RaggedKVCache:
         self._lens = self._lens + 1
 
     # -- membership -----------------------------------------------------------------------------------
-    def remove(self, rows: Sequence[int]) -> list[int]:
-        def move(dst: int, src: int, n: int) -> None:
-            for t in range(self.n_tensors):  # only the moving row's own n columns
-                v = self._view(t, self._rows, self._cap)
-                v[dst, :, :n] = v[src, :, :n]
+    def _move_row(self, dst: int, src: int, n: int) -> None:
+        for t in range(self.n_tensors):  # only the moving row's own n columns
+            v = self._view(t, self._rows, self._cap)
+            v[dst, :, :n] = v[src, :, :n]
 
-        order, self._lens = swap_remove(self._rows, self._lens, rows, move)
-        self._rows = len(order)
+    def _removed(self) -> None:
         if self._rows == 0:
             self._cap = self._reserved_cap
         elif self._cap > self._reserved_cap and self._cap - self.length > 2 * self.block:
             self._relayout(max(self.length + self.block, self._reserved_cap))
-        return order
 
     def append(self, block: KVBlock, take: Sequence[int]) -> None:
         if not take:

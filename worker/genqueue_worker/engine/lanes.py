@@ -19,23 +19,23 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import fields, replace
-from typing import Any
 
 from genqueue.registry import ModelEntry
-from genqueue_worker.engine.base import stop_all
+from genqueue_worker.engine.loop import stop_all
+from genqueue_worker.engine.scheduler import Scheduler, SchedulerFactory
 from genqueue_worker.engine.text_engine import EngineStats, TextEngine, TextEngineConfig
 from genqueue_worker.engine.types import JobResult, TextRequest
 
 
 class LanedTextEngine:
-    """The TextEngine API (submit, cancel, start, stop, run_all) over ``config.lanes`` lanes."""
+    """The TextEngine API (submit, cancel, start, stop) over ``config.lanes`` lanes."""
 
     kind = "text"
 
-    def __init__(self, entry: ModelEntry, provider: str = "auto", config: TextEngineConfig | None = None) -> None:
+    def __init__(self, entry: ModelEntry, provider: str = "auto", config: TextEngineConfig | None = None,
+                 scheduler: SchedulerFactory = Scheduler) -> None:
         cfg = config or TextEngineConfig()
         n = max(1, cfg.lanes)
         self.config = cfg
@@ -48,9 +48,14 @@ class LanedTextEngine:
             prompt_cache_mb=cfg.prompt_cache_mb / n,
             intra_op_threads=1,  # each lane's runs stay on its own thread
         )
-        first = TextEngine(entry, provider, lane_cfg)
+        from genqueue_worker.engine.ort_text import OrtTextRunner
+
+        first = TextEngine(entry, provider, lane_cfg, scheduler=scheduler)
+        session = first.runner
+        assert isinstance(session, OrtTextRunner)  # built from the entry: the lanes share its ORT session
         self.lanes = [first] + [
-            TextEngine(entry, provider, lane_cfg, runner=first.runner.sibling(), tokenizer=first.tokenizer)
+            TextEngine(entry, provider, lane_cfg, runner=session.sibling(), tokenizer=first.tokenizer,
+                       scheduler=scheduler)
             for _ in range(n - 1)
         ]
         self.name = first.name
@@ -119,29 +124,17 @@ class LanedTextEngine:
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
         stop_all(self.lanes, drain, timeout)
 
-    def run_all(self, requests: Iterable[TextRequest]) -> list[JobResult]:
-        """Synchronous in-process API (benchmarks, tests): every lane runs its share in its own thread."""
-        reqs = list(requests)
-        for lane in self.lanes:
-            lane._warmup()
-        futures = [self.submit(r) for r in reqs]
-        threads = [threading.Thread(target=lane._loop, kwargs={"until_idle": True}) for lane in self.lanes]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return [f.result() for f in futures]
 
-
-def create_text_engine(entry: ModelEntry, provider: str, config: TextEngineConfig) -> Any:
+def create_text_engine(entry: ModelEntry, provider: str, config: TextEngineConfig,
+                       scheduler: SchedulerFactory = Scheduler) -> TextEngine | LanedTextEngine:
     """A plain TextEngine for one lane, lanes otherwise. A GPU gets one lane whatever the setting: it
     parallelizes a step by itself, and lanes would only split its batches. Whether a GPU runs is read from
     the session, since onnxruntime-gpu lists CUDA as available even where it falls back to the CPU."""
     lanes = min(config.lanes, config.max_batch_size)  # a lane holds at least one row
     one = replace(config, lanes=1)
     if lanes <= 1 or provider == "cuda":
-        return TextEngine(entry, provider, one)
-    engine = LanedTextEngine(entry, provider, replace(config, lanes=lanes))
+        return TextEngine(entry, provider, one, scheduler=scheduler)
+    engine = LanedTextEngine(entry, provider, replace(config, lanes=lanes), scheduler)
     if engine.provider == "CUDAExecutionProvider":
-        return TextEngine(entry, provider, one)
+        return TextEngine(entry, provider, one, scheduler=scheduler)
     return engine

@@ -1,16 +1,17 @@
 """Runner protocols: the engines decide what to run, runners execute it (ORT sessions or test fakes).
 
-Runners are not thread-safe; each engine calls its runner from its own loop thread only.
+Runners are not thread-safe; each engine calls its runner from its own loop thread only. ``ort_runner``
+builds the ONNX Runtime runner of a model folder (ort_text.py, ort_image.py run the graphs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from genqueue.registry import ImageSpec, TextSpec
+from genqueue.registry import ImageSpec, ModelEntry, ModelKind, TextSpec
 from genqueue_worker.engine.kv_cache import KVBlock, KVCache
 
 
@@ -87,3 +88,21 @@ class ImageRunner(Protocol):
     def forward(self, z: np.ndarray, class_label: np.ndarray | None) -> np.ndarray:
         """z float32 [B,latent], class_label int64 [B] (conditional models) -> images float32 [B,C,H,W]."""
         ...
+
+
+def ort_runner(entry: ModelEntry | None, kind: ModelKind, provider: str, config: Any) -> Any:
+    """The ONNX Runtime runner for a model folder of ``kind``, with the session options of an engine's
+    ``config`` (a TextEngineConfig or ImageEngineConfig). onnxruntime is imported here, not before."""
+    spec = None if entry is None else entry.manifest.text if kind is ModelKind.text else entry.manifest.image
+    if entry is None or spec is None:
+        raise ValueError(f"the {kind.value} engine needs a {kind.value} ModelEntry or a runner")
+    from genqueue_worker.engine.ort_session import SessionConfig
+
+    session = SessionConfig(provider, intra_op_threads=config.intra_op_threads, allow_spinning=config.allow_spinning)
+    if isinstance(spec, TextSpec):
+        from genqueue_worker.engine.ort_text import OrtTextRunner
+
+        return OrtTextRunner(entry.onnx_path, TextModelInfo.from_spec(spec), session, trim_slack=config.trim_slack)
+    from genqueue_worker.engine.ort_image import OrtImageRunner
+
+    return OrtImageRunner(entry.onnx_path, ImageModelInfo.from_spec(spec), session, parts=config.forward_parts)

@@ -5,7 +5,6 @@ from genqueue.tokens import (
     encode_prompt,
     load_tokenizer,
     max_new_tokens_for,
-    prompt_fits,
 )
 
-__all__ = ["count_prompt_tokens", "encode_prompt", "load_tokenizer", "max_new_tokens_for", "prompt_fits"]
+__all__ = ["count_prompt_tokens", "encode_prompt", "load_tokenizer", "max_new_tokens_for"]

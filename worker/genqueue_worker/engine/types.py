@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
+from genqueue.schemas import IMAGE_DEFAULTS, TEXT_DEFAULTS
+
 
 class ErrorCode(StrEnum):
     """Per-job failure codes; they reach clients in ``job.error.code``."""
@@ -27,16 +29,20 @@ class ErrorCode(StrEnum):
 
 @dataclass(frozen=True)
 class TextParams:
-    max_new_tokens: int = 64  # clamped by the engine to the context left after the prompt
-    temperature: float = 1.0  # 0 means greedy
-    top_k: int = 0  # 0 disables
-    top_p: float = 1.0  # 1 disables
-    repetition_penalty: float = 1.0  # 1 disables; >1 discourages tokens already in the row
-    no_repeat_ngram_size: int = 0  # 0 disables; n bans any n-gram from repeating in the row
+    """Defaults: genqueue.schemas.TEXT_DEFAULTS, the same as the API's."""
+
+    max_new_tokens: int = TEXT_DEFAULTS.max_new_tokens  # clamped by the engine to the context left after the prompt
+    temperature: float = TEXT_DEFAULTS.temperature  # 0 means greedy
+    top_k: int = TEXT_DEFAULTS.top_k  # 0 disables
+    top_p: float = TEXT_DEFAULTS.top_p  # 1 disables
+    repetition_penalty: float = TEXT_DEFAULTS.repetition_penalty  # 1 disables; >1 discourages tokens already in the row
+    no_repeat_ngram_size: int = TEXT_DEFAULTS.no_repeat_ngram_size  # 0 disables; n bans any n-gram from repeating
     stop: tuple[str, ...] = ()  # matched on decoded text, across token boundaries
     seed: int = 0  # one generator per job (candidate i uses a stream derived from seed and i)
-    n: int = 1  # candidates for the same prompt
-    ignore_eos: bool = False  # keep generating past EOS up to max_new_tokens (benchmarks only; not in the API)
+    n: int = TEXT_DEFAULTS.n  # candidates for the same prompt
+    # Keep generating past EOS up to max_new_tokens, so that every job does a known amount of work: for the
+    # benchmarks and the tests; not in the API.
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,13 @@ class TextRequest:
 
 @dataclass(frozen=True)
 class ImageParams:
+    """Defaults: genqueue.schemas.IMAGE_DEFAULTS, the same as the API's."""
+
     seed: int = 0  # per-image seeds are derived from it, so batching never changes an image
-    num_images: int = 1
-    truncation: float = 1.0  # 0 < t <= 1; 1 means none
+    num_images: int = IMAGE_DEFAULTS.num_images
+    truncation: float = IMAGE_DEFAULTS.truncation  # 0 < t <= 1; 1 means none
     class_label: int | None = None  # required range [0, num_classes) for conditional models
-    format: Literal["png", "webp"] = "png"
+    format: Literal["png", "webp"] = IMAGE_DEFAULTS.format
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,11 @@ class JobResult:
 
 class Engine(Protocol):
     """One loaded model with its own loop thread."""
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs (read from the session, after any silent fallback)."""
+        ...
 
     def start(self) -> None: ...
 

@@ -1,8 +1,8 @@
 """Engine-limit benchmarks (docs/design.md, "Benchmark definitions"): the engine alone, in process, jobs in memory.
 
-The bench harness (bench/) calls these functions; ``python -m genqueue_worker.engine.benchmarks --models-dir
-models`` prints them as JSON. Every figure comes from ``run_all`` (the loop in the calling thread), so there
-is no queue, SQL or Celery in the way.
+The bench harness (bench/) calls these functions; ``python -m bench.engine_benchmarks --models-dir models``
+prints them as JSON. Every figure comes from :func:`run_all` (the loop in the calling thread, one thread per
+lane), so there is no queue, SQL or Celery in the way.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,12 +19,32 @@ from typing import Any
 
 import numpy as np
 
+from bench.static_scheduler import StaticScheduler
 from genqueue.registry import ModelEntry, Registry
 from genqueue_worker.engine.image_engine import ImageEngine, ImageEngineConfig
-from genqueue_worker.engine.lanes import create_text_engine
-from genqueue_worker.engine.text_engine import TextEngineConfig
+from genqueue_worker.engine.lanes import LanedTextEngine, create_text_engine
+from genqueue_worker.engine.scheduler import Scheduler, SchedulerFactory
+from genqueue_worker.engine.text_engine import TextEngine, TextEngineConfig
 from genqueue_worker.engine.textproc import count_prompt_tokens, load_tokenizer
-from genqueue_worker.engine.types import ImageParams, ImageRequest, TextParams, TextRequest
+from genqueue_worker.engine.types import ImageParams, ImageRequest, JobResult, TextParams, TextRequest
+
+POLICIES: dict[str, SchedulerFactory] = {"continuous": Scheduler, "static": StaticScheduler}
+
+
+def run_all(engine: TextEngine | LanedTextEngine, requests: list[TextRequest]) -> list[JobResult]:
+    """Every request to completion in this process: a lone engine's loop in this thread, each lane's loop
+    in a thread of its own."""
+    if isinstance(engine, TextEngine):
+        return engine.run_all(requests)
+    for lane in engine.lanes:
+        lane._warmup()
+    futures = [engine.submit(r) for r in requests]
+    threads = [threading.Thread(target=lane._loop, kwargs={"until_idle": True}) for lane in engine.lanes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [f.result() for f in futures]
 
 PROMPTS = [
     "Once upon a time",
@@ -82,12 +103,12 @@ def engine_throughput(
 ) -> dict[str, Any]:
     """Tokens/s and latencies of one policy on one job set. ``short`` jobs are those whose max_new_tokens is
     at most the set's 25th percentile; their latency is submit -> finish (all jobs are submitted at t=0)."""
-    cfg = replace(config or TextEngineConfig(), max_batch_size=slots, policy=policy)  # type: ignore[arg-type]
-    engine = create_text_engine(entry, provider, cfg)
+    cfg = replace(config or TextEngineConfig(), max_batch_size=slots)
+    engine = create_text_engine(entry, provider, cfg, POLICIES[policy])
     reqs = requests or text_jobs(jobs, min_new, max_new, seed, temperature)
-    engine.run_all([])  # warm-up (ORT at batch 1 and max, the cache reservation): a serving worker pays it once
+    run_all(engine, [])  # warm-up (ORT at batch 1 and max, the cache reservation): a serving worker pays it once
     t0 = time.perf_counter()
-    results = engine.run_all(reqs)
+    results = run_all(engine, reqs)
     wall = time.perf_counter() - t0
     failed = [r.job_id for r in results if r.status != "succeeded"]
     tokens = sum(r.metrics.get("tokens", 0.0) for r in results)
@@ -293,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=1, help="alternate runs: tables show each variant's fastest, ratios are the medians of the pairs")
     ap.add_argument("--lanes", type=int, default=1, help="text engine lanes (lanes.py); 1 = one batching loop")
     ap.add_argument("--prefill-ahead", type=int, default=TextEngineConfig.prefill_ahead,
-                    help="waiting prompts run inside an admission's prefill call (text_engine.py); 0 = off")
+                    help="waiting prompts run inside an admission's prefill call (scheduler.py); 0 = off")
     ap.add_argument("--prompt-cache-mb", type=float, default=TextEngineConfig.prompt_cache_mb,
                     help="prefill results kept for repeated prompts (prompt_cache.py); 0 = off")
     args = ap.parse_args(argv)
