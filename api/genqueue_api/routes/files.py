@@ -1,0 +1,40 @@
+"""Files, as OpenAI's Files API has them: upload a batch's input, read any file (a batch's output and error
+files included)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, UploadFile
+from fastapi.responses import StreamingResponse
+
+from genqueue.openai_schemas import FileObject, OpenAIErrorResponse
+from genqueue_api.deps import CurrentClient, StateDep
+from genqueue_api.services import files as service
+
+router = APIRouter(prefix="/v1/files", tags=["batches"])
+_ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": OpenAIErrorResponse} for c in (400, 401, 403, 404, 413, 422)}
+
+
+@router.post("", response_model=FileObject, responses=_ERRORS)
+def create_file(state: StateDep, key: CurrentClient, file: UploadFile,
+                purpose: Annotated[str, Form(max_length=64)]) -> FileObject:
+    """Multipart upload of a JSONL batch input (`purpose` "batch"), as the `openai` package's
+    `files.create` sends it. Up to GENQUEUE_BATCH_MAX_BYTES and GENQUEUE_BATCH_MAX_LINES lines; lines are
+    validated when a batch is made of the file."""
+    return service.upload(state, key, file.filename or "input.jsonl", purpose, file.file)
+
+
+@router.get("/{file_id}", response_model=FileObject, responses=_ERRORS)
+def get_file(file_id: str, state: StateDep, key: CurrentClient) -> FileObject:
+    return service.get(state, key, file_id)
+
+
+@router.get("/{file_id}/content", responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS})
+def get_file_content(file_id: str, state: StateDep, key: CurrentClient) -> StreamingResponse:
+    """The file's bytes: an upload as it was sent; a batch's output file (lines whose job succeeded) or
+    error file (lines refused, failed or canceled) made from its jobs as it is read, in input order."""
+    f, chunks = service.content(state, key, file_id)
+    media = "application/octet-stream" if f.batch_id is None else "application/jsonl"
+    return StreamingResponse(chunks, media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="{f.filename}"'})
