@@ -76,7 +76,7 @@ def get_batch(batch_id: str, state: StateDep, key: CurrentClient) -> BatchObject
     return service.get(state, key, batch_id)
 
 
-@router.get("/{batch_id}/results", responses={200: {"content": {"application/jsonl": {}}}, **_ERRORS})
+@router.get("/{batch_id}/results", response_class=StreamingResponse, responses={200: {"content": {"application/jsonl": {}}}, **_ERRORS})
 def get_batch_results(batch_id: str, state: StateDep, key: CurrentClient) -> StreamingResponse:
     """JSONL, streamed: one line per input line, in input order, at any time. Each has `id`, `custom_id`,
     `line`, `status` (the job's, or "invalid"), `job_id`, and `response` (`status_code`, `request_id`,

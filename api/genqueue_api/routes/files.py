@@ -30,7 +30,7 @@ def get_file(file_id: str, state: StateDep, key: CurrentClient) -> FileObject:
     return service.get(state, key, file_id)
 
 
-@router.get("/{file_id}/content", responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS})
+@router.get("/{file_id}/content", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS})
 def get_file_content(file_id: str, state: StateDep, key: CurrentClient) -> StreamingResponse:
     """The file's bytes: an upload as it was sent; a batch's output file (lines whose job succeeded) or
     error file (lines refused, failed or canceled) made from its jobs as it is read, in input order."""
