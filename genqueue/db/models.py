@@ -293,6 +293,7 @@ class BatchRequest(Base):
     """One line of a batch: its custom_id and either its job or the reason it was refused."""
 
     __tablename__ = "batch_requests"
+    __table_args__ = (Index("ix_batch_requests_custom_id", "batch_id", "custom_id"),)  # duplicates, chunk by chunk
 
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
     line: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based line number in the input

@@ -15,7 +15,6 @@ valid. The request counts are counted from the jobs whenever the batch is read.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import uuid
 from collections import Counter
@@ -114,8 +113,10 @@ class Builder:
 
     def __init__(self, state: AppState, key: ApiKey, batch_id: str, endpoint: str) -> None:
         self.state, self.key, self.batch_id, self.endpoint = state, key, batch_id, endpoint
-        # 16-byte digests of the custom_ids seen: duplicates are found without keeping the ids themselves.
-        self._seen: set[bytes] = set()
+        # Duplicates are found among this chunk's custom_ids and, for earlier chunks, in SQL: the builder
+        # holds no more than a chunk, however long the file.
+        self._chunk_ids: set[str] = set()
+        self._earlier: set[str] = set()  # this chunk's custom_ids that earlier chunks already hold
         self.lines = 0  # request lines taken (blank lines are skipped)
         self.valid = 0
         self.stopped = False  # the line limit was reached, or the batch was canceled while being read
@@ -129,12 +130,11 @@ class Builder:
         if len(cid) > MAX_CUSTOM_ID or not storable(cid):
             raise _Refused(400, "invalid_custom_id",
                            f"custom_id must be at most {MAX_CUSTOM_ID} characters of storable text", "custom_id")
-        digest = hashlib.blake2b(cid.encode(), digest_size=16).digest()
-        if digest in self._seen:
+        if cid in self._chunk_ids or cid in self._earlier:
             dup = _Refused(400, "duplicate_custom_id", f"custom_id {cid!r} appears on an earlier line", "custom_id")
             dup.custom_id = cid
             raise dup
-        self._seen.add(digest)
+        self._chunk_ids.add(cid)
         return cid
 
     def _request(self, obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -167,16 +167,20 @@ class Builder:
                 raise _Refused(e.status, e.code, e.message, "body." + e.param if e.param else "body") from None
         return body, "body."
 
-    def _line(self, raw: bytes | None) -> tuple[str | None, dict[str, Any]]:
-        """(custom_id, the job's row); raises _Refused, carrying the line's custom_id once it is known."""
+    @staticmethod
+    def _parse(raw: bytes | None) -> dict[str, Any] | _Refused:
         if raw is None:
-            raise _Refused(400, "line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes", None)
+            return _Refused(400, "line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes", None)
         try:
             obj = loads(raw)
         except ValueError as e:
-            raise _Refused(400, "invalid_json", f"the line is {e}", None) from None
+            return _Refused(400, "invalid_json", f"the line is {e}", None)
         if not isinstance(obj, dict):
-            raise _Refused(400, "invalid_request", "a line must be a JSON object", None)
+            return _Refused(400, "invalid_request", "a line must be a JSON object", None)
+        return obj
+
+    def _line(self, obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """(custom_id, the job's row); raises _Refused, carrying the line's custom_id once it is known."""
         cid = self._custom_id(obj)
         try:
             body, prefix = self._request(obj)
@@ -197,9 +201,8 @@ class Builder:
         False once the builder has stopped: read no more lines."""
         if self.stopped:
             return False
-        rows: list[dict[str, Any]] = []
-        requests: list[dict[str, Any]] = []
-        refused: list[str] = []
+        parsed: list[tuple[int, dict[str, Any] | _Refused]] = []
+        earlier_lines = self.lines
         for line_no, raw in lines:
             if raw is not None and not raw.strip():
                 continue
@@ -211,8 +214,17 @@ class Builder:
                 self.stopped = True
                 break
             self.lines += 1
+            parsed.append((line_no, self._parse(raw)))
+        self._chunk_ids = set()
+        self._earlier = self._stored_ids([obj for _, obj in parsed if isinstance(obj, dict)]) if earlier_lines else set()
+        rows: list[dict[str, Any]] = []
+        requests: list[dict[str, Any]] = []
+        refused: list[str] = []
+        for line_no, item in parsed:
             try:
-                cid, row = self._line(raw)
+                if isinstance(item, _Refused):
+                    raise item
+                cid, row = self._line(item)
             except _Refused as refusal:
                 requests.append({"batch_id": self.batch_id, "line": line_no, "custom_id": refusal.custom_id,
                                  "job_id": None, "error": refusal.error})
@@ -246,6 +258,12 @@ class Builder:
             for r in rows:
                 logs.job_event(log, "submitted", r["id"], model=r["model"], batch_id=self.batch_id)
         return not self.stopped
+
+    def _stored_ids(self, objs: list[dict[str, Any]]) -> set[str]:
+        """The custom_ids of these lines that earlier chunks already stored (one indexed query a chunk)."""
+        candidates = {o["custom_id"] for o in objs if isinstance(o.get("custom_id"), str) and storable(o["custom_id"])}
+        with self.state.db.session() as s:
+            return store.stored_custom_ids(s, self.batch_id, candidates)
 
     def add_all(self, lines: Iterable[Line]) -> None:
         chunk: list[Line] = []

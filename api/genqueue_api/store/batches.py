@@ -45,6 +45,14 @@ def insert_requests(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         session.execute(insert(BatchRequest), list(rows))
 
 
+def stored_custom_ids(session: Session, batch_id: str, custom_ids: set[str]) -> set[str]:
+    if not custom_ids:
+        return set()
+    rows = session.execute(select(BatchRequest.custom_id).where(
+        BatchRequest.batch_id == batch_id, BatchRequest.custom_id.in_(list(custom_ids)))).scalars()
+    return {c for c in rows if c is not None}
+
+
 def add_progress(session: Session, batch_id: str, lines: int, invalid: int) -> None:
     session.execute(update(Batch).where(Batch.id == batch_id)
                     .values(total=Batch.total + lines, invalid=Batch.invalid + invalid))

@@ -80,9 +80,13 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_batch_requests_job_id_jobs')),
     sa.PrimaryKeyConstraint('batch_id', 'line', name=op.f('pk_batch_requests'))
     )
+    with op.batch_alter_table('batch_requests', schema=None) as batch_op:
+        batch_op.create_index('ix_batch_requests_custom_id', ['batch_id', 'custom_id'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('batch_requests', schema=None) as batch_op:
+        batch_op.drop_index('ix_batch_requests_custom_id')
     op.drop_table('batch_requests')
     op.drop_table('file_parts')
     with op.batch_alter_table('batches', schema=None) as batch_op:
