@@ -35,7 +35,8 @@ class Api:
 @pytest.fixture
 def api(database_url: str, redis_scratch_url: str, models_dir: Path, tmp_path: Path) -> Iterator[Api]:
     settings = Settings(data_dir=tmp_path, database_url=database_url, redis_url=redis_scratch_url,
-                        models_dir=models_dir, reconcile_interval_s=0, batch_max_lines=20)
+                        models_dir=models_dir, reconcile_interval_s=0, batch_max_lines=20,
+                        batch_max_bytes=64 * 1024)
     upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url)
     keys, headers = {}, {}
@@ -236,3 +237,15 @@ def test_openai_lines_are_validated_per_line_in_openai_shape(api: Api) -> None:
     job = api.c.get(f"/v1/jobs/{rows[0]['job_id']}", headers=api.h["client"]).json()
     # OpenAI's names and defaults become genqueue's: max_tokens → max_new_tokens, temperature 1.
     assert job["input"]["max_new_tokens"] == 4 and job["input"]["temperature"] == 1.0 and job["input"]["seed"] == 1
+
+
+def test_a_body_past_the_upload_limit_is_413_and_its_batch_says_so(api: Api) -> None:
+    def body() -> Iterator[bytes]:  # no Content-Length: the limit is found while reading
+        for i in range(400):
+            yield json.dumps(_text(f"big-{i}", "x" * 400)).encode() + b"\n"
+
+    r = api.c.post("/v1/batches", content=body(), headers={**api.h["other"], **JSONL})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    [b] = api.c.get("/v1/batches", headers=api.h["other"]).json()["data"]
+    assert b["status"] in ("failed", "in_progress")
+    assert b["errors"]["data"][-1]["code"] == "upload_incomplete"

@@ -11,6 +11,8 @@ from typing import Any
 import openai
 import pytest
 
+from genqueue.db.models import Job
+
 
 @pytest.fixture
 def oa(running: Any) -> Iterator[openai.OpenAI]:
@@ -144,3 +146,14 @@ def test_batch_errors_for_bad_input_files(oa: openai.OpenAI, running: Any) -> No
     with pytest.raises(openai.BadRequestError) as e:
         oa.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
     assert e.value.param == "purpose"
+
+
+def test_a_completion_that_outlasts_its_timeout_is_504_and_its_job_canceled(lone_stack: Any) -> None:
+    lone = lone_stack(workers=0, extra_env={"GENQUEUE_COMPLETIONS_TIMEOUT_S": "1"})  # nothing will run it
+    oa = openai.OpenAI(base_url=lone.stack.base_url + "/v1", api_key=lone.secret, max_retries=0, timeout=30)
+    with pytest.raises(openai.APIStatusError) as e:
+        oa.completions.create(model="tiny-lm", prompt="Once", max_tokens=4)
+    assert e.value.status_code == 504 and e.value.code == "timeout"
+    with lone.db.session() as s:
+        statuses = [j.status for j in s.query(Job)]
+    assert statuses == ["canceled"]
