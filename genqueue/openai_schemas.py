@@ -41,6 +41,20 @@ class FileObject(BaseModel):
     lines: int | None = None  # lines of an uploaded file
 
 
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
 class BatchCreate(BaseModel):
     """POST /v1/batches as JSON: a batch of the lines of an uploaded file (OpenAI's batches.create)."""
 

@@ -272,7 +272,7 @@ class Batch(Base):
     # validating (lines still being read) | in_progress | completed | failed | cancelling | cancelled
     status: Mapped[str] = mapped_column(String(16))
     completion_window: Mapped[str] = mapped_column(String(8), default="24h")
-    input_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
+    input_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"), nullable=True)
     output_file_id: Mapped[str] = mapped_column(String(40))
     error_file_id: Mapped[str] = mapped_column(String(40))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType, nullable=True)
@@ -281,6 +281,9 @@ class Batch(Base):
     # Errors of the batch as a whole (too many lines, an empty file); line errors live on batch_requests.
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the last chunk of lines was stored: a batch still validating long after it has lost its reader
+    # (the API process died mid-upload) and is moved on when read.
+    read_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     in_progress_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -4,6 +4,7 @@ the worker's own job-state path (genqueue.jobstate), on real Redis and real SQL.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,9 +13,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from genqueue import jobstate
-from genqueue.db.models import ApiKey, Job
+from genqueue.db.models import ApiKey, Batch, Job, utcnow
 from genqueue.db.session import Database, upgrade
 from genqueue.enums import Role
 from genqueue.settings import Settings
@@ -249,3 +251,50 @@ def test_a_body_past_the_upload_limit_is_413_and_its_batch_says_so(api: Api) -> 
     [b] = api.c.get("/v1/batches", headers=api.h["other"]).json()["data"]
     assert b["status"] in ("failed", "in_progress")
     assert b["errors"]["data"][-1]["code"] == "upload_incomplete"
+
+
+def test_a_batch_whose_reader_died_is_moved_on_when_read(api: Api) -> None:
+    from genqueue_api.services import batches as service
+
+    state = api.c.app.state.genqueue  # type: ignore[attr-defined]
+    batch_id = service.start(state, api.keys["client"], "/v1/jobs", None, None)
+    builder = service.Builder(state, api.keys["client"], batch_id, "/v1/jobs")
+    builder.add([(1, json.dumps(_text("a")).encode()), (2, b"{oops")])  # ... and the process died here
+    fresh = api.c.get(f"/v1/batches/{batch_id}", headers=api.h["client"]).json()
+    assert fresh["status"] == "validating" and fresh["request_counts"]["total"] == 2
+    with api.db.session() as s:  # as if the last chunk had been stored 20 minutes ago
+        s.execute(update(Batch).where(Batch.id == batch_id).values(read_at=utcnow() - dt.timedelta(minutes=20)))
+        s.commit()
+    b = api.c.get(f"/v1/batches/{batch_id}", headers=api.h["client"]).json()
+    assert b["status"] == "in_progress" and b["in_progress_at"]
+    assert [e["code"] for e in b["errors"]["data"]] == ["upload_incomplete", "invalid_json"]
+
+
+def test_files_upload_list_content_and_delete(api: Api) -> None:
+    raw = _jsonl([_text("a"), _text("b")])
+    r = api.c.post("/v1/files", files={"file": ("in.jsonl", raw)}, data={"purpose": "batch"}, headers=api.h["client"])
+    assert r.status_code == 200, r.text
+    f = r.json()
+    assert f["object"] == "file" and f["bytes"] == len(raw) and f["lines"] == 2 and f["filename"] == "in.jsonl"
+    assert api.c.get(f"/v1/files/{f['id']}/content", headers=api.h["client"]).content == raw
+    b = api.c.post("/v1/batches", json={"input_file_id": f["id"], "endpoint": "/v1/jobs", "completion_window": "24h"},
+                   headers=api.h["client"]).json()
+    assert b["input_file_id"] == f["id"] and b["request_counts"]["total"] == 2
+    listed = api.c.get("/v1/files", headers=api.h["client"]).json()
+    assert {x["purpose"] for x in listed["data"]} == {"batch", "batch_output", "batch_error"}
+    only = api.c.get("/v1/files?purpose=batch&limit=1", headers=api.h["client"]).json()
+    assert [x["id"] for x in only["data"]] == [f["id"]] and only["has_more"] is False
+    page = api.c.get("/v1/files?limit=2&order=asc", headers=api.h["client"]).json()
+    rest = api.c.get(f"/v1/files?limit=2&order=asc&after={page['last_id']}", headers=api.h["client"]).json()
+    assert [x["id"] for x in page["data"] + rest["data"]] == [x["id"] for x in listed["data"]][::-1]
+    assert api.c.get("/v1/files", headers=api.h["other"]).json()["data"] == []
+    gone = api.c.delete(f"/v1/files/{f['id']}", headers=api.h["client"])
+    assert gone.json() == {"id": f["id"], "object": "file", "deleted": True}
+    assert api.c.get(f"/v1/files/{f['id']}", headers=api.h["client"]).status_code == 404
+    after = api.c.get(f"/v1/batches/{b['id']}", headers=api.h["client"]).json()
+    assert after["input_file_id"] is None and after["request_counts"]["total"] == 2
+    # More lines than a batch may hold: refused at upload, and nothing of it kept.
+    r = api.c.post("/v1/files", files={"file": ("big.jsonl", _jsonl([_text(f"n{i}") for i in range(21)]))},
+                   data={"purpose": "batch"}, headers=api.h["client"])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_lines"
+    assert len(api.c.get("/v1/files?purpose=batch", headers=api.h["client"]).json()["data"]) == 0

@@ -55,6 +55,9 @@ CHUNK_LINES = 1000  # lines per transaction (and per publish)
 SHOWN_ERRORS = 100  # line errors listed in the batch object; the error file and the results hold them all
 MAX_CUSTOM_ID = 512
 COMPLETION_WINDOW = dt.timedelta(hours=24)
+# A batch still validating this long after its last chunk was stored has lost its reader (the API process
+# died, or the client went silent): the lines stored so far run, and the batch says the upload was cut.
+READER_LOST = dt.timedelta(minutes=15)
 _ENDED = ("completed", "failed", "cancelled")
 
 
@@ -91,7 +94,8 @@ def start(state: AppState, key: ApiKey, endpoint: str, input_file_id: str | None
         store.insert_batch(s, {"id": batch_id, "owner_id": key.id, "endpoint": endpoint, "status": "validating",
                                "completion_window": "24h", "input_file_id": input_file_id, "output_file_id": out_id,
                                "error_file_id": err_id, "metadata_": metadata, "total": 0, "invalid": 0,
-                               "errors": [], "created_at": now, "expires_at": now + COMPLETION_WINDOW})
+                               "errors": [], "created_at": now, "read_at": now,
+                               "expires_at": now + COMPLETION_WINDOW})
         s.commit()
     return batch_id
 
@@ -346,6 +350,9 @@ def _ts(t: dt.datetime | None) -> int | None:
 def _refresh(state: AppState, batch: Batch) -> tuple[Batch, RequestCounts]:
     """The batch's counts from its jobs; a batch whose jobs have all ended moves to its final status here,
     guarded, so that concurrent readers agree."""
+    if batch.status == "validating" and utcnow() - batch.read_at > READER_LOST:
+        _reader_lost(state, batch)
+        batch = owned_any(state, batch.id)
     with state.db.session() as s:
         by_status = store.job_counts(s, batch.id)
         active = by_status.get(JobStatus.queued.value, 0) + by_status.get(JobStatus.running.value, 0)
@@ -363,6 +370,26 @@ def _refresh(state: AppState, batch: Batch) -> tuple[Batch, RequestCounts]:
         total=batch.total, completed=by_status.get(JobStatus.succeeded.value, 0),
         failed=batch.invalid + by_status.get(JobStatus.failed.value, 0) + by_status.get(JobStatus.canceled.value, 0))
     return batch, counts
+
+
+def _reader_lost(state: AppState, batch: Batch) -> None:
+    error = {"code": "upload_incomplete", "line": batch.total + 1 if batch.total else None, "param": None,
+             "message": f"no line was stored for {READER_LOST.seconds // 60} minutes: the upload was cut"}
+    now = utcnow()
+    with state.db.session() as s:
+        valid = batch.total - batch.invalid
+        if store.move(s, batch.id, ["validating"], "in_progress" if valid else "failed",
+                      {"in_progress_at": now} if valid else {"failed_at": now}):
+            store.add_errors(s, batch.id, [error])
+        s.commit()
+
+
+def owned_any(state: AppState, batch_id: str) -> Batch:
+    with state.db.session() as s:
+        batch = store.get_owned(s, batch_id, None)
+    if batch is None:
+        raise not_found()
+    return batch
 
 
 def to_object(state: AppState, batch: Batch) -> BatchObject:

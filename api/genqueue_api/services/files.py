@@ -9,7 +9,7 @@ from typing import Protocol
 
 from genqueue.db.models import ApiKey, File, utcnow
 from genqueue.enums import Role
-from genqueue.openai_schemas import FileObject
+from genqueue.openai_schemas import FileDeleted, FileList, FileObject
 from genqueue_api.services import batch_results
 from genqueue_api.services.jsonl import Line, LineSplitter
 from genqueue_api.services.openai_compat import OpenAIError
@@ -131,3 +131,27 @@ def content(state: AppState, key: ApiKey, file_id: str) -> tuple[File, Iterator[
         raise not_found()
     which: batch_store.Which = "output" if f.purpose == "batch_output" else "error"
     return f, batch_results.stream(state, batch, which)
+
+
+def list_files(state: AppState, key: ApiKey, purpose: str | None, after: str | None, limit: int,
+               order: str) -> FileList:
+    with state.db.session() as s:
+        mark = None
+        if after is not None:
+            mark = store.get_owned(s, after, _owner(key))
+            if mark is None:
+                raise OpenAIError(400, "invalid_cursor", "after must be the id of one of your files", "after")
+        rows = store.list_owned(s, _owner(key), purpose, mark, limit + 1, newest_first=order == "desc")
+    data = [to_object(f) for f in rows[:limit]]
+    return FileList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                    has_more=len(rows) > limit)
+
+
+def delete(state: AppState, key: ApiKey, file_id: str) -> FileDeleted:
+    """An upload's bytes go; a batch made of it keeps running (its lines are jobs already) and shows no
+    input file. A batch's output or error file can be deleted too: its lines stay readable as results."""
+    f = owned(state, key, file_id)
+    with state.db.session() as s:
+        store.delete_file(s, f.id)
+        s.commit()
+    return FileDeleted(id=f.id, deleted=True)

@@ -10,7 +10,7 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from genqueue.db import counters
-from genqueue.db.models import Batch, BatchRequest, Job
+from genqueue.db.models import Batch, BatchRequest, Job, utcnow
 from genqueue.enums import JobStatus
 
 
@@ -55,7 +55,7 @@ def stored_custom_ids(session: Session, batch_id: str, custom_ids: set[str]) -> 
 
 def add_progress(session: Session, batch_id: str, lines: int, invalid: int) -> None:
     session.execute(update(Batch).where(Batch.id == batch_id)
-                    .values(total=Batch.total + lines, invalid=Batch.invalid + invalid))
+                    .values(total=Batch.total + lines, invalid=Batch.invalid + invalid, read_at=utcnow()))
 
 
 def add_errors(session: Session, batch_id: str, errors: list[dict[str, Any]]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from genqueue.db.models import File, FilePart
@@ -40,3 +40,19 @@ def part(session: Session, file_id: str, index: int) -> bytes | None:
     return session.execute(
         select(FilePart.data).where(FilePart.file_id == file_id, FilePart.part == index)
     ).scalar_one_or_none()
+
+
+def list_owned(session: Session, owner_id: str | None, purpose: str | None, after: File | None, limit: int,
+               newest_first: bool) -> list[File]:
+    """Ordered by (created_at, id); ``after`` is the previous page's last file."""
+    q = select(File)
+    if owner_id is not None:
+        q = q.where(File.owner_id == owner_id)
+    if purpose is not None:
+        q = q.where(File.purpose == purpose)
+    key = tuple_(File.created_at, File.id)
+    if after is not None:
+        mark = tuple_(after.created_at, after.id)
+        q = q.where(key < mark if newest_first else key > mark)
+    order = (File.created_at.desc(), File.id.desc()) if newest_first else (File.created_at, File.id)
+    return list(session.execute(q.order_by(*order).limit(limit)).scalars())
