@@ -89,15 +89,17 @@ def test_bad_lines_fail_alone_with_line_field_and_message_and_the_rest_run(api: 
         {"custom_id": "c", "model": "no-such-model", "input": {"prompt": "x"}},
         {"custom_id": "d", "model": "tiny-lm", "input": {"prompt": "x"}, "colour": "red"},
         _text("e", "The sea"),
+        {**_text("f"), "idempotency_key": "k1"},  # lines are told apart by custom_id
     ])
     r = api.c.post("/v1/batches", content=body, headers={**api.h["client"], **JSONL})
     assert r.status_code == 200, r.text
     b = r.json()
     assert b["object"] == "batch" and b["id"].startswith("batch_") and b["endpoint"] == "/v1/jobs"
     assert b["status"] == "in_progress" and b["input_file_id"] is None
-    assert b["request_counts"] == {"total": 8, "completed": 0, "failed": 6}
+    assert b["request_counts"] == {"total": 9, "completed": 0, "failed": 7}
     errors = {e["line"]: e for e in b["errors"]["data"]}
-    assert sorted(errors) == [2, 3, 5, 6, 7, 8]
+    assert sorted(errors) == [2, 3, 5, 6, 7, 8, 10]
+    assert errors[10]["code"] == "unsupported_parameter" and errors[10]["param"] == "idempotency_key"
     assert errors[2]["code"] == "invalid_json"
     assert errors[3]["param"] == "input.max_new_tokens" and errors[3]["message"]
     assert errors[5]["code"] == "duplicate_custom_id" and errors[5]["param"] == "custom_id"
@@ -108,7 +110,7 @@ def test_bad_lines_fail_alone_with_line_field_and_message_and_the_rest_run(api: 
     rows = _results(api, b["id"])
     assert [(x["line"], x["custom_id"], x["status"]) for x in rows] == [
         (1, "a", "queued"), (2, None, "invalid"), (3, "b", "invalid"), (5, "a", "invalid"), (6, None, "invalid"),
-        (7, "c", "invalid"), (8, "d", "invalid"), (9, "e", "queued")]
+        (7, "c", "invalid"), (8, "d", "invalid"), (9, "e", "queued"), (10, "f", "invalid")]
     assert rows[0]["response"] is None and rows[0]["job_id"]
     refused = rows[2]["response"]
     assert refused["status_code"] == 422 and refused["request_id"] is None

@@ -148,6 +148,9 @@ class Builder:
                 raise _Refused(400, "invalid_request",
                                "lines of a /v1/completions batch have OpenAI's form: custom_id, method, url, body",
                                "body")
+            if "idempotency_key" in obj:
+                raise _Refused(400, "unsupported_parameter", "batch lines are told apart by their custom_id; "
+                               "idempotency_key is for POST /v1/jobs/bulk", "idempotency_key")
             return {k: v for k, v in obj.items() if k != "custom_id"}, ""  # genqueue's short form
         extra = sorted(obj.keys() - {"custom_id", "method", "url", "body"})
         if extra:
@@ -163,6 +166,9 @@ class Builder:
         body = obj.get("body")
         if not isinstance(body, dict):
             raise _Refused(400, "invalid_request", "body must be a JSON object", "body")
+        if "idempotency_key" in body:
+            raise _Refused(400, "unsupported_parameter", "batch lines are told apart by their custom_id; "
+                           "idempotency_key is for POST /v1/jobs/bulk", "body.idempotency_key")
         if url == "/v1/completions":
             try:
                 openai_compat.check_text_model(self.state, body.get("model"))

@@ -49,6 +49,8 @@ class LineSplitter:
             out.append((self.line, None))
         else:
             line = bytes(self._buf) + piece
+            if self.line == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte order mark, as some editors write
             out.append((self.line, line[:-1] if line.endswith(b"\r") else line))
         self._buf.clear()
         self._too_long = False
