@@ -257,10 +257,11 @@ def test_a_body_past_the_upload_limit_is_413_and_its_batch_says_so(api: Api) -> 
 
 def test_a_batch_whose_reader_died_is_moved_on_when_read(api: Api) -> None:
     from genqueue_api.services import batches as service
+    from genqueue_api.services.batch_builder import Builder
 
     state = api.c.app.state.genqueue  # type: ignore[attr-defined]
     batch_id = service.start(state, api.keys["client"], "/v1/jobs", None, None)
-    builder = service.Builder(state, api.keys["client"], batch_id, "/v1/jobs")
+    builder = Builder(state, api.keys["client"], batch_id, "/v1/jobs")
     builder.add([(1, json.dumps(_text("a")).encode()), (2, b"{oops")])  # ... and the process died here
     fresh = api.c.get(f"/v1/batches/{batch_id}", headers=api.h["client"]).json()
     assert fresh["status"] == "validating" and fresh["request_counts"]["total"] == 2
