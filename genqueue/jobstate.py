@@ -226,6 +226,19 @@ def cancel(session: Session, job_id: str) -> bool:
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
+def cancel_queued(session: Session, job_ids: Sequence[str]) -> list[str]:
+    """Queued → canceled for the ids given (a batch being canceled); running jobs are left to finish.
+    Returns the ids that were canceled."""
+    if not job_ids:
+        return []
+    rows = session.execute(
+        update(Job).where(Job.id.in_(list(job_ids)), Job.status == JobStatus.queued.value)
+        .values(status=JobStatus.canceled.value, finished_at=utcnow(), lease_expires_at=None)
+        .returning(Job.id).execution_options(synchronize_session=False)
+    ).scalars()
+    return list(rows)
+
+
 def mark_published(session: Session, chunks: Sequence[tuple[str, Sequence[str]]], at: dt.datetime | None = None) -> None:
     """Record that each chunk's ids went out in the message named by its id. The message id is what lets
     the reconciler count the messages Redis should hold (one message carries many jobs)."""

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     # Larger request bodies get 413.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Uploads to POST /v1/files and JSONL bodies of POST /v1/batches may be this large (read as they arrive,
+    # never held whole); every other request keeps max_body_bytes.
+    batch_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    # Lines one batch may hold: a larger file is refused at upload, and a JSONL body is read up to it.
+    batch_max_lines: int = Field(default=50_000, ge=1)
+    # How long POST /v1/completions waits for its job; then it answers 504 and cancels the job.
+    completions_timeout_s: float = Field(default=300.0, gt=0)
     # The one secret that signs every webhook (Standard Webhooks). A value starting with ``whsec_`` is that
     # format (base64 after the prefix); any other value is used as raw bytes. Placeholders are refused in
     # production. Receivers verify with genqueue.client.verify_webhook(payload, headers, secret).

@@ -17,7 +17,7 @@ from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, ImageInput, JobCreate, TextInput
 from genqueue.settings import Settings, get_settings
 from genqueue_api import console, errors, httpmetrics, metrics, review_metrics
-from genqueue_api.routes import feed, health, jobs, models, review
+from genqueue_api.routes import batches, completions, feed, files, health, jobs, models, review
 from genqueue_api.state import AppState
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,17 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
                   description="Asynchronous job queue for AI content generation.")
     app.state.genqueue = app_state
     errors.install(app)
-    app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       larger={"/v1/files": settings.batch_max_bytes, "/v1/batches": settings.batch_max_bytes})
     app.add_middleware(httpmetrics.RequestMetrics)  # outermost: counts every answer, 413s included
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(review.router)
     app.include_router(feed.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    app.include_router(completions.router)
     console.install(app)  # the moderators' web console at /console
     review_metrics.watch(app_state.db)
 

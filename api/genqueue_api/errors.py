@@ -95,19 +95,22 @@ def install(app: FastAPI) -> None:
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: 413 for bodies over the limit, whether or not Content-Length is sent."""
+    """Pure ASGI middleware: 413 for bodies over the limit, whether or not Content-Length is sent. Paths in
+    ``larger`` (uploads, read as they arrive) have limits of their own."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max = max_bytes
+        self.larger = larger or {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.larger.get(scope.get("path", ""), self.default_max)
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send)
+            if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
+                await self._reject(send, max_bytes)
                 return
         received = 0
         too_large = False
@@ -117,7 +120,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     too_large = True
                     raise _TooLarge()
             return message
@@ -125,13 +128,13 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._reject(send)
+            await self._reject(send, max_bytes)
 
-    async def _reject(self, send: Any) -> None:
+    async def _reject(self, send: Any, max_bytes: int) -> None:
         import json
 
         body = json.dumps(
-            error_body("payload_too_large", f"the request body is larger than {self.max_bytes} bytes")
+            error_body("payload_too_large", f"the request body is larger than {max_bytes} bytes")
         ).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

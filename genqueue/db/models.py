@@ -228,3 +228,79 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[float] = mapped_column(default=0.0)
+
+
+class File(Base):
+    """A file in the OpenAI Files API's sense. An uploaded batch input keeps its bytes in ``file_parts``; a
+    batch's output and error files (``purpose`` batch_output / batch_error, ``batch_id`` set) hold no bytes:
+    their lines are made from the batch's jobs when they are read, so they never go stale or hold a copy."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner_created", "owner_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # NULL for generated files
+    lines: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FilePart(Base):
+    """An uploaded file's bytes, cut into parts so that neither the upload nor a read holds the whole file."""
+
+    __tablename__ = "file_parts"
+
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """A JSONL batch (the OpenAI Batch API's model): one job per valid line, its jobs linked by
+    ``jobs.batch_id``. Its request counts are counted from those jobs when read, so they follow the run."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_owner_seq", "owner_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)  # list order (newest first)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    endpoint: Mapped[str] = mapped_column(String(32))
+    # validating (lines still being read) | in_progress | completed | failed | cancelling | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    completion_window: Mapped[str] = mapped_column(String(8), default="24h")
+    input_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"), nullable=True)
+    output_file_id: Mapped[str] = mapped_column(String(40))
+    error_file_id: Mapped[str] = mapped_column(String(40))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType, nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)  # lines read so far
+    invalid: Mapped[int] = mapped_column(Integer, default=0)  # lines refused by validation
+    # Errors of the batch as a whole (too many lines, an empty file); line errors live on batch_requests.
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the last chunk of lines was stored: a batch still validating long after it has lost its reader
+    # (the API process died mid-upload) and is moved on when read.
+    read_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    in_progress_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cancelling_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class BatchRequest(Base):
+    """One line of a batch: its custom_id and either its job or the reason it was refused."""
+
+    __tablename__ = "batch_requests"
+    __table_args__ = (Index("ix_batch_requests_custom_id", "batch_id", "custom_id"),)  # duplicates, chunk by chunk
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based line number in the input
+    custom_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    # {"status", "code", "message", "field"} of a line refused by validation; NULL when its job exists.
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
