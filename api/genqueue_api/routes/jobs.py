@@ -12,9 +12,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from genqueue import retention
 from genqueue.enums import JobStatus, ReviewStatus, Role
-from genqueue.schemas import BulkResult, ErrorResponse, JobList, JobOut
-from genqueue_api import ratelimit
+from genqueue.schemas import BulkResult, ErrorResponse, JobList, JobLookup, JobOut, LookupResult, storable
 from genqueue_api.deps import CurrentClient, CurrentKey, SessionDep, StateDep
 from genqueue_api.errors import ApiError, not_found
 from genqueue_api.services import jobs as service
@@ -23,7 +23,7 @@ from genqueue_api.store import jobs as store
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _WAIT_RE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})")  # capped anyway: a 5000-digit int() raises
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 422, 429)
 }
 
 
@@ -97,7 +97,6 @@ async def create_job(
     prefer: Annotated[str | None, Header()] = None,
 ) -> Response:
     body = await _json_body(request)
-    await run_in_threadpool(ratelimit.charge, state, key.id, 1)
 
     def _create() -> tuple[JobOut, bool]:
         with state.db.session() as session:
@@ -114,7 +113,7 @@ async def create_job(
 
 @router.post("/bulk", response_model=BulkResult, responses=_ERRORS,
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BulkCreate"}}}}})
-async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> BulkResult:
+async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> Response:
     body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
         raise ApiError(422, "validation_error", "invalid request: jobs", [{"field": "jobs", "message": "a list of job requests is required"}])
@@ -122,13 +121,15 @@ async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> 
     if not 1 <= len(items) <= 1000:
         raise ApiError(422, "validation_error", "invalid request: jobs",
                        [{"field": "jobs", "message": "between 1 and 1000 jobs per request"}])
-    await run_in_threadpool(ratelimit.charge, state, key.id, len(items))
 
     def _create() -> BulkResult:
         with state.db.session() as session:
             return BulkResult(data=service.create_bulk(state, session, key, items))
 
-    return await run_in_threadpool(_create)
+    result = await run_in_threadpool(_create)
+    # Items left out by the key's in-flight limit: say when to send them again.
+    held_back = any(isinstance(r, ErrorResponse) and r.error.code == "rate_limited" for r in result.data)
+    return JSONResponse(result.model_dump(mode="json"), headers={"Retry-After": "1"} if held_back else None)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
@@ -154,6 +155,18 @@ def list_jobs(
     rows = rows[:limit]
     return JobList(data=service.outs(session, rows),
                    next_cursor=encode_cursor(rows[-1].created_seq) if more and rows else None)
+
+
+@router.post("/lookup", response_model=LookupResult, responses=_ERRORS)
+def lookup_jobs(body: JobLookup, session: SessionDep, key: CurrentKey) -> LookupResult:
+    """Up to 1,000 jobs by id in one call (a client following many jobs); ids that are not the caller's jobs
+    come back in ``missing``."""
+    if key.role == Role.moderator.value:
+        raise ApiError(403, "forbidden", "moderators use the review endpoints")
+    ids = [i for i in dict.fromkeys(body.ids) if storable(i) and len(i) <= 64]
+    found = store.get_many(session, ids, None if key.role == Role.admin.value else key.id) if ids else {}
+    jobs = [found[i] for i in dict.fromkeys(body.ids) if i in found]
+    return LookupResult(data=service.outs(session, jobs), missing=[i for i in dict.fromkeys(body.ids) if i not in found])
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
@@ -187,6 +200,9 @@ def get_image(job_id: str, n: int, session: SessionDep, key: CurrentKey) -> Resp
         raise not_found()
     img = store.image(session, job_id, n) if 0 <= n < 2**31 else None  # past the INTEGER column: no such image
     if img is None:
+        when = retention.expired_at(job.metrics)
+        if when is not None:
+            raise ApiError(410, "expired", f"job {job_id}'s images were deleted on {when.isoformat()} (retention)")
         raise not_found("image")
     return Response(img.data, media_type=_CONTENT_TYPES.get(img.format, "application/octet-stream"),
                     headers={"Cache-Control": "private, max-age=31536000, immutable"})

@@ -35,6 +35,14 @@ def get_owned(session: Session, job_id: str, owner_id: str | None) -> Job | None
     return job
 
 
+def get_many(session: Session, job_ids: Sequence[str], owner_id: str | None) -> dict[str, Job]:
+    """The jobs of these ids (``owner_id`` None: anyone's), by id."""
+    q = select(Job).where(Job.id.in_(list(job_ids)))
+    if owner_id is not None:
+        q = q.where(Job.owner_id == owner_id)
+    return {j.id: j for j in session.execute(q).scalars()}
+
+
 def reviews_for(session: Session, job_ids: Sequence[str]) -> dict[str, Review]:
     if not job_ids:
         return {}
