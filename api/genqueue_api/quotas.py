@@ -177,10 +177,10 @@ def prune(state: AppState, key_id: str) -> int:
     """Drop from the in-flight set the oldest ids whose jobs have ended. An id with no job row yet may be a
     request still inserting it: it is dropped only once it is ``UNSTORED_GRACE_S`` old."""
     r = queue.shared_redis(state.broker_url)
-    members = r.zrange(_in_flight(key_id), 0, PRUNE_BATCH - 1, withscores=True)
+    members: list[tuple[bytes, float]] = r.zrange(_in_flight(key_id), 0, PRUNE_BATCH - 1, withscores=True)  # type: ignore[assignment]
     if not members:
         return 0
-    ids = {m.decode(): float(score) for m, score in members}  # type: ignore[union-attr]
+    ids = {m.decode(): float(score) for m, score in members}
     with state.db.session() as s:
         status = dict(s.execute(select(Job.id, Job.status).where(Job.id.in_(list(ids)))).tuples().all())
     old = time.time() - UNSTORED_GRACE_S
