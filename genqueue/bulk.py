@@ -35,8 +35,8 @@ class Summary:
     lines: int = 0
     resumed: int = 0  # lines an earlier run had already finished
     submitted: int = 0  # jobs accepted in this run (replays of earlier runs' included)
-    succeeded: int = 0
-    failed: int = 0  # failed or canceled jobs, and lines refused at submit
+    succeeded: int = 0  # all lines so far, earlier runs' included
+    failed: int = 0  # failed or canceled jobs, and lines refused at submit (earlier runs' included)
     unfinished: int = 0  # jobs still queued or running when it stopped (a rerun waits for them)
     submit_s: float = 0.0  # from the start until the last line was accepted
     elapsed_s: float = 0.0
@@ -56,7 +56,9 @@ class Bulk:
         self.out = out if opts.wait else None
         self.journal_path = journal
         done = load_progress(inp, journal, self.out)
-        self.summary = Summary(lines=len(inp.lines) + len(inp.invalid), resumed=len(done.finished))
+        # Succeeded and failed count the whole file, earlier runs included.
+        self.summary = Summary(lines=len(inp.lines) + len(inp.invalid), resumed=len(done.finished),
+                               succeeded=len(done.finished) - done.failed, failed=done.failed)
         self.pending: deque[Line] = deque(
             ln for ln in inp.lines if ln.number not in done.submitted and ln.number not in done.finished)
         # Jobs submitted and not yet written, oldest first: they end roughly in that order.
@@ -78,6 +80,7 @@ class Bulk:
         self.bar = tqdm(total=total, initial=self.summary.resumed if self.opts.wait else 0, unit="job",
                         disable=not self.opts.progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
                         desc="done" if self.opts.wait else "submitted")
+        self._postfix()
         pool = ThreadPoolExecutor(max_workers=self.opts.concurrency, thread_name_prefix="bulk")
         try:
             if results is not None:

@@ -68,6 +68,7 @@ class Progress:
 
     submitted: dict[int, str] = field(default_factory=dict)
     finished: set[int] = field(default_factory=set)
+    failed: int = 0  # finished lines that did not succeed
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -85,8 +86,17 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def load_progress(inp: Input, journal: Path, results: Path | None) -> Progress:
-    """Read what earlier runs left. Refuses (BulkFileError) files written for another input file."""
+    """Read what earlier runs left. Refuses (BulkFileError) files written for another input file: the results
+    file first, since that is the one the user named."""
     done = Progress()
+    if results is not None and results.exists():
+        for rec in _records(results):
+            if rec.get("source_sha256") != inp.digest:
+                raise BulkFileError(f"{results} already holds results of {rec.get('source', 'another input file')}, "
+                                    f"not of {inp.path}; choose another --out")
+            if isinstance(rec.get("line"), int) and rec["line"] not in done.finished:
+                done.finished.add(rec["line"])
+                done.failed += rec.get("status") != "succeeded"
     if journal.exists():
         for rec in _records(journal):
             if "source_sha256" in rec and rec["source_sha256"] != inp.digest:
@@ -94,13 +104,6 @@ def load_progress(inp: Input, journal: Path, results: Path | None) -> Progress:
                                     f"{inp.path} (the contents differ); delete it or choose another --out")
             if isinstance(rec.get("line"), int) and isinstance(rec.get("id"), str):
                 done.submitted[rec["line"]] = rec["id"]
-    if results is not None and results.exists():
-        for rec in _records(results):
-            if rec.get("source_sha256") != inp.digest:
-                raise BulkFileError(f"{results} already holds results of {rec.get('source', 'another input file')}, "
-                                    f"not of {inp.path}; choose another --out")
-            if isinstance(rec.get("line"), int):
-                done.finished.add(rec["line"])
     return done
 
 

@@ -55,8 +55,9 @@ class Job(_Model):
 
     @property
     def text(self) -> str | None:
-        """A text job's first completion, when it has one."""
-        return (self.output or {}).get("text") if self.output else None
+        """A text job's first completion (``output["texts"][0]``), when it has one."""
+        texts = (self.output or {}).get("texts") or []
+        return str(texts[0]) if texts else None
 
 
 class ItemError(_Model):

@@ -37,7 +37,7 @@ def finish(api, ids: list[str], fail: set[str] | None = None) -> None:  # type: 
                                    "format": "png"} for i in range(2)]}
                 outcomes.append(jobstate.Success(job_id, out, {"engine_ms": 1.0}, images))
             else:
-                outcomes.append(jobstate.Success(job_id, {"text": "ok", "texts": ["ok"]}, {"engine_ms": 1.0}, []))
+                outcomes.append(jobstate.Success(job_id, {"texts": ["ok"], "finish_reasons": ["length"]}, {"engine_ms": 1.0}, []))
         jobstate.write_outcomes(s, "w1", outcomes)
         s.commit()
 
@@ -68,7 +68,7 @@ def test_retention_deletes_old_content_in_batches_and_the_jobs_read_as_expired(a
         for job_id in [*images, *texts]:
             row = s.get(Job, job_id)
             assert row is not None and row.output is None and row.status == "succeeded"
-        assert s.get(Job, pending_review).output == {"text": "ok", "texts": ["ok"]}  # type: ignore[union-attr]
+        assert s.get(Job, pending_review).output == {"texts": ["ok"], "finish_reasons": ["length"]}  # type: ignore[union-attr]
         assert s.get(Job, queued).status == "queued"  # type: ignore[union-attr]
         assert s.query(AuditEvent).count() == audits_before  # review and audit rows stay
         assert s.query(Review).filter(Review.job_id.in_([*images, *texts])).count() == 5
@@ -80,7 +80,7 @@ def test_retention_deletes_old_content_in_batches_and_the_jobs_read_as_expired(a
     r = httpx.get(f"{api.url}/v1/jobs/{images[0]}/images/0", headers=h)
     assert r.status_code == 410 and r.json()["error"]["code"] == "expired"
     kept = httpx.get(f"{api.url}/v1/jobs/{pending_review}", headers=h).json()
-    assert kept["expired_at"] is None and kept["output"]["text"] == "ok"
+    assert kept["expired_at"] is None and kept["output"]["texts"] == ["ok"]
     listed = httpx.get(f"{api.url}/v1/jobs", params={"limit": 100}, headers=h)
     assert listed.status_code == 200
     assert {j["id"] for j in listed.json()["data"] if j["expired_at"]} == {*images, *texts}
