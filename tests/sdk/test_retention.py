@@ -107,3 +107,23 @@ def test_gc_command(api_server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert "deleted the outputs of 2 jobs" in capsys.readouterr().out
     with api.db.session() as s:
         assert [s.get(Job, i).output is None for i in ids] == [True, True, False]  # type: ignore[union-attr]
+
+
+def test_beat_runs_retention_as_a_duty(api_server) -> None:  # type: ignore[no-untyped-def]
+    from genqueue import beat
+
+    api = api_server()
+    ids = [submit(api, TXT) for _ in range(3)]
+    finish(api, ids)
+    with api.db.session() as s:
+        for job_id in ids:
+            s.get(Job, job_id).finished_at = utcnow() - dt.timedelta(days=3)  # type: ignore[union-attr]
+        s.commit()
+    settings = api.settings.model_copy(update={"reconcile_interval_s": 0, "retention_days": 2.0,
+                                               "retention_batch_size": 1, "retention_pause_ms": 0})
+    duties = beat.duties(settings, api.db)
+    assert [d.name for d in duties] == ["retention"]
+    assert duties[0].run() is False  # all three expired within its round: nothing left for the next one
+    with api.db.session() as s:
+        assert all(s.get(Job, i).output is None for i in ids)  # type: ignore[union-attr]
+    assert beat.duties(api.settings.model_copy(update={"reconcile_interval_s": 0}), api.db) == []
