@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from genqueue.bulkfiles import Appender, Input, Line, load_progress, result_record
-from genqueue.sdk import Client, ItemError, Job
+from genqueue.sdk import Client, _core
 
 LOOKUP_MAX = 1000  # ids per POST /v1/jobs/lookup
 MAX_CHUNK = 1000  # items per POST /v1/jobs/bulk
@@ -98,7 +98,7 @@ class Bulk:
         return self.summary
 
     def _loop(self, pool: ThreadPoolExecutor, journal: Appender, results: Appender | None, started: float) -> None:
-        running: dict[Future[list[Job | ItemError]], list[Line]] = {}
+        running: dict[Future[list[dict[str, Any]]], list[Line]] = {}
         deadline = started + self.opts.timeout_s if self.opts.timeout_s else None
         last_lookup = 0.0
         while self.pending or self.deferred or running or (self.opts.wait and self.outstanding):
@@ -113,7 +113,7 @@ class Bulk:
                 chunk = [self.pending.popleft() for _ in range(min(self.opts.chunk, len(self.pending)))]
                 items = [{**ln.body, "idempotency_key": ln.body.get("idempotency_key") or self.inp.key(ln.number)}
                          for ln in chunk]
-                running[pool.submit(self.client.submit_bulk, items)] = chunk
+                running[pool.submit(self._send, items)] = chunk
             caught_up = False
             if self.opts.wait and self.outstanding and now - last_lookup >= self.opts.poll_s:
                 last_lookup = now
@@ -131,17 +131,23 @@ class Bulk:
         if not self.summary.submit_s:
             self.summary.submit_s = time.monotonic() - started
 
-    def _accepted(self, chunk: list[Line], answers: list[Job | ItemError], journal: Appender,
+    def _send(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One bulk request, with the SDK's retries; the answers stay plain dicts (only ids and errors are
+        read here, and validating thousands of typed jobs would take CPU from the API on the same host)."""
+        return _core.check(self.client.request("POST", "/v1/jobs/bulk", json={"jobs": items}))["data"]  # type: ignore[no-any-return]
+
+    def _accepted(self, chunk: list[Line], answers: list[dict[str, Any]], journal: Appender,
                   results: Appender | None) -> None:
         records, refused = [], []
         for line, answer in zip(chunk, answers, strict=True):
-            if isinstance(answer, Job):
-                records.append({"line": line.number, "id": answer.id})
-                self.outstanding[answer.id] = line.number
-            elif answer.code == "rate_limited":  # the key's in-flight quota: send it again shortly
+            error = answer.get("error") if "id" not in answer else None
+            if error is None:
+                records.append({"line": line.number, "id": answer["id"]})
+                self.outstanding[answer["id"]] = line.number
+            elif error.get("code") == "rate_limited":  # the key's in-flight quota: send it again shortly
                 self.deferred.append((time.monotonic() + 1.0, line))
             else:
-                refused.append(result_record(self.inp, line.number, error=answer.model_dump()))
+                refused.append(result_record(self.inp, line.number, error=error))
         journal.write(records)
         self.summary.submitted += len(records)
         if not self.opts.wait:
@@ -156,12 +162,12 @@ class Bulk:
     def _follow(self, results: Appender | None) -> int:
         """Look up the oldest outstanding jobs; write the ended ones. Returns how many ended."""
         ids = [job_id for job_id, _ in zip(self.outstanding, range(LOOKUP_MAX), strict=False)]
-        jobs, missing = self.client.lookup(ids)
-        ended = [j for j in jobs if j.done]
+        answer = _core.check(self.client.request("POST", "/v1/jobs/lookup", json={"ids": ids, "ended_only": True}))
+        ended, missing = answer["data"], answer["missing"]
         records = []
         for j in ended:
-            records.append(result_record(self.inp, self.outstanding.pop(j.id), j.model_dump(mode="json")))
-            if j.status == "succeeded":
+            records.append(result_record(self.inp, self.outstanding.pop(j["id"]), j))
+            if j["status"] == "succeeded":
                 self.summary.succeeded += 1
             else:
                 self.summary.failed += 1
@@ -182,5 +188,6 @@ class Bulk:
         self.bar.update(len(records))
 
     def _postfix(self) -> None:
-        self.bar.set_postfix(submitted=self.summary.submitted, failed=self.summary.failed,
-                             in_flight=len(self.outstanding), refresh=False)
+        # As strings: tqdm writes large numbers as 2e+4.
+        self.bar.set_postfix(submitted=str(self.summary.submitted), failed=str(self.summary.failed),
+                             in_flight=str(len(self.outstanding)), refresh=False)

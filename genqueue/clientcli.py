@@ -59,7 +59,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     with sdk_client(args) as c:
         summary = Bulk(c, inp, out, journal, opts).run()
     print(f"{summary.lines} lines: {summary.resumed} finished before, {summary.submitted} submitted "
-          f"({summary.jobs_per_s:.0f} jobs/s), {summary.succeeded} succeeded, {summary.failed} failed, "
+          f"({summary.jobs_per_s:.1f} jobs/s), {summary.succeeded} succeeded, {summary.failed} failed, "
           f"{summary.unfinished} unfinished", file=sys.stderr)
     if summary.unfinished:
         return _fail(f"{summary.unfinished} jobs are still queued or running; run the same command again to "

@@ -237,8 +237,11 @@ class JobLookup(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[str] = Field(min_length=1, max_length=1000)
+    # Answer only the jobs that have ended (a client following many jobs): the others are neither read nor
+    # sent, and are in neither list.
+    ended_only: bool = False
 
 
 class LookupResult(BaseModel):
-    data: list[JobOut]  # the jobs found, in the order asked
+    data: list[JobOut]  # the jobs found (with ended_only: those that ended), in the order asked
     missing: list[str]  # ids that are no job of the caller's

@@ -80,9 +80,10 @@ class Client:
     def get(self, job_id: str) -> Job:
         return Job.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
 
-    def lookup(self, job_ids: list[str]) -> tuple[list[Job], list[str]]:
-        """Up to 1,000 jobs by id in one call: (the jobs found, the ids that are none of the caller's)."""
-        data = self._json("POST", "/v1/jobs/lookup", json={"ids": job_ids})
+    def lookup(self, job_ids: list[str], ended_only: bool = False) -> tuple[list[Job], list[str]]:
+        """Up to 1,000 jobs by id in one call: (the jobs found, the ids that are none of the caller's). With
+        ``ended_only`` only the jobs that have ended come back (the others are in neither list)."""
+        data = self._json("POST", "/v1/jobs/lookup", json={"ids": job_ids, "ended_only": ended_only})
         return [Job.model_validate(j) for j in data["data"]], list(data["missing"])
 
     def cancel(self, job_id: str) -> Job:

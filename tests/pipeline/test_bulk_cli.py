@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from genqueue.bulk import Bulk, Options
@@ -41,11 +42,12 @@ class InterruptedClient(Client):
 
     calls = 0
 
-    def submit_bulk(self, jobs: list[dict[str, Any]]) -> list[Any]:
-        out = super().submit_bulk(jobs)
-        InterruptedClient.calls += 1
-        if InterruptedClient.calls == 2:
-            raise KeyboardInterrupt
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        out = super().request(method, path, **kwargs)
+        if path == "/v1/jobs/bulk":
+            InterruptedClient.calls += 1
+            if InterruptedClient.calls == 2:
+                raise KeyboardInterrupt
         return out
 
 

@@ -163,10 +163,14 @@ def lookup_jobs(body: JobLookup, session: SessionDep, key: CurrentKey) -> Lookup
     come back in ``missing``."""
     if key.role == Role.moderator.value:
         raise ApiError(403, "forbidden", "moderators use the review endpoints")
-    ids = [i for i in dict.fromkeys(body.ids) if storable(i) and len(i) <= 64]
-    found = store.get_many(session, ids, None if key.role == Role.admin.value else key.id) if ids else {}
-    jobs = [found[i] for i in dict.fromkeys(body.ids) if i in found]
-    return LookupResult(data=service.outs(session, jobs), missing=[i for i in dict.fromkeys(body.ids) if i not in found])
+    asked = list(dict.fromkeys(body.ids))
+    ids = [i for i in asked if storable(i) and len(i) <= 64]
+    owner = None if key.role == Role.admin.value else key.id
+    ended = [s.value for s in JobStatus if s.terminal] if body.ended_only else None
+    found = store.get_many(session, ids, owner, ended) if ids else {}
+    known = (store.existing(session, ids, owner) if ids else set()) if body.ended_only else set(found)
+    return LookupResult(data=service.outs(session, [found[i] for i in asked if i in found]),
+                        missing=[i for i in asked if i not in known])
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
