@@ -2,7 +2,7 @@
 
 One stack (API + one worker). First N small image jobs go straight to POST /v1/jobs/bulk, 1,000 per request,
 one request after another (the raw rate); once they have ended, the same N jobs go through the CLI
-(`genqueue bulk jobs.jsonl --out results.jsonl`, a subprocess with its defaults: chunks of 500, four in
+(`genqueue bulk jobs.jsonl --out results.jsonl`, a subprocess with its defaults: chunks of 512, four in
 flight, results followed and written as they end). Recorded:
 
 - ``client.bulk.jobs_per_s``: the CLI's submit rate (jobs accepted per second, from its start until the last
@@ -116,7 +116,7 @@ def section(r: dict[str, Any]) -> str:
         "one worker.\n",
         "| figure | value | target |", "|---|---|---|",
         f"| raw POST /v1/jobs/bulk (1,000 a request, one at a time) | {r['raw_jobs_per_s']} jobs/s | |",
-        f"| `genqueue bulk` submit rate (chunks of 500, 4 in flight, results followed) | {r['cli_jobs_per_s']} jobs/s | |",
+        f"| `genqueue bulk` submit rate (chunks of 512, 4 in flight, results followed) | {r['cli_jobs_per_s']} jobs/s | |",
         f"| client.bulk.jobs_per_s (CLI ÷ raw) | **{r['jobs_per_s_ratio']}** | >= 0.8 |",
         f"| client.bulk.batch_fill (mean images per forward {r['cli_mean_batch']} ÷ {r['image_max_batch_size']}) "
         f"| **{r['batch_fill']}** | >= 0.8 |",
@@ -125,6 +125,7 @@ def section(r: dict[str, Any]) -> str:
         "",
         f"The CLI's last line: `{r['cli_summary']}`; it ran {r['cli_total_s']} s in all, results included. Its "
         f"progress bar mid-run: `{r['progress_bar_sample']}`",
+        *([f"\n{r['note']}"] if r.get("note") else []),
         MARK_END,
     ]) + "\n"
 
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--record", action="store_true", help="write bench/results/bulk_cli.json and RESULTS.md")
+    ap.add_argument("--note", default="", help="a paragraph recorded under the table (e.g. other runs' figures)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as data:
         over: dict[str, Any] = {"data_dir": Path(data)}
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     r["machine"] = machine.describe()
     r["recorded_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     r["command"] = " ".join(["python", "-m", "bench.bulk_cli", *(argv if argv is not None else sys.argv[1:])])
+    r["note"] = args.note
     print(json.dumps(r, indent=1))
     if args.record:
         record(r)

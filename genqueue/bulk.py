@@ -22,7 +22,9 @@ MAX_CHUNK = 1000  # items per POST /v1/jobs/bulk
 
 @dataclass
 class Options:
-    chunk: int = 500  # items per bulk request
+    # Items per bulk request: a multiple of the default batch sizes (64 images, 32 text rows), so that the API
+    # cuts each request into full broker messages and the worker never gets a short one mid-backlog.
+    chunk: int = 512
     concurrency: int = 4  # bulk requests in flight
     wait: bool = True  # follow the jobs and write their results
     poll_s: float = 0.5  # between two look-ups while nothing new ended

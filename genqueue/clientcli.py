@@ -115,7 +115,7 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("file", help="one job request (the body of POST /v1/jobs) per line")
     b.add_argument("--out", help="write each result here (JSONL) as its job ends; without it, only submit")
     b.add_argument("--state", help="the journal that makes a rerun resume (default: OUT.state, or FILE.state)")
-    b.add_argument("--chunk", type=int, default=500, help="jobs per bulk request (1-1000, default 500)")
+    b.add_argument("--chunk", type=int, default=512, help="jobs per bulk request (1-1000, default 512)")
     b.add_argument("--concurrency", type=int, default=4, help="bulk requests in flight (default 4)")
     b.add_argument("--no-wait", action="store_true", help="submit only, even with --out")
     b.add_argument("--timeout", type=float, default=0, help="stop following jobs after N seconds (0: never)")
