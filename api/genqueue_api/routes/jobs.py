@@ -21,6 +21,7 @@ from genqueue_api.services import jobs as service
 from genqueue_api.store import jobs as store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+MAX_BULK = 1000  # jobs in one bulk request
 _WAIT_RE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})")  # capped anyway: a 5000-digit int() raises
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 422, 429)
@@ -118,9 +119,10 @@ async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> 
     if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
         raise ApiError(422, "validation_error", "invalid request: jobs", [{"field": "jobs", "message": "a list of job requests is required"}])
     items = body["jobs"]
-    if not 1 <= len(items) <= 1000:
-        raise ApiError(422, "validation_error", "invalid request: jobs",
-                       [{"field": "jobs", "message": "between 1 and 1000 jobs per request"}])
+    if not 1 <= len(items) <= MAX_BULK:
+        raise ApiError(422, "validation_error",
+                       f"invalid request: jobs: between 1 and {MAX_BULK} jobs per request, not {len(items)}",
+                       [{"field": "jobs", "message": f"between 1 and {MAX_BULK} jobs per request", "limit": MAX_BULK}])
 
     def _create() -> BulkResult:
         with state.db.session() as session:
