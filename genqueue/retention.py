@@ -1,7 +1,7 @@
 """Retention: delete the outputs and images of jobs that ended long ago (GENQUEUE_RETENTION_DAYS).
 
-The job row stays, with its review and audit rows: only ``output`` (set to NULL) and the ``job_images`` rows
-go, and the time they went is kept in the job's metrics as ``expired_at``, so that the API answers such a
+The job row stays, with its review and audit rows: only ``output`` (set to NULL), the ``job_images`` rows
+and the output copied into sent webhooks go, and the time they went is kept in the job's metrics as ``expired_at``, so that the API answers such a
 job as expired (and its images with 410 ``expired``) rather than as missing. Succeeded, failed and canceled
 jobs are swept alike; queued and running jobs, and outputs still waiting for a moderator (review pending or
 escalated), are never touched.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, exists, null, select, update
 
-from genqueue.db.models import Job, JobImage, Review, utcnow
+from genqueue.db.models import Job, JobImage, Review, WebhookDelivery, utcnow
 from genqueue.db.session import Database
 from genqueue.enums import JobStatus, ReviewStatus
 
@@ -82,6 +82,13 @@ def _one_batch(db: Database, cutoff: dt.datetime, expired_at: str, batch_size: i
         ids = [r.id for r in rows]
         images = s.execute(delete(JobImage).where(JobImage.job_id.in_(ids))).rowcount or 0  # type: ignore[attr-defined]
         s.execute(update(Job).where(Job.id.in_(ids)).values(output=null()))
+        # The copies in sent webhooks go too (one still being retried keeps its payload until it is done).
+        sent = s.execute(select(WebhookDelivery.id, WebhookDelivery.payload).where(
+            WebhookDelivery.job_id.in_(ids), WebhookDelivery.status != "pending")).all()
+        cleared = [{"id": d.id, "payload": {**d.payload, "data": {**d.payload["data"], "output": None}}}
+                   for d in sent if (d.payload or {}).get("data", {}).get("output") is not None]
+        if cleared:
+            s.execute(update(WebhookDelivery), cleared)
         s.execute(update(Job), [{"id": r.id, "metrics": {**(r.metrics or {}), "expired_at": expired_at}}
                                 for r in rows])
         s.commit()

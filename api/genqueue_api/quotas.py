@@ -7,7 +7,8 @@ a Redis hash. Only submits that create jobs are counted, and only after validati
 validation, an idempotent replay or a request refused by a quota uses none of it. All three limits are
 checked and charged in one Lua script, so concurrent API processes never overshoot them.
 
-Jobs in flight are the ids of the key's accepted jobs in a sorted set (scored by submit time). Nothing removes
+Jobs in flight are the ids of the key's accepted jobs in a sorted set (scored by submit time), kept only
+while the key has an in-flight limit: jobs accepted before a limit applied are not counted. Nothing removes
 an id when its job ends; instead, when the set is full, the oldest ids are checked against SQL and the ended
 ones dropped (at most once a second per key). If Redis cannot be reached the quotas let requests through:
 accepting a job matters more than counting it (docs/api.md, "Rate limits and an unavailable queue").

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from genqueue import cli, jobstate, retention
-from genqueue.db.models import AuditEvent, Job, JobImage, Review, utcnow
+from genqueue.db.models import AuditEvent, Job, JobImage, Review, WebhookDelivery, utcnow
 
 IMG = {"model": "dcgan-digits", "input": {"num_images": 2}}
 TXT = {"model": "tiny-lm", "input": {"prompt": "hi", "max_new_tokens": 2}}
@@ -56,6 +56,12 @@ def test_retention_deletes_old_content_in_batches_and_the_jobs_read_as_expired(a
         # A job that has failed has no content: nothing to expire there.
         assert s.get(Job, failed).output is None  # type: ignore[union-attr]
 
+    with api.db.session() as s:  # two webhooks of one job: one sent, one still being retried
+        for i, status in enumerate(("delivered", "pending")):
+            s.add(WebhookDelivery(id=f"d{i}", job_id=texts[0], event="job.succeeded", url="http://example.com",
+                                  payload={"type": "job.succeeded", "data": {"id": texts[0], "output": {"texts": ["ok"]}}},
+                                  status=status))
+        s.commit()
     # Nothing is old yet.
     assert retention.expire(api.db, dt.timedelta(days=30)).jobs == 0
     later = utcnow() + dt.timedelta(days=31)
@@ -72,6 +78,8 @@ def test_retention_deletes_old_content_in_batches_and_the_jobs_read_as_expired(a
         assert s.get(Job, queued).status == "queued"  # type: ignore[union-attr]
         assert s.query(AuditEvent).count() == audits_before  # review and audit rows stay
         assert s.query(Review).filter(Review.job_id.in_([*images, *texts])).count() == 5
+        assert s.get(WebhookDelivery, "d0").payload["data"] == {"id": texts[0], "output": None}  # type: ignore[union-attr]
+        assert s.get(WebhookDelivery, "d1").payload["data"]["output"] == {"texts": ["ok"]}  # type: ignore[union-attr]
 
     h = api.headers()
     job = httpx.get(f"{api.url}/v1/jobs/{images[0]}", headers=h).json()
