@@ -20,8 +20,8 @@ from genqueue.bulkfiles import read_input
 from genqueue.db.models import Job
 from genqueue.sdk import AsyncClient, Client, ItemError
 
-TEXT = {"model": "tiny-lm", "input": {"prompt": "Once upon a time", "max_new_tokens": 4}}
-IMAGE = {"model": "dcgan-digits", "input": {"num_images": 1}}
+TEXT: dict[str, Any] = {"model": "tiny-lm", "input": {"prompt": "Once upon a time", "max_new_tokens": 4}}
+IMAGE: dict[str, Any] = {"model": "dcgan-digits", "input": {"num_images": 1}}
 
 
 def write_jobs(path: Path, n: int) -> None:
@@ -40,13 +40,15 @@ class InterruptedClient(Client):
     """A real client whose run is interrupted (Ctrl-C) just after the API accepted its second chunk, before
     the journal could record it: the worst moment for a resume."""
 
-    calls = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         out = super().request(method, path, **kwargs)
         if path == "/v1/jobs/bulk":
-            InterruptedClient.calls += 1
-            if InterruptedClient.calls == 2:
+            self.calls += 1
+            if self.calls == 2:
                 raise KeyboardInterrupt
         return out
 
