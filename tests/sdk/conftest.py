@@ -34,12 +34,15 @@ class Api:
 
 
 @pytest.fixture
-def api_server(database_url: str, redis_scratch_url: str, models_dir: Path,
+def api_server(database_url: str, fresh_postgres: Callable[[], str], redis_scratch_url: str, models_dir: Path,
                tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    """Starts the API on a database of this test's own (SQLite, or PostgreSQL for the postgres half), so
+    that what a test counts or sweeps is only what it made."""
     servers: list[tuple[uvicorn.Server, threading.Thread, Database]] = []
 
     def start(**settings_kw: Any) -> Api:
-        settings = Settings(data_dir=tmp_path, database_url=database_url, redis_url=redis_scratch_url,
+        url = f"sqlite:///{tmp_path / f'gq{len(servers)}.db'}" if database_url.startswith("sqlite") else fresh_postgres()
+        settings = Settings(data_dir=tmp_path, database_url=url, redis_url=redis_scratch_url,
                             models_dir=models_dir, **settings_kw)
         upgrade(settings.sqlalchemy_url)
         db = Database(settings.sqlalchemy_url)
