@@ -136,7 +136,14 @@ class Bulk:
     def _send(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One bulk request, with the SDK's retries; the answers stay plain dicts (only ids and errors are
         read here, and validating thousands of typed jobs would take CPU from the API on the same host)."""
-        return _core.check(self.client.request("POST", "/v1/jobs/bulk", json={"jobs": items}))["data"]  # type: ignore[no-any-return]
+        while True:
+            r = self.client.request("POST", "/v1/jobs/bulk", json={"jobs": items})
+            if r.status_code != 429:
+                return _core.check(r)["data"]  # type: ignore[no-any-return]
+            # The client's retries are spent and the key is still over a quota (its in-flight limit, say,
+            # while a long backlog drains): wait as told and send the same items again; their idempotency
+            # keys make that safe.
+            time.sleep(_core.retry_after(r) or 1.0)
 
     def _accepted(self, chunk: list[Line], answers: list[dict[str, Any]], journal: Appender,
                   results: Appender | None) -> None:

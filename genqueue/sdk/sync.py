@@ -101,6 +101,14 @@ class Client:
             raise _core.error_of(r)
         return r.content
 
+    # Admin keys: one key's quotas (PUT /v1/keys/{id}/quota); a limit of None goes back to the default.
+    def quota(self, key_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/keys/{key_id}/quota")  # type: ignore[no-any-return]
+
+    def set_quota(self, key_id: str, **limits: int | None) -> dict[str, Any]:
+        """``requests_per_s``, ``jobs_per_min``, ``jobs_in_flight``: a number (0: no limit) or None."""
+        return self._json("PUT", f"/v1/keys/{key_id}/quota", json=limits)  # type: ignore[no-any-return]
+
     def models(self) -> list[dict[str, Any]]:
         return self._json("GET", "/v1/models")["data"]  # type: ignore[no-any-return]
 

@@ -147,3 +147,32 @@ def test_wait_and_images_commands(running, tmp_path: Path) -> None:  # type: ign
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "without images" in r.stderr
     r = cli("get", "no-such-job", "--url", url, "--key", key)
     assert r.returncode == 2 and r.stderr.strip() == "genqueue: error: not_found: job not found"
+
+
+def test_bulk_under_an_in_flight_quota_sends_everything_once(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The key may have 6 jobs queued or running: the CLI's chunks of 10 are cut by the API, and the CLI
+    sends the refused items again as places free up, until every line has run once."""
+    from genqueue_api.auth import lookup
+
+    with running.db.session() as s:
+        key = lookup(s, running.keys["other"])
+        assert key is not None
+        key_id = key.id
+    admin = httpx.Client(base_url=running.stack.base_url, headers={"Authorization": f"Bearer {running.keys['admin']}"})
+    assert admin.put(f"/v1/keys/{key_id}/quota", json={"jobs_in_flight": 6}).status_code == 200
+    try:
+        src, out = tmp_path / "jobs.jsonl", tmp_path / "results.jsonl"
+        src.write_text("".join(json.dumps({**TEXT, "metadata": {"n": i}}) + "\n" for i in range(40)))
+        r = cli("bulk", str(src), "--out", str(out), "--chunk", "10", "--quiet", "--url", running.stack.base_url,
+                "--key", running.keys["other"])
+        assert r.returncode == 0, r.stderr
+        results = [json.loads(x) for x in out.read_text().splitlines()]
+        assert sorted(x["line"] for x in results) == list(range(1, 41))
+        assert {x["status"] for x in results} == {"succeeded"}
+        with running.db.session() as s:
+            prefix = f"gqbulk-{read_input(src).digest[:24]}-"
+            assert s.query(Job).filter(Job.idempotency_key.like(prefix + "%")).count() == 40
+        assert admin.get(f"/v1/keys/{key_id}/quota").json()["in_flight"] <= 6
+    finally:
+        admin.put(f"/v1/keys/{key_id}/quota", json={"jobs_in_flight": None})
+        admin.close()

@@ -41,9 +41,9 @@ class AsyncRecording(httpx.AsyncHTTPTransport):
 
 
 def limit_to_one_request_per_second(api) -> None:  # type: ignore[no-untyped-def]
-    r = httpx.put(f"{api.url}/v1/keys/{api.key_ids['client']}/quota", json={"requests_per_s": 1},
-                  headers=api.headers("admin"))
-    assert r.status_code == 200
+    with Client(api.url, api.keys["admin"]) as admin:
+        assert admin.set_quota(api.key_ids["client"], requests_per_s=1)["requests_per_s"] == 1
+        assert admin.quota(api.key_ids["client"])["overrides"] == {"requests_per_s": 1}
 
 
 def count_jobs(api) -> int:  # type: ignore[no-untyped-def]
