@@ -6,6 +6,7 @@ result as soon as its job ends, with a progress bar. A rerun after an interrupt 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -69,6 +70,7 @@ class Bulk:
         self.deferred: list[tuple[float, Line]] = []  # items the key's in-flight quota held back
         self.finished = done.finished
         self.bar: Any = None
+        self._stop = threading.Event()
 
     def run(self) -> Summary:
         from tqdm import tqdm
@@ -90,6 +92,7 @@ class Bulk:
                                       for n, why in self.inp.invalid if n not in self.finished], failed=True)
             self._loop(pool, journal, results, started)
         finally:
+            self._stop.set()  # a request thread waiting out a quota gives up, so the process can exit
             pool.shutdown(wait=False, cancel_futures=True)
             self.bar.close()
             journal.close()
@@ -143,7 +146,8 @@ class Bulk:
             # The client's retries are spent and the key is still over a quota (its in-flight limit, say,
             # while a long backlog drains): wait as told and send the same items again; their idempotency
             # keys make that safe.
-            time.sleep(_core.retry_after(r) or 1.0)
+            if self._stop.wait(_core.retry_after(r) or 1.0):
+                raise InterruptedError("the bulk run stopped")
 
     def _accepted(self, chunk: list[Line], answers: list[dict[str, Any]], journal: Appender,
                   results: Appender | None) -> None:
