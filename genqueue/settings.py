@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     review_model_policy: dict[str, Literal["flagged", "all", "none"]] = Field(default_factory=dict)
     # A moderator's claim lasts this long unless renewed; an expired claim returns its item to the queue.
     review_claim_lease_s: float = Field(default=600.0, gt=0, le=86400)
+    # A moderators' console session (/console) ends after this many seconds without a request; logging out
+    # ends it at once. Sessions live in Redis, so every API process behind a load balancer shares them.
+    console_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
     # Extra words for the pre-screen's blocklist: comma separated, and/or a file with one word or phrase a
     # line (# starts a comment). Both add to the built-in list.
     blocklist: str = ""

@@ -16,7 +16,7 @@ from genqueue.reconcile import Reconciler
 from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, ImageInput, JobCreate, TextInput
 from genqueue.settings import Settings, get_settings
-from genqueue_api import errors, httpmetrics, metrics, review_metrics
+from genqueue_api import console, errors, httpmetrics, metrics, review_metrics
 from genqueue_api.routes import feed, health, jobs, models, quotas, review
 from genqueue_api.state import AppState
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     app.include_router(review.router)
     app.include_router(feed.router)
     app.include_router(quotas.router)
+    console.install(app)  # the moderators' web console at /console
     review_metrics.watch(app_state.db)
 
     # The job routes read raw JSON (so that bulk items fail one by one); publish their schemas anyway.

@@ -181,7 +181,7 @@ def ragged_parity(model: Any, sess: Any, tol: float, seed: int = 0) -> dict[str,
         return list(sess.run(out_names, feed))
 
     def check(name: str, diff: float, output: str = "logits") -> None:
-        if not diff <= tol:  # also catches NaN; the same message as export.py's other parity checks
+        if not diff <= tol:  # also catches NaN; the same message as parity.py's checks
             raise ExportError(f"parity check failed: case {name}, output {output}: max |ORT - torch| = {diff:.3g} > tolerance {tol:g}")
         results[name] = diff
 

@@ -11,7 +11,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -168,14 +167,3 @@ def train_dcgan(
     }
     return TrainedGAN(generator=gen.eval(), config=cfg, metrics=metrics, training=training)
 
-
-def preview_grid(gen: Generator, per_class: int = 8, seed: int = 3) -> np.ndarray:
-    """uint8 [10*32, per_class*32] grid for eyeballing a torch generator (samples.py does it with ORT)."""
-    cfg = gen.config
-    rng = torch.Generator().manual_seed(seed)
-    labels = torch.arange(cfg.num_classes).repeat_interleave(per_class)
-    with torch.no_grad():
-        imgs = gen.eval()(torch.randn(len(labels), cfg.latent_size, generator=rng), labels)  # [N,1,32,32]
-    arr = ((imgs[:, 0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
-    arr = arr.reshape(cfg.num_classes, per_class, 32, 32).transpose(0, 2, 1, 3)
-    return arr.reshape(cfg.num_classes * 32, per_class * 32)

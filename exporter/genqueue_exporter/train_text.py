@@ -6,6 +6,7 @@ by ``<|endoftext|>``, so a prompt that starts with that token (bos) is exactly w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -24,11 +25,9 @@ EOT = "<|endoftext|>"
 
 @dataclass
 class TextTrainSettings:
-    vocab_size: int = 2048
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 256  # context length of the exported model
+    # The model's shape; its vocab_size is the tokenizer's target, and the trained tokenizer's real size wins.
+    # Dropout: ~25k training tokens seen ~100 times; without it the model memorises them.
+    model: GPTConfig = field(default_factory=lambda: GPTConfig(vocab_size=2048, n_embd=128, dropout=0.1))
     train_seq: int = 128  # training windows; shorter than block_size keeps steps cheap
     batch_size: int = 16
     steps: int = 400  # validation loss bottoms out near here (see val_curve); more only memorises
@@ -37,7 +36,6 @@ class TextTrainSettings:
     weight_decay: float = 0.1
     val_fraction: float = 0.05
     seed: int = 1234
-    dropout: float = 0.1  # ~25k training tokens seen ~100 times: without it the model memorises them
     eval_every: int = 100  # validation loss shown in the progress bar
     max_docs: int | None = None  # quick mode trains on a slice
     # None = all cores. Quick mode uses one: its matrices are too small to gain from more, and OpenMP
@@ -47,8 +45,8 @@ class TextTrainSettings:
     @classmethod
     def quick(cls) -> TextTrainSettings:
         return cls(
-            vocab_size=320, n_layer=2, n_head=4, n_embd=64, block_size=64, train_seq=32, batch_size=8,
-            steps=100, warmup=10, dropout=0.0, eval_every=0, max_docs=120, threads=1,
+            model=GPTConfig(vocab_size=320, n_layer=2, n_head=4, n_embd=64, block_size=64), train_seq=32, batch_size=8,
+            steps=100, warmup=10, eval_every=0, max_docs=120, threads=1,
         )
 
 
@@ -114,16 +112,13 @@ def train_tiny_lm(settings: TextTrainSettings | None = None, progress: bool = Tr
     val_docs, train_docs = docs[:n_val], docs[n_val:]
 
     # The tokenizer sees only training documents, so the validation loss is honest about unseen words too.
-    tok = train_tokenizer(train_docs, st.vocab_size)
+    tok = train_tokenizer(train_docs, st.model.vocab_size)
     eot_id = tok.token_to_id(EOT)
     assert eot_id is not None, "the BPE trainer always adds the special token"
     train_stream = _encode_stream(tok, train_docs, eot_id)
     val_stream = _encode_stream(tok, val_docs, eot_id)
 
-    cfg = GPTConfig(
-        vocab_size=tok.get_vocab_size(), n_layer=st.n_layer, n_head=st.n_head, n_embd=st.n_embd,
-        block_size=st.block_size, dropout=st.dropout,
-    )
+    cfg = dataclasses.replace(st.model, vocab_size=tok.get_vocab_size())
     model = GPT(cfg)
     model.train()
     # No weight decay on biases, LayerNorm gains or embeddings' tied matrix, as in nanoGPT.
@@ -191,7 +186,7 @@ def train_tiny_lm(settings: TextTrainSettings | None = None, progress: bool = Tr
         "train_seq": seq,
         "lr": st.lr,
         "seed": st.seed,
-        "dropout": st.dropout,
+        "dropout": st.model.dropout,
         "val_curve": curve,
         "bos_prepended_in_training": True,
     }

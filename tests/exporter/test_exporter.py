@@ -614,7 +614,7 @@ def test_a_signal_during_publishing_rolls_the_whole_set_back(tmp_path: Path, mon
 
 
 def test_an_interrupt_inside_the_onnx_exporter_is_not_a_failure_to_fall_back_from() -> None:
-    from genqueue_exporter import export
+    from genqueue_exporter import onnx_export
 
     try:
         try:
@@ -622,11 +622,11 @@ def test_an_interrupt_inside_the_onnx_exporter_is_not_a_failure_to_fall_back_fro
         except KeyboardInterrupt as ki:
             raise AttributeError("wrapped by torch.export") from ki
     except AttributeError as wrapped:
-        export._reraise_interrupt(RuntimeError("plain failure"))  # no interrupt inside: the fallback may run
+        onnx_export._reraise_interrupt(RuntimeError("plain failure"))  # no interrupt inside: the fallback may run
         outer = RuntimeError("TorchExportError")
         outer.__cause__ = wrapped
         with pytest.raises(KeyboardInterrupt):
-            export._reraise_interrupt(outer)
+            onnx_export._reraise_interrupt(outer)
 
 
 def test_stale_staging_folders_are_swept_and_fresh_ones_kept(tmp_path: Path) -> None:
