@@ -82,7 +82,13 @@ def write_all(results: dict[str, Any], out_dir: Path, markdown: bool = True, rec
         base = out_dir.parent
         pngs = plots.write_all(results, base / "plots")
         md = base / "RESULTS.md"
-        md.write_text(render(results, [p.relative_to(base) for p in pngs]))
+        from bench import bulk_cli
+
+        # The bulk CLI's section is recorded by its own command (python -m bench.bulk_cli --record): keep it.
+        kept = ""
+        if md.exists() and bulk_cli.MARK_BEGIN in (old := md.read_text()):
+            kept = "\n" + old[old.index(bulk_cli.MARK_BEGIN):]
+        md.write_text(render(results, [p.relative_to(base) for p in pngs]) + kept)
         written += [md, *pngs]
     return written
 

@@ -179,6 +179,29 @@ def cmd_beat(args: argparse.Namespace) -> int:
     return beat.run(s)
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from genqueue import retention
+    from genqueue.db.session import Database, NotMigrated, ensure_migrated
+
+    s = _ready(_settings(args), "gc")
+    days = s.retention_days if args.older_than_days is None else args.older_than_days
+    if days <= 0:
+        return _fail("nothing to do: set GENQUEUE_RETENTION_DAYS or pass --older-than-days (> 0)")
+    db = Database.from_settings(s)
+    try:
+        ensure_migrated(db)
+        done = retention.expire(db, dt.timedelta(days=days), batch_size=s.retention_batch_size,
+                                pause_s=s.retention_pause_ms / 1000)
+    except NotMigrated as e:
+        return _fail(str(e))
+    finally:
+        db.dispose()
+    print(f"deleted the outputs of {done.jobs} jobs that ended over {days:g} days ago ({done.images} images)")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from genqueue import queue, status
     from genqueue.db.session import Database
@@ -362,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(beat)
     beat.set_defaults(func=cmd_beat)
 
+    gc = sub.add_parser("gc", help="delete the outputs and images of jobs past the retention period")
+    gc.add_argument("--older-than-days", type=float, help="override GENQUEUE_RETENTION_DAYS for this run")
+    common(gc)
+    gc.set_defaults(func=cmd_gc)
+
     st = sub.add_parser("status", help="queues, live workers, jobs by status, the oldest queued job")
     st.add_argument("--json", action="store_true", help="print it as JSON")
     common(st)
@@ -393,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--wait", action="store_true", help="wait for the job to end (at most --timeout)")
             sp.add_argument("--timeout", type=int, default=120, help="seconds --wait waits at most (default 120)")
         sp.set_defaults(func=fn)
+
+    from genqueue import clientcli
+
+    clientcli.add_parsers(sub)
 
     sub.add_parser("export", help="export PyTorch models to ONNX model folders (see `genqueue export -h`)",
                    add_help=False)

@@ -1,4 +1,5 @@
-"""Python SDK for the genqueue HTTP API (httpx)."""
+"""The dict-based client of the genqueue HTTP API (httpx). genqueue.sdk has typed sync and async clients
+with retries; this one answers plain dicts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+
+from genqueue.sdk.errors import GenqueueError
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 _RETRYABLE = {500, 502, 503, 504}  # what a restarting API or its proxy answers while a wait is held
@@ -20,20 +23,12 @@ def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str
     `standardwebhooks`) when the signature does not match, a header is missing, or the timestamp is more
     than five minutes away from now (a replay). The event's ``webhook-id`` stays the same on every retry:
     use it to drop repeats."""
-    from genqueue.webhooks.signing import verify
+    try:
+        from genqueue.webhooks.signing import verify
+    except ImportError as e:
+        raise ImportError(f"verify_webhook needs the [webhooks] extra (pip install 'genqueue[webhooks]'): {e}") from None
 
     return verify(payload, headers, secret)
-
-
-class GenqueueError(Exception):
-    """An API error, in the API's error shape (docs/api.md, "Errors")."""
-
-    def __init__(self, status: int, code: str, message: str, details: list[Any] | None = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or []
 
 
 class Client:

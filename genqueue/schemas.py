@@ -207,6 +207,8 @@ class JobOut(BaseModel):
     finished_at: dt.datetime | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     batch_id: str | None = None
+    # When retention (GENQUEUE_RETENTION_DAYS) deleted the job's output and images; null while they are kept.
+    expired_at: dt.datetime | None = None
 
 
 class JobList(BaseModel):
@@ -237,3 +239,37 @@ class ModelOut(BaseModel):
 
 class ModelList(BaseModel):
     data: list[ModelOut]
+
+
+class QuotaUpdate(BaseModel):
+    """A key's limits: a number sets it for this key (0: no limit), null goes back to the deployment's
+    default, and a field left out is unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_s: int | None = Field(default=None, ge=0, le=1_000_000)
+    jobs_per_min: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    jobs_in_flight: int | None = Field(default=None, ge=0, le=100_000_000)
+
+
+class QuotaOut(BaseModel):
+    key_id: str
+    requests_per_s: int  # the limits in force for the key (0: none)
+    jobs_per_min: int
+    jobs_in_flight: int
+    overrides: dict[str, int]  # the limits set for this key; the others are the deployment's defaults
+    in_flight: int  # the key's jobs counted as queued or running (while it has an in-flight limit)
+
+
+class JobLookup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(min_length=1, max_length=1000)
+    # Answer only the jobs that have ended (a client following many jobs): the others are neither read nor
+    # sent, and are in neither list.
+    ended_only: bool = False
+
+
+class LookupResult(BaseModel):
+    data: list[JobOut]  # the jobs found (with ended_only: those that ended), in the order asked
+    missing: list[str]  # ids that are no job of the caller's

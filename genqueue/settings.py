@@ -137,8 +137,23 @@ class Settings(BaseSettings):
     blocklist_file: Path | None = None
     # Longest `Prefer: wait` the API honours; docs/api.md promises clients 60, so raising it goes past that.
     max_wait_seconds: int = Field(default=60, ge=0)
-    # Jobs one API key may submit per minute (bulk items count one each); 0 means no limit.
+    # Jobs one API key may submit per minute (bulk items count one each); 0 means no limit. This and the two
+    # quotas below are defaults: an admin sets other values for one key with PUT /v1/keys/{id}/quota.
     rate_limit_jobs_per_min: int = Field(default=0, ge=0)
+    # Submit requests (single or bulk) one API key may send per second; 0 means no limit.
+    quota_requests_per_s: int = Field(default=0, ge=0)
+    # Jobs one API key may have queued or running at once; a bulk past it has its other items refused one by
+    # one (429 rate_limited, with Retry-After). 0 means no limit.
+    quota_jobs_in_flight: int = Field(default=0, ge=0)
+    # Outputs and images of jobs that ended more than this many days ago are deleted by `genqueue gc` and by
+    # `genqueue beat`; the job, review and audit rows stay, and the job reads as expired. 0 keeps them forever.
+    retention_days: float = Field(default=0.0, ge=0)
+    # How often `genqueue beat` runs the retention sweep.
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    # Jobs expired per transaction: small, so that the sweep never holds locks the workers' writes wait on.
+    retention_batch_size: int = Field(default=200, ge=1, le=10_000)
+    # Pause between two retention transactions, leaving the database to the API and the workers.
+    retention_pause_ms: float = Field(default=50.0, ge=0)
     # How often the reconciler re-publishes lost or never-published jobs and the running jobs of workers whose
     # heartbeat stopped, in each API process and in `genqueue beat`; 0 turns it off (on the APIs, when beat
     # runs it).

@@ -17,7 +17,7 @@ from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, ImageInput, JobCreate, TextInput
 from genqueue.settings import Settings, get_settings
 from genqueue_api import console, errors, httpmetrics, metrics, review_metrics
-from genqueue_api.routes import batches, completions, feed, files, health, jobs, models, review
+from genqueue_api.routes import batches, completions, feed, files, health, jobs, models, quotas, review
 from genqueue_api.state import AppState
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(completions.router)
+    app.include_router(quotas.router)
     console.install(app)  # the moderators' web console at /console
     review_metrics.watch(app_state.db)
 

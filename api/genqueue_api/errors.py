@@ -19,6 +19,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "expired",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",

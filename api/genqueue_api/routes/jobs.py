@@ -12,18 +12,19 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from genqueue import retention
 from genqueue.enums import JobStatus, ReviewStatus, Role
-from genqueue.schemas import BulkResult, ErrorResponse, JobList, JobOut
-from genqueue_api import ratelimit
+from genqueue.schemas import BulkResult, ErrorResponse, JobList, JobLookup, JobOut, LookupResult, storable
 from genqueue_api.deps import CurrentClient, CurrentKey, SessionDep, StateDep
 from genqueue_api.errors import ApiError, not_found
 from genqueue_api.services import jobs as service
 from genqueue_api.store import jobs as store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+MAX_BULK = 1000  # jobs in one bulk request
 _WAIT_RE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})")  # capped anyway: a 5000-digit int() raises
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 422, 429)
 }
 
 
@@ -97,7 +98,6 @@ async def create_job(
     prefer: Annotated[str | None, Header()] = None,
 ) -> Response:
     body = await _json_body(request)
-    await run_in_threadpool(ratelimit.charge, state, key.id, 1)
 
     def _create() -> tuple[JobOut, bool]:
         with state.db.session() as session:
@@ -114,21 +114,24 @@ async def create_job(
 
 @router.post("/bulk", response_model=BulkResult, responses=_ERRORS,
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BulkCreate"}}}}})
-async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> BulkResult:
+async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> Response:
     body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
         raise ApiError(422, "validation_error", "invalid request: jobs", [{"field": "jobs", "message": "a list of job requests is required"}])
     items = body["jobs"]
-    if not 1 <= len(items) <= 1000:
-        raise ApiError(422, "validation_error", "invalid request: jobs",
-                       [{"field": "jobs", "message": "between 1 and 1000 jobs per request"}])
-    await run_in_threadpool(ratelimit.charge, state, key.id, len(items))
+    if not 1 <= len(items) <= MAX_BULK:
+        raise ApiError(422, "validation_error",
+                       f"invalid request: jobs: between 1 and {MAX_BULK} jobs per request, not {len(items)}",
+                       [{"field": "jobs", "message": f"between 1 and {MAX_BULK} jobs per request", "limit": MAX_BULK}])
 
     def _create() -> BulkResult:
         with state.db.session() as session:
             return BulkResult(data=service.create_bulk(state, session, key, items))
 
-    return await run_in_threadpool(_create)
+    result = await run_in_threadpool(_create)
+    # Items left out by the key's in-flight limit: say when to send them again.
+    held_back = any(isinstance(r, ErrorResponse) and r.error.code == "rate_limited" for r in result.data)
+    return JSONResponse(result.model_dump(mode="json"), headers={"Retry-After": "1"} if held_back else None)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
@@ -154,6 +157,22 @@ def list_jobs(
     rows = rows[:limit]
     return JobList(data=service.outs(session, rows),
                    next_cursor=encode_cursor(rows[-1].created_seq) if more and rows else None)
+
+
+@router.post("/lookup", response_model=LookupResult, responses=_ERRORS)
+def lookup_jobs(body: JobLookup, session: SessionDep, key: CurrentKey) -> LookupResult:
+    """Up to 1,000 jobs by id in one call (a client following many jobs); ids that are not the caller's jobs
+    come back in ``missing``."""
+    if key.role == Role.moderator.value:
+        raise ApiError(403, "forbidden", "moderators use the review endpoints")
+    asked = list(dict.fromkeys(body.ids))
+    ids = [i for i in asked if storable(i) and len(i) <= 64]
+    owner = None if key.role == Role.admin.value else key.id
+    ended = [s.value for s in JobStatus if s.terminal] if body.ended_only else None
+    found = store.get_many(session, ids, owner, ended) if ids else {}
+    known = (store.existing(session, ids, owner) if ids else set()) if body.ended_only else set(found)
+    return LookupResult(data=service.outs(session, [found[i] for i in asked if i in found]),
+                        missing=[i for i in asked if i not in known])
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
@@ -187,6 +206,9 @@ def get_image(job_id: str, n: int, session: SessionDep, key: CurrentKey) -> Resp
         raise not_found()
     img = store.image(session, job_id, n) if 0 <= n < 2**31 else None  # past the INTEGER column: no such image
     if img is None:
+        when = retention.expired_at(job.metrics)
+        if when is not None:
+            raise ApiError(410, "expired", f"job {job_id}'s images were deleted on {when.isoformat()} (retention)")
         raise not_found("image")
     return Response(img.data, media_type=_CONTENT_TYPES.get(img.format, "application/octet-stream"),
                     headers={"Cache-Control": "private, max-age=31536000, immutable"})

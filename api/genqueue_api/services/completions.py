@@ -9,7 +9,6 @@ from starlette.concurrency import run_in_threadpool
 
 from genqueue.db.models import ApiKey
 from genqueue.enums import JobStatus
-from genqueue_api import ratelimit
 from genqueue_api.errors import ApiError
 from genqueue_api.services import jobs as jobs_service
 from genqueue_api.services import openai_compat
@@ -22,8 +21,6 @@ async def create(state: AppState, key: ApiKey, body: Any) -> dict[str, Any]:
     request = openai_compat.job_request(body)
     await run_in_threadpool(openai_compat.check_text_model, state, request["model"])
     try:
-        await run_in_threadpool(ratelimit.charge, state, key.id, 1)
-
         def _create() -> Any:
             with state.db.session() as s:
                 return jobs_service.create_job(state, s, key, request, None)[0]

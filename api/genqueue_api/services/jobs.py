@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from genqueue import jobstate, logs, queue
+from genqueue import jobstate, logs, queue, retention
 from genqueue.db.models import ApiKey, Job, Review, utcnow
 from genqueue.enums import JobStatus, ReviewPolicy, ReviewStatus, Role
 from genqueue.registry import ModelKind, UnknownModel
@@ -41,7 +41,7 @@ from genqueue.schemas import (
 )
 from genqueue.tokens import count_prompt_tokens
 from genqueue.webhooks import guard
-from genqueue_api import metrics
+from genqueue_api import metrics, quotas
 from genqueue_api.errors import ApiError, not_found, validation_details
 from genqueue_api.state import AppState
 from genqueue_api.store import jobs as store
@@ -168,7 +168,8 @@ def to_out(job: Job, review: Review | None) -> JobOut:
         output=job.output,
         error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         review=info, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
-        finished_at=job.finished_at, metrics=job.metrics or {}, batch_id=job.batch_id,
+        finished_at=job.finished_at, metrics={k: v for k, v in (job.metrics or {}).items() if k != "expired_at"},
+        batch_id=job.batch_id, expired_at=retention.expired_at(job.metrics),
     )
 
 
@@ -215,11 +216,13 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
     except ApiError as e:
         metrics.REFUSED.labels(e.code).inc()
         raise
+    quotas.admit(state, key.id, [p.row["id"]])  # after validation: a refused request uses no quota
     try:
         store.insert_jobs(session, [p.row])
         session.commit()
     except IntegrityError:
         session.rollback()
+        quotas.release(state, key.id, [p.row["id"]])
         if idempotency_key is None:
             raise
         # A concurrent request with the same Idempotency-Key won the race: answer with its job.
@@ -284,10 +287,21 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
         except ApiError as e:
             results[i] = ErrorResponse(error=ErrorBody(code=e.code, message=e.message, details=e.details))
             refused.append(e.code)
+    if prepared:
+        # Only the valid new items are charged; past the key's in-flight limit the rest are refused alone.
+        admitted, limit = quotas.admit(state, key.id, [p.row["id"] for _, p in prepared])
+        for i, _p in prepared[admitted:]:
+            results[i] = ErrorResponse(error=ErrorBody(**quotas.refused_item(limit)))
+            refused.append("rate_limited")
+        prepared = prepared[:admitted]
     rows = [p.row for _, p in prepared]
     if rows:
-        store.insert_jobs(session, rows)
-        session.commit()
+        try:
+            store.insert_jobs(session, rows)
+            session.commit()
+        except IntegrityError:
+            quotas.release(state, key.id, [r["id"] for r in rows])
+            raise
         # A bulk is chunked now, on this request's thread: it already amortises the round trip.
         state.publisher.publish_now(_publications(rows))
         # The new rows are still in memory: answer from them rather than reading 1000 rows back.

@@ -35,6 +35,25 @@ def get_owned(session: Session, job_id: str, owner_id: str | None) -> Job | None
     return job
 
 
+def get_many(session: Session, job_ids: Sequence[str], owner_id: str | None,
+             statuses: Sequence[str] | None = None) -> dict[str, Job]:
+    """The jobs of these ids (``owner_id`` None: anyone's; ``statuses``: only those), by id."""
+    q = select(Job).where(Job.id.in_(list(job_ids)))
+    if owner_id is not None:
+        q = q.where(Job.owner_id == owner_id)
+    if statuses is not None:
+        q = q.where(Job.status.in_(list(statuses)))
+    return {j.id: j for j in session.execute(q).scalars()}
+
+
+def existing(session: Session, job_ids: Sequence[str], owner_id: str | None) -> set[str]:
+    """Which of these ids are jobs (of ``owner_id``, unless None); reads the ids only."""
+    q = select(Job.id).where(Job.id.in_(list(job_ids)))
+    if owner_id is not None:
+        q = q.where(Job.owner_id == owner_id)
+    return set(session.execute(q).scalars())
+
+
 def reviews_for(session: Session, job_ids: Sequence[str]) -> dict[str, Review]:
     if not job_ids:
         return {}
