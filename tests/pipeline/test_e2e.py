@@ -10,7 +10,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from genqueue.client import GenqueueError
+from genqueue.client import Client, GenqueueError
+from genqueue.enums import Role
+from genqueue_api.auth import create_key
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -172,12 +174,16 @@ def test_bad_inputs(running) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_list_paginates_newest_first(running) -> None:  # type: ignore[no-untyped-def]
-    ids = [running.other.submit("tiny-lm", {"prompt": f"p{i}", "max_new_tokens": 2})["id"] for i in range(5)]
-    page1 = running.other.list_jobs(limit=3)
-    assert [j["id"] for j in page1["data"]] == ids[::-1][:3]
-    page2 = running.other.list_jobs(limit=3, cursor=page1["next_cursor"])
-    assert [j["id"] for j in page2["data"]] == ids[::-1][3:5]
-    assert page2["next_cursor"] is None
+    # A key of its own: the session's stack is shared, and other tests' keys hold jobs of their own.
+    with running.db.session() as s:
+        secret = create_key(s, "lister", Role.client)[1]
+    with Client(running.stack.base_url, secret) as c:
+        ids = [c.submit("tiny-lm", {"prompt": f"p{i}", "max_new_tokens": 2})["id"] for i in range(5)]
+        page1 = c.list_jobs(limit=3)
+        assert [j["id"] for j in page1["data"]] == ids[::-1][:3]
+        page2 = c.list_jobs(limit=3, cursor=page1["next_cursor"])
+        assert [j["id"] for j in page2["data"]] == ids[::-1][3:5]
+        assert page2["next_cursor"] is None
 
 
 def test_models_listing_and_worker_without_torch(running) -> None:  # type: ignore[no-untyped-def]
