@@ -26,7 +26,7 @@ from bench.workload import TEMPERATURE, text_inputs
 from genqueue.registry import ModelEntry, Registry
 from genqueue.settings import Settings
 
-SCENARIOS = ("engine", "continuous", "submit", "diagnostics", "system", "naive", "load")
+SCENARIOS = ("engine", "continuous", "submit", "diagnostics", "system", "naive", "load", "gpt2")
 BENCH_DIR = Path(__file__).resolve().parent
 
 
@@ -92,7 +92,7 @@ def run(cfg: BenchConfig, settings: Settings, only: set[str], out_dir: Path, log
                     sc["load"] = timed("load", lambda: load.run(bs, texts, cap, cfg.load_fractions,
                                                                 cfg.load_duration_s, log))
         timed("stack with worker", _stack)
-    if "system" in only and cfg.gpt2_jobs:
+    if "gpt2" in only and cfg.gpt2_jobs:
         def _gpt2() -> None:
             from bench import gpt2
 
@@ -235,14 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.models_dir is not None:
         update["models_dir"] = args.models_dir
     settings = base.model_copy(update=update)
-    for sub in ("submit", "system", "checkpoints", "sqlcost.db", "sqlcost.db-wal", "sqlcost.db-shm"):  # only what earlier bench runs created
+    for sub in ("submit", "system", "checkpoints", "system-gpt2", "checkpoints-gpt2", "sqlcost.db", "sqlcost.db-wal", "sqlcost.db-shm"):  # only what earlier bench runs created
         target = settings.data_dir / sub
         if target.is_dir():
             shutil.rmtree(target, ignore_errors=True)
         elif target.exists():
             target.unlink()
     # A subset run must not replace the full record that README and FINDINGS quote with a partial one.
-    record = only >= set(SCENARIOS) or args.record
+    # ``gpt2`` runs in full mode only, so a quick run without it is still a whole record.
+    record = only >= set(SCENARIOS) - ({"gpt2"} if not cfg.gpt2_jobs else set()) or args.record
     if not record:
         _log("a subset run: only results/<timestamp>.json is written (--record to replace the full record)")
     run(cfg, settings, only, args.results_dir, markdown=not args.no_report, record=record)
