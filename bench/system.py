@@ -17,7 +17,6 @@ from typing import Any
 
 import psutil
 
-from bench import engine_bench
 from bench.config import BenchConfig
 from bench.naive import Naive
 from bench.noopcelery import NoopCelery
@@ -25,8 +24,6 @@ from bench.stackrun import BenchStack, CpuMeter, job_rows, submit_bulk, summariz
 from bench.workload import image_inputs, image_request, text_inputs, text_request
 from genqueue.registry import ModelEntry
 from genqueue.settings import Settings
-from genqueue_worker.engine.image_engine import ImageEngineConfig
-from genqueue_worker.engine.text_engine import TextEngineConfig
 
 
 def workloads(cfg: BenchConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -50,13 +47,35 @@ def worker_engine_config(settings: Settings, kind: str) -> dict[str, Any]:
 
 
 def engine_limit(settings: Settings, entry: ModelEntry, kind: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The system's jobs of one kind through the engine alone, in process, configured as the worker's."""
-    config = worker_engine_config(settings, kind)
+    """The system's jobs of one kind through the engine alone, in process, built by the worker's loader from
+    the worker's settings, and warm as a serving worker's engine is: the same jobs run once untimed (every
+    batch shape seen, ORT's arenas and the reserved KV cache touched), then once timed."""
+    from genqueue_worker.engine import load_engine
+
+    def requests() -> list[Any]:
+        if kind == "text":
+            return [text_request(f"sys-{i}", inp) for i, inp in enumerate(inputs)]
+        return [image_request(f"sys-{i}", inp) for i, inp in enumerate(inputs)]
+
+    engine = load_engine(entry, provider=settings.provider, **worker_engine_config(settings, kind))
+    try:
+        engine.run_all(requests())  # type: ignore[arg-type]
+        reqs = requests()
+        t0 = time.perf_counter()
+        results = engine.run_all(reqs)  # type: ignore[arg-type]
+        wall = time.perf_counter() - t0
+    finally:
+        engine.stop()
+    failed = sum(r.status != "succeeded" for r in results)
+    if failed:
+        raise RuntimeError(f"engine alone: {failed} of {len(results)} {kind} jobs failed")
+    out: dict[str, Any] = {"jobs": len(results), "wall_s": round(wall, 4), "warm": True}
     if kind == "text":
-        treqs = [text_request(f"sys-{i}", inp) for i, inp in enumerate(inputs)]
-        return engine_bench.ort_text(entry, treqs, settings.text_max_running, TextEngineConfig(**config))
-    ireqs = [image_request(f"sys-{i}", inp) for i, inp in enumerate(inputs)]
-    return engine_bench.ort_images(entry, ireqs, settings.image_max_batch_size, ImageEngineConfig(**config))
+        tokens = int(sum(r.metrics.get("tokens", 0.0) for r in results))
+        out.update(tokens=tokens, tokens_per_s=round(tokens / wall, 1))
+    else:
+        out.update(images=len(results), images_per_s=round(len(results) / wall, 1))
+    return out
 
 
 def _phase(bs: BenchStack, model: str, inputs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
