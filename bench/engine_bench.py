@@ -85,11 +85,9 @@ def torch_text(model: Any, tokenizer: Any, reqs: list[TextRequest], batch: int, 
 
 
 # -- images ----------------------------------------------------------------------------------------------
-def ort_images(entry: ModelEntry, reqs: Sequence[ImageRequest], batch: int,
-               config: ImageEngineConfig | None = None) -> dict[str, Any]:
+def ort_images(entry: ModelEntry, reqs: Sequence[ImageRequest], batch: int) -> dict[str, Any]:
     """The image engine (dynamic batching, PNG encoding on its pool) on ``reqs``, one image each."""
-    cfg = replace(config or ImageEngineConfig(max_queue_delay_ms=0), max_batch_size=batch)
-    engine = ImageEngine(entry, "cpu", cfg)
+    engine = ImageEngine(entry, "cpu", ImageEngineConfig(max_batch_size=batch, max_queue_delay_ms=0))
     engine.run_all(list(reqs[: min(8, len(reqs))]))  # warm ORT and the encoder pool
     t0 = time.perf_counter()
     results = engine.run_all(list(reqs))
