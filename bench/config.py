@@ -37,6 +37,15 @@ class BenchConfig:
     system_image_jobs: int = 1024
     text_min_new: int = 16
     text_max_new: int = 96
+    # system, naive, submit: alternating rounds; every ratio is the median over the rounds
+    pairs: int = 3
+    # empty tasks per run through one default Celery worker (system.image.vs_noop_celery)
+    noop_tasks: int = 2000
+    # full mode: a GPT-2-small-shaped random model (bench/gpt2.py) through the system and both naives;
+    # 0 jobs = not run. Its naive PyTorch decodes ~10-40 tokens/s per core at batch 1.
+    gpt2_jobs: int = 0
+    gpt2_min_new: int = 16
+    gpt2_max_new: int = 32
     # submit: bulk endpoint vs a per-job INSERT+COMMIT+.delay() loop
     submit_jobs: int = 2000
     # load: Poisson arrivals at these fractions of the measured text capacity
@@ -47,15 +56,15 @@ class BenchConfig:
 
 QUICK = BenchConfig(mode="quick", repeats=3)
 FULL = replace(
-    QUICK, mode="full", repeats=3, torch_repeats=3, engine_min_tokens=16384, engine_images=8192, system_text_jobs=2048,
-    system_image_jobs=4096, submit_jobs=10000, load_duration_s=40.0,
+    QUICK, mode="full", repeats=3, torch_repeats=3, engine_min_tokens=16384, engine_images=8192, system_text_jobs=512,
+    system_image_jobs=2048, submit_jobs=5000, load_duration_s=20.0, noop_tasks=5000, gpt2_jobs=24,
 )
 # Seconds, for tests: tiny sizes that still exercise every code path.
 SMOKE = replace(
     QUICK, mode="smoke", repeats=1, text_batches=(1, 4), engine_new_tokens=8, engine_min_tokens=64,
     image_batches=(1, 8), engine_images=32, torch_batches=(1, 4), torch_image_batches=(1, 8), continuous_jobs=8,
     continuous_slots=4, continuous_min_new=2, continuous_max_new=12, continuous_repeats=1, system_text_jobs=8, system_image_jobs=8,
-    text_min_new=4, text_max_new=8, submit_jobs=50, load_fractions=(0.5,), load_duration_s=2.0,
+    text_min_new=4, text_max_new=8, submit_jobs=50, pairs=1, noop_tasks=20, load_fractions=(0.5,), load_duration_s=2.0,
 )
 
 MODES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}

@@ -1,5 +1,6 @@
-"""``naive`` scenario driver: the same jobs through bench/naive_worker.py (one Celery task per job, batch
-size 1, one worker process with concurrency 1), on the same Redis and the same SQL as the genqueue stack.
+"""The naive baselines' drivers: the same jobs through bench/naive_worker.py (PyTorch) or
+bench/naive_ort_worker.py (the exported ONNX model through ONNX Runtime), one Celery task per job at batch
+size 1, Celery's default pool and concurrency, on the same Redis and the same SQL as the genqueue stack.
 
 The driver submits the way that user would: per job, INSERT + COMMIT a row, then ``task.delay(job_id)``.
 Throughput runs from the first INSERT to the last ``finished``, exactly as in the system scenario.
@@ -13,7 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,6 @@ from sqlalchemy.engine import Engine
 from bench import naive_store
 from bench.naive_store import naive_jobs
 from bench.stackrun import percentiles
-from genqueue.db.session import make_engine
 from genqueue.registry import ModelEntry
 
 QUEUE = "bench.naive"
@@ -38,12 +39,13 @@ def worker_env(broker_url: str, database_url: str, checkpoints: Path, tokenizer:
     return env
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """The straightforward deployment: one worker process, pool solo, concurrency 1."""
+def start_worker(module: str, queue: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """The deployment a user gets untuned: Celery's default pool (prefork) and concurrency (one process
+    per core); only the queue is named."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.naive_worker", "worker", "--pool=solo", "--concurrency=1",
-           f"--queues={QUEUE}", "--loglevel=WARNING", f"--hostname=naive-{os.getpid()}@%h"]
+    cmd = [sys.executable, "-m", "celery", "-A", module, "worker", f"--queues={queue}", "--loglevel=WARNING",
+           f"--hostname={queue}-{os.getpid()}@%h"]
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=Path(__file__).resolve().parent.parent)
 
@@ -118,44 +120,76 @@ def greedy_agreement(text: ModelEntry, checkpoints: Path, max_new: int = 48) -> 
     same = [r.output is not None and r.output["token_ids"][0] == naive_worker.generate(
         model, naive_worker.prompt_ids(tok, p, special), max_new, 0.0, 0, special["eos_token_id"])
         for p, r in zip(PROMPTS, res, strict=True)]
-    return {"prompts": len(same), "identical": sum(same)}
+    from bench.naive_ort_worker import TextModel
+
+    ort_model = TextModel(text.path)
+    same_ort = [r.output is not None and r.output["token_ids"][0] == ort_model.generate(
+        ort_model.prompt_ids(p), max_new, 0.0, 0) for p, r in zip(PROMPTS, res, strict=True)]
+    return {"prompts": len(same), "identical": sum(same), "identical_ort": sum(same_ort)}
 
 
-def run(broker_url: str, database_url: str, checkpoints: Path, tokenizer: Path, texts: Sequence[dict[str, Any]],
-        images: Sequence[dict[str, Any]], log_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from bench import naive_worker
+@dataclass
+class Naive:
+    """One naive deployment: its Celery app, its worker (Celery's defaults) and its two task names."""
 
-    app = naive_worker.make_app(broker_url)
-    engine = make_engine(database_url)  # the same SQL, configured as genqueue configures it
-    naive_store.create(engine)
-    worker = start_worker(worker_env(broker_url, database_url, checkpoints, tokenizer), log_dir / "naive-worker.log")
-    try:
-        # Warm-up: the worker loads both models (once per process) before anything is timed.
-        text_task, image_task = app.tasks["bench.naive.text"], app.tasks["bench.naive.image"]
-        warm = submit(engine, text_task, "text", texts[:2])
-        warm += submit(engine, image_task, "image", images[:2])
-        wait_finished(engine, warm, 90, worker)
-        proc = psutil.Process(worker.pid)
-        out: dict[str, Any] = {"worker": {"pool": "solo", "concurrency": 1,
-                                          "rss_mb": round(proc.memory_info().rss / 2**20, 1)}}
-        for kind, task, inputs in (("text", text_task, texts), ("image", image_task, images)):
-            cpu0 = sum(proc.cpu_times()[:2])
-            t0 = time.time()
-            ids = submit(engine, task, kind, inputs)
-            submitted = time.time() - t0
-            wait_finished(engine, ids, 1800, worker)
-            res = summarize(engine, ids, t0)
-            res["submit_s"] = round(submitted, 3)
-            res["worker_cpu_ms_per_job"] = round((sum(proc.cpu_times()[:2]) - cpu0) * 1000 / len(ids), 2)
-            out[kind] = res
-            unit = "tokens/s" if kind == "text" else "images/s"
-            log(f"naive {kind}: {res['units_per_s']:.1f} {unit}, {res['jobs_per_s']} jobs/s, "
-                f"total p50 {res['total_ms'].get('p50')} ms")
-        with open(log_dir / "naive-worker.log", "rb") as f:
-            threads = [ln.decode(errors="replace").strip().split("] ", 1)[-1] for ln in f if b"torch threads" in ln]
-        out["worker"]["torch_threads"] = threads[-1] if threads else None
-        return out
-    finally:
-        stop_worker(worker)
-        engine.dispose()
-        app.close()
+    name: str  # "torch" | "ort"
+    module: str
+    queue: str
+    env: dict[str, str]
+
+    def start(self, engine: Engine, log_dir: Path) -> None:
+        import importlib
+
+        self.engine = engine
+        self.app = importlib.import_module(self.module).make_app(self.env["BENCH_NAIVE_BROKER"])
+        self.worker = start_worker(self.module, self.queue, self.env, log_dir / f"naive-{self.name}-worker.log")
+        self.log_path = log_dir / f"naive-{self.name}-worker.log"
+
+    def tasks(self) -> dict[str, Any]:
+        return {"text": self.app.tasks[f"{self.queue}.text"], "image": self.app.tasks[f"{self.queue}.image"]}
+
+    def warm(self, texts: Sequence[dict[str, Any]], images: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Until the pool's processes have loaded their models and served a few jobs of each kind; returns
+        the deployment's pool, concurrency and memory."""
+        t = self.tasks()
+        ids = submit(self.engine, t["text"], "text", texts[:4]) + submit(self.engine, t["image"], "image", images[:4])
+        wait_finished(self.engine, ids, 180, self.worker)
+        proc = psutil.Process(self.worker.pid)
+        kids = proc.children(recursive=True)
+        return {"pool": "prefork (Celery's default)", "concurrency": len(kids), "cores": os.cpu_count(),
+                "rss_mb": round(sum(p.memory_info().rss for p in [proc, *kids]) / 2**20, 1),
+                "threads_per_process": 1}
+
+    def cpu_s(self) -> float:
+        proc = psutil.Process(self.worker.pid)
+        return float(sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)]))
+
+    def measure(self, kind: str, inputs: Sequence[dict[str, Any]], timeout: float = 1800) -> dict[str, Any]:
+        cpu0 = self.cpu_s()
+        t0 = time.time()
+        ids = submit(self.engine, self.tasks()[kind], kind, inputs)
+        submitted = time.time() - t0
+        wait_finished(self.engine, ids, timeout, self.worker)
+        res = summarize(self.engine, ids, t0)
+        res["submit_s"] = round(submitted, 3)
+        res["worker_cpu_ms_per_job"] = round((self.cpu_s() - cpu0) * 1000 / len(ids), 2)
+        return res
+
+    def stop(self) -> None:
+        stop_worker(self.worker)
+        self.app.close()
+
+
+def torch_naive(broker_url: str, database_url: str, checkpoints: Path, tokenizer: Path) -> Naive:
+    return Naive("torch", "bench.naive_worker", QUEUE, worker_env(broker_url, database_url, checkpoints, tokenizer))
+
+
+def ort_naive(broker_url: str, database_url: str, text: ModelEntry, image: ModelEntry | None) -> Naive:
+    from bench import naive_ort_worker
+
+    env = dict(os.environ)
+    env.update({"BENCH_NAIVE_BROKER": broker_url, "BENCH_NAIVE_DATABASE": database_url,
+                "BENCH_NAIVE_TEXT_MODEL": str(text.path.resolve()), "PYTHONUNBUFFERED": "1"})
+    if image is not None:
+        env["BENCH_NAIVE_IMAGE_MODEL"] = str(image.path.resolve())
+    return Naive("ort", "bench.naive_ort_worker", naive_ort_worker.QUEUE, env)

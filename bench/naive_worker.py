@@ -1,7 +1,9 @@
-"""The naive baseline, as a competent user would write it without genqueue: one Celery task per job.
+"""The naive baseline, as a user gets it without genqueue or tuning: one Celery task per job.
 
-Run as ``celery -A bench.naive_worker worker --pool=solo --concurrency=1 -Q bench.naive``. The PyTorch
-model is loaded once per worker process and kept; each task reads its row, generates for that one job alone
+Run with Celery's defaults, ``celery -A bench.naive_worker worker -Q bench.naive``: the prefork pool with one
+process per core, and one torch thread per process (the processes already fill the cores, and a batch-1
+step of a small model loses more to thread hand-offs than it gains). Each pool process loads the PyTorch
+models once, before its first task, and keeps them; each task reads its row, generates for that one job alone
 (batch size 1) under ``torch.inference_mode()`` with a KV cache, and writes the result back in one UPDATE.
 Sampling matches genqueue's: softmax(logits / temperature) then one draw per token, EOS ends the job and is
 not counted, max_new_tokens is clamped to the context left after the prompt, and the prompt starts with BOS
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 from celery import Celery
+from celery.signals import worker_process_init
 from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
@@ -50,38 +53,12 @@ def load_text_model(checkpoints: str, tokenizer: str) -> tuple[GPT, Tokenizer, d
 
 @lru_cache(maxsize=1)
 def text_model() -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    loaded = load_text_model(os.environ["BENCH_NAIVE_CHECKPOINTS"], os.environ["BENCH_NAIVE_TOKENIZER"])
-    _pick_threads(loaded[0])
-    return loaded
+    return load_text_model(os.environ["BENCH_NAIVE_CHECKPOINTS"], os.environ["BENCH_NAIVE_TOKENIZER"])
 
 
 def prompt_ids(tok: Tokenizer, prompt: str, special: dict[str, Any]) -> list[int]:
     ids = tok.encode(prompt, add_special_tokens=False).ids
     return [special["bos_token_id"], *ids] if special["prepend_bos"] or not ids else ids
-
-
-@torch.inference_mode()
-def _step_ms(model: GPT, steps: int = 30) -> float:
-    past = model.empty_past(1)
-    _, *past = model(torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.long), torch.arange(3)[None], *past)
-    t0 = time.perf_counter()
-    for t in range(3, 3 + steps):
-        _, *past = model(torch.tensor([[5]]), torch.ones(1, t + 1, dtype=torch.long), torch.tensor([[t]]), *past)
-    return (time.perf_counter() - t0) * 1000 / steps
-
-
-def _pick_threads(model: GPT) -> None:
-    """Keep whichever intra-op thread count decodes faster here, torch's default or 1: batch-1 steps of a
-    small model often lose more to thread hand-offs than they gain, and we never want a weakened baseline."""
-    default = torch.get_num_threads()
-    timing = {}
-    for n in sorted({default, 1}, reverse=True):
-        torch.set_num_threads(n)
-        _step_ms(model, 5)
-        timing[n] = min(_step_ms(model) for _ in range(3))
-    best = min(timing, key=lambda n: timing[n])
-    torch.set_num_threads(best)
-    print(f"torch threads: {best} (default {default}; ms per decode step {timing})", flush=True)
 
 
 @lru_cache(maxsize=1)
@@ -119,6 +96,19 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature
         t += s
         cur = torch.tensor([[tok]], dtype=torch.long)
     return out
+
+
+TORCH_THREADS = 1
+
+
+@worker_process_init.connect
+def _warm(**_: Any) -> None:
+    """Each pool process: one torch thread, both models loaded before its first task (a warm worker)."""
+    torch.set_num_threads(TORCH_THREADS)
+    text_model()
+    if os.path.exists(os.path.join(os.environ["BENCH_NAIVE_CHECKPOINTS"], "generator.pt")):
+        image_model()
+    print(f"torch threads: {torch.get_num_threads()} in process {os.getpid()}", flush=True)
 
 
 def _load(job_id: str) -> dict[str, Any]:

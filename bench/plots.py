@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -51,22 +52,27 @@ def continuous(c: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def system(sc: dict[str, Any], path: Path) -> Path:
-    s, lim, nv = sc["system"], sc.get("engine_limit", {}), sc.get("naive")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, kind, unit, lk in ((axes[0], "text", "tokens/s", "tokens_per_s"), (axes[1], "image", "images/s", "images_per_s")):
-        names, vals = ["genqueue"], [s[kind]["units_per_s"]]
-        if lim:
-            names.insert(0, "engine alone")
-            vals.insert(0, lim[kind][lk])
-        if nv:
-            names.append("naive Celery")
-            vals.append(nv[kind]["units_per_s"])
-        colors = {"engine alone": "#59c", "genqueue": "#2a7", "naive Celery": "#c55"}
+def system(s: dict[str, Any], path: Path, prefix: str = "system") -> Path:
+    """Medians over the rounds: the engine alone, genqueue end to end and each naive deployment."""
+    from bench.system import ratios
+
+    per = ratios(s, prefix)
+    kinds = [k for k in ("text", "image") if s["rounds"] and k in s["rounds"][0]]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.8), squeeze=False)
+    colors = {"engine alone": "#59c", "genqueue": "#2a7", "naive PyTorch": "#c55", "naive ORT": "#d94"}
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        names, vals = [], []
+        for name, key in (("engine alone", "engine_limit_units_per_s"), ("genqueue", "units_per_s"),
+                          ("naive PyTorch", "naive_torch_units_per_s"), ("naive ORT", "naive_ort_units_per_s")):
+            v = per.get(f"{prefix}.{kind}.{key}")
+            if v:
+                names.append(name)
+                vals.append(float(statistics.median(v)))
         bars = ax.bar(names, vals, color=[colors[n] for n in names])
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
-        ax.set(ylabel=unit, title=f"{kind}: end to end", yscale="log")
+        ax.set(ylabel="tokens/s" if kind == "text" else "images/s", title=f"{kind}: end to end (medians)", yscale="log")
         ax.set_ylim(bottom=min(vals) / 3, top=max(vals) * 2)
+        ax.tick_params(axis="x", labelsize=8)
     return _save(fig, path)
 
 
@@ -86,8 +92,9 @@ def load(ld: dict[str, Any], path: Path) -> Path:
 
 def submit(s: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    bars = ax.bar(["bulk endpoint", "INSERT+COMMIT+.delay()"], [s["bulk"]["jobs_per_s"], s["delay"]["jobs_per_s"]],
-                  color=["#2a7", "#c55"])
+    bars = ax.bar(["bulk endpoint", "POST /v1/jobs", "INSERT+COMMIT+.delay()"],
+                  [s["bulk"]["jobs_per_s"], s["single"]["jobs_per_s"], s["delay"]["jobs_per_s"]],
+                  color=["#2a7", "#4b8", "#c55"])
     ax.bar_label(bars, fmt="%.0f")
     ax.set(ylabel="jobs/s", title=f"submit {s['jobs']} jobs ({s['bulk_vs_delay']}x)")
     return _save(fig, path)
@@ -102,7 +109,9 @@ def write_all(results: dict[str, Any], folder: Path) -> list[Path]:
     if "continuous" in sc:
         out.append(continuous(sc["continuous"], folder / "continuous.png"))
     if "system" in sc:
-        out.append(system(sc, folder / "system.png"))
+        out.append(system(sc["system"], folder / "system.png"))
+    if "gpt2" in sc:
+        out.append(system(sc["gpt2"], folder / "system-gpt2.png", "system.gpt2"))
     if "submit" in sc:
         out.append(submit(sc["submit"], folder / "submit.png"))
     if "load" in sc:

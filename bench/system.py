@@ -3,24 +3,27 @@
 N text jobs, then N image jobs (one image each), each set submitted at once through POST /v1/jobs/bulk.
 Throughput runs from the first submit to the last ``finished_at``; latencies come from the job rows
 (queue = started_at - created_at, total = finished_at - created_at). The engine limit runs the very same
-jobs through the engine alone at the same maximum batch, which gives ``efficiency``.
+jobs through the engine alone, configured from the worker's settings (ORT threads and spinning, batch
+sizes), which gives ``efficiency``; the naive deployments run them too, which gives ``vs_naive`` and
+``vs_naive_ort``. All of these alternate within rounds, and every ratio is the median over the rounds.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
 
-from bench import engine_bench
 from bench.config import BenchConfig
+from bench.naive import Naive
+from bench.noopcelery import NoopCelery
 from bench.stackrun import BenchStack, CpuMeter, job_rows, submit_bulk, summarize, wait_done
 from bench.workload import image_inputs, image_request, text_inputs, text_request
 from genqueue.registry import ModelEntry
 from genqueue.settings import Settings
-from genqueue_worker.engine.text_engine import TextEngineConfig
 
 
 def workloads(cfg: BenchConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -28,16 +31,46 @@ def workloads(cfg: BenchConfig) -> tuple[list[dict[str, Any]], list[dict[str, An
             image_inputs(cfg.system_image_jobs))
 
 
-def engine_limit(cfg: BenchConfig, settings: Settings, text: ModelEntry, image: ModelEntry) -> dict[str, Any]:
-    """The system's jobs through the engines alone, in process, at the worker's max batch sizes."""
-    texts, images = workloads(cfg)
-    treqs = [text_request(f"sys-{i}", inp) for i, inp in enumerate(texts)]
-    tcfg = TextEngineConfig(max_batch_size=settings.text_max_running,
-                            max_tokens_per_step=settings.text_max_tokens_per_step)
-    t = engine_bench.best_of(cfg.repeats, lambda: engine_bench.ort_text(text, treqs, settings.text_max_running, tcfg))
-    ireqs = [image_request(f"sys-{i}", inp) for i, inp in enumerate(images)]
-    i = engine_bench.best_of(cfg.repeats, lambda: engine_bench.ort_images(image, ireqs, settings.image_max_batch_size))
-    return {"text": t, "image": i}
+def engine_limit(settings: Settings, entry: ModelEntry, kind: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The system's jobs of one kind through the engine alone, in process, built by the worker's loader from
+    the worker's settings, and warm as a serving worker's engine is: the same jobs run once untimed (every
+    batch shape seen, ORT's arenas and the reserved KV cache touched), then once timed."""
+    from bench import engine_benchmarks
+    from genqueue_worker.engine import load_engine
+    from genqueue_worker.engine.image_engine import ImageEngine
+    from genqueue_worker.engine.loader import engine_configs
+
+    def requests() -> list[Any]:
+        if kind == "text":
+            return [text_request(f"sys-{i}", inp) for i, inp in enumerate(inputs)]
+        return [image_request(f"sys-{i}", inp) for i, inp in enumerate(inputs)]
+
+    # The worker's own engine configuration (ORT threads and spinning, batch sizes, lanes), from the settings.
+    engine = load_engine(entry, provider=settings.provider, config=engine_configs(settings).for_kind(entry.manifest.kind))
+
+    def run(reqs: list[Any]) -> list[Any]:
+        if isinstance(engine, ImageEngine):
+            return engine.run_all(reqs)
+        return engine_benchmarks.run_all(engine, reqs)
+
+    try:
+        run(requests())  # warm-up on the same jobs, as a serving worker is warm
+        reqs = requests()
+        t0 = time.perf_counter()
+        results = run(reqs)
+        wall = time.perf_counter() - t0
+    finally:
+        engine.stop()
+    failed = sum(r.status != "succeeded" for r in results)
+    if failed:
+        raise RuntimeError(f"engine alone: {failed} of {len(results)} {kind} jobs failed")
+    out: dict[str, Any] = {"jobs": len(results), "wall_s": round(wall, 4), "warm": True}
+    if kind == "text":
+        tokens = int(sum(r.metrics.get("tokens", 0.0) for r in results))
+        out.update(tokens=tokens, tokens_per_s=round(tokens / wall, 1))
+    else:
+        out.update(images=len(results), images_per_s=round(len(results) / wall, 1))
+    return out
 
 
 def _phase(bs: BenchStack, model: str, inputs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
@@ -68,54 +101,113 @@ def worker_memory(bs: BenchStack) -> dict[str, Any]:
             "refs": hb.get("refs"), "providers": hb.get("providers"), "threads": proc.num_threads()}
 
 
-def run(cfg: BenchConfig, bs: BenchStack, log: Callable[[str], None] = print) -> dict[str, Any]:
-    texts, images = workloads(cfg)
-    timeout = 600.0
+def settings_summary(bs: BenchStack) -> dict[str, Any]:
+    return {"text_max_running": bs.settings.text_max_running, "image_max_batch_size": bs.settings.image_max_batch_size,
+            "image_max_queue_delay_ms": bs.settings.image_max_queue_delay_ms,
+            "worker_concurrency": bs.settings.worker_concurrency, "ort_threads": bs.settings.ort_threads,
+            "ort_allow_spinning": bs.settings.ort_allow_spinning,
+            "database": bs.settings.sqlalchemy_url.split(":", 1)[0],
+            "redis": "embedded" if bs.broker_url.startswith("redis+socket") else "configured"}
+
+
+def run(cfg: BenchConfig, bs: BenchStack, models: dict[str, ModelEntry], inputs: dict[str, list[dict[str, Any]]],
+        naives: Sequence[Naive], noop: NoopCelery | None, log: Callable[[str], None] = print,
+        rounds: int = 3) -> dict[str, Any]:
+    """``rounds`` alternating rounds; in each, per kind: the engine limit (in process, the worker idle), the
+    system, then each naive deployment, on the same jobs; then the no-op Celery run. Every ratio is taken
+    within a round, and the metrics are the medians over the rounds."""
     # Warm the path once (first HTTP request, first claims) so the phases measure the steady state.
-    warm = submit_bulk(bs.client, "tiny-lm", texts[:4]) + submit_bulk(bs.client, "dcgan-digits", images[:4])
-    wait_done(bs.db, warm, 120)
-    text = _phase(bs, "tiny-lm", texts, timeout)
-    log(f"system text:  {text['units_per_s']:.1f} tokens/s, {text['jobs_per_s']} jobs/s, total p50/p99 "
-        f"{text['total_ms'].get('p50')}/{text['total_ms'].get('p99')} ms, cpu ms/job {text['cpu_ms_per_job']}")
-    image = _phase(bs, "dcgan-digits", images, timeout)
-    log(f"system image: {image['units_per_s']:.1f} images/s, total p50/p99 "
-        f"{image['total_ms'].get('p50')}/{image['total_ms'].get('p99')} ms, cpu ms/job {image['cpu_ms_per_job']}")
-    mem = worker_memory(bs)
-    log(f"worker RSS {mem['rss_mb']} MB, torch loaded in worker: {mem['torch_loaded']}")
-    return {"text": text, "image": image, "worker": mem,
-            "settings": {"text_max_running": bs.settings.text_max_running,
-                         "image_max_batch_size": bs.settings.image_max_batch_size,
-                         "image_max_queue_delay_ms": bs.settings.image_max_queue_delay_ms,
-                         "worker_concurrency": bs.settings.worker_concurrency,
-                         "database": bs.settings.sqlalchemy_url.split(":", 1)[0],
-                         "redis": "embedded" if bs.broker_url.startswith("redis+socket") else "configured"}}
+    warm = [i for kind, entry in models.items() for i in submit_bulk(bs.client, entry.name, inputs[kind][:4])]
+    wait_done(bs.db, warm, 300)
+    out: dict[str, Any] = {"rounds": [], "settings": settings_summary(bs), "models": {k: e.ref for k, e in models.items()}}
+    for r in range(rounds):
+        rnd: dict[str, Any] = {}
+        for kind, entry in models.items():
+            unit = "tokens/s" if kind == "text" else "images/s"
+            lim = engine_limit(bs.settings, entry, kind, inputs[kind])
+            res = _phase(bs, entry.name, inputs[kind], 1800.0)
+            row = {"engine_limit": lim, "system": res}
+            for nv in naives:
+                row[f"naive_{nv.name}"] = nv.measure(kind, inputs[kind])
+            rnd[kind] = row
+            log(f"round {r + 1} {entry.name}: engine alone {lim.get('tokens_per_s', lim.get('images_per_s'))}, "
+                f"system {res['units_per_s']} {unit} ({res['jobs_per_s']} jobs/s, total p50 "
+                f"{res['total_ms'].get('p50')} ms)" + "".join(
+                    f", naive {nv.name} {row['naive_' + nv.name]['units_per_s']}" for nv in naives))
+        if noop is not None:
+            rnd["noop_celery"] = noop.measure(cfg.noop_tasks)
+            log(f"round {r + 1} empty Celery tasks: {rnd['noop_celery']['tasks_per_s']} tasks/s")
+        out["rounds"].append(rnd)
+    out["worker"] = worker_memory(bs)
+    log(f"worker RSS {out['worker']['rss_mb']} MB, torch loaded in worker: {out['worker']['torch_loaded']}")
+    return out
 
 
-def metrics(res: dict[str, Any], limit: dict[str, Any], naive: dict[str, Any] | None) -> dict[str, float | bool]:
-    t, i = res["text"], res["image"]
-    m: dict[str, float | bool] = {
-        "system.text.tokens_per_s": t["units_per_s"],
-        "system.text.jobs_per_s": t["jobs_per_s"],
-        "system.image.images_per_s": i["units_per_s"],
-        "system.text.engine_limit_tokens_per_s": limit["text"]["tokens_per_s"],
-        "system.image.engine_limit_images_per_s": limit["image"]["images_per_s"],
-        "system.text.efficiency": round(t["units_per_s"] / limit["text"]["tokens_per_s"], 3),
-        "system.image.efficiency": round(i["units_per_s"] / limit["image"]["images_per_s"], 3),
-        "system.text.tokens_match_engine_limit": t["units"] == limit["text"]["tokens"],
-        "worker.rss_mb": res["worker"]["rss_mb"],
-        "worker.torch_loaded": res["worker"]["torch_loaded"],
-    }
-    for kind, r in (("text", t), ("image", i)):
-        for lat in ("queue_ms", "total_ms"):
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _units(r: dict[str, Any]) -> float:
+    """Tokens/s or images/s of a system or naive phase (``units_per_s``) or of an engine-alone run."""
+    for key in ("units_per_s", "tokens_per_s", "images_per_s"):
+        if key in r:
+            return float(r[key])
+    raise KeyError(f"no throughput in {sorted(r)}")
+
+
+def ratios(res: dict[str, Any], prefix: str = "system") -> dict[str, Any]:
+    """Per-round ratios (lists) and their medians (the metrics), keyed ``<prefix>.<kind>.<ratio>``."""
+    per: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        per.setdefault(key, []).append(round(value, 3))
+
+    for rnd in res["rounds"]:
+        for kind in ("text", "image"):
+            row = rnd.get(kind)
+            if row is None:
+                continue
+            sysu, lim = _units(row["system"]), _units(row["engine_limit"])
+            add(f"{prefix}.{kind}.units_per_s", sysu)
+            add(f"{prefix}.{kind}.engine_limit_units_per_s", lim)
+            add(f"{prefix}.{kind}.efficiency", sysu / lim)
+            for name, suffix in (("naive_torch", "vs_naive"), ("naive_ort", "vs_naive_ort")):
+                if name in row:
+                    nv = _units(row[name])
+                    add(f"{prefix}.{kind}.{name}_units_per_s", nv)
+                    add(f"{prefix}.{kind}.{suffix}", sysu / nv)
+                    add(f"{prefix}.{kind}.ceiling_{suffix}", lim / nv)
+            if kind == "image" and "noop_celery" in rnd:
+                add(f"{prefix}.image.vs_noop_celery", row["system"]["jobs_per_s"] / rnd["noop_celery"]["tasks_per_s"])
+    return {k: v for k, v in per.items()}
+
+
+def metrics(res: dict[str, Any], prefix: str = "system") -> dict[str, float | bool]:
+    per = ratios(res, prefix)
+    m: dict[str, float | bool] = {k: round(_median(v), 3 if "efficiency" in k else 2) for k, v in per.items()}
+    names = {"units_per_s": "", "engine_limit_units_per_s": "engine_limit_", "naive_torch_units_per_s": "naive_",
+             "naive_ort_units_per_s": "naive_ort_"}
+    for key in list(m):  # the throughputs under their unit's name: tokens_per_s / images_per_s
+        kind, what = key.split(".")[-2], key.split(".")[-1]
+        if what in names:
+            m[f"{key.rsplit('.', 1)[0]}.{names[what]}{'tokens' if kind == 'text' else 'images'}_per_s"] = m.pop(key)
+    rounds = res["rounds"]
+    if rounds and "text" in rounds[0]:
+        m[f"{prefix}.text.tokens_match_engine_limit"] = all(
+            r["text"]["system"]["units"] == r["text"]["engine_limit"]["tokens"] for r in rounds)
+        last = rounds[len(rounds) // 2]["text"]["system"]
+        m[f"{prefix}.text.jobs_per_s"] = last["jobs_per_s"]
+    if "noop_celery" in (rounds[0] if rounds else {}):
+        m["noop_celery.tasks_per_s"] = round(_median([r["noop_celery"]["tasks_per_s"] for r in rounds]), 1)
+    if "worker" in res:  # the main stack's worker is `worker.*`; another stack's is under its prefix
+        wk = "worker" if prefix == "system" else f"{prefix}.worker"
+        m[f"{wk}.rss_mb"] = res["worker"]["rss_mb"]
+        m[f"{wk}.torch_loaded"] = res["worker"]["torch_loaded"]
+    for kind in ("text", "image"):
+        lat = [r[kind]["system"] for r in rounds if kind in r]
+        for which in ("queue_ms", "total_ms"):
             for p in ("p50", "p95", "p99"):
-                if p in r[lat]:
-                    m[f"system.{kind}.{lat.removesuffix('_ms')}_{p}_ms"] = r[lat][p]
-    if naive is not None:
-        m["naive.text.tokens_per_s"] = naive["text"]["units_per_s"]
-        m["naive.image.images_per_s"] = naive["image"]["units_per_s"]
-        m["system.text.vs_naive"] = round(t["units_per_s"] / naive["text"]["units_per_s"], 2)
-        m["system.image.vs_naive"] = round(i["units_per_s"] / naive["image"]["units_per_s"], 2)
-        # The most vs_naive could reach here: the engine alone on the same jobs, over the naive baseline.
-        m["system.text.engine_limit_vs_naive"] = round(limit["text"]["tokens_per_s"] / naive["text"]["units_per_s"], 2)
-        m["system.image.engine_limit_vs_naive"] = round(limit["image"]["images_per_s"] / naive["image"]["units_per_s"], 2)
+                vals = [x[which][p] for x in lat if p in x[which]]
+                if vals:
+                    m[f"{prefix}.{kind}.{which.removesuffix('_ms')}_{p}_ms"] = round(_median(vals), 1)
     return m
