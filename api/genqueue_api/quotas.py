@@ -4,8 +4,9 @@ minute and jobs in flight (queued or running).
 Defaults come from the settings (GENQUEUE_QUOTA_REQUESTS_PER_S, GENQUEUE_RATE_LIMIT_JOBS_PER_MIN,
 GENQUEUE_QUOTA_JOBS_IN_FLIGHT); an admin may set other values for one key (PUT /v1/keys/{id}/quota), kept in
 a Redis hash. Only submits that create jobs are counted, and only after validation: a request refused by
-validation, an idempotent replay or a request refused by a quota uses none of it. All three limits are
-checked and charged in one Lua script, so concurrent API processes never overshoot them.
+validation, an idempotent replay or a request refused by a quota uses none of it. A batch is one request,
+and each of its stored chunks of lines is charged like a bulk's items (:func:`admit_lines`). All three
+limits are checked and charged in one Lua script, so concurrent API processes never overshoot them.
 
 Jobs in flight are the ids of the key's accepted jobs in a sorted set (scored by submit time), kept only
 while the key has an in-flight limit: jobs accepted before a limit applied are not counted. Nothing removes
@@ -75,6 +76,17 @@ end
 return {admit, 0, cap, in_flight + admit}
 """
 _NAMES = {1: "requests_per_s", 2: "jobs_per_min", 3: "jobs_in_flight"}
+# The requests-per-second check of _ADMIT alone. KEYS: overrides hash, this second's request counter.
+# ARGV: the default requests/s. Returns {charged (1/0), limit, used}.
+_REQUEST = """
+local rps = tonumber(redis.call('HGET', KEYS[1], 'requests_per_s') or ARGV[1])
+if rps <= 0 then return {1, 0, 0} end
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+if used + 1 > rps then return {0, rps, used} end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], 2)
+return {1, rps, used + 1}
+"""
 
 
 def _config(key_id: str) -> str:
@@ -124,19 +136,20 @@ def write(state: AppState, key_id: str, changes: dict[str, int | None]) -> Quota
     return read(state, key_id)
 
 
-def admit(state: AppState, key_id: str, job_ids: list[str]) -> tuple[int, int]:
+def admit(state: AppState, key_id: str, job_ids: list[str], charge_request: bool = True) -> tuple[int, int]:
     """Charge a submit that would create ``job_ids``: returns how many of them (the first ones) may go in,
     and the in-flight limit. Raises 429 ``rate_limited`` when none may; fewer than all happens only for a
-    bulk over the in-flight limit, whose other items are then refused one by one (see :func:`refused_item`)."""
+    bulk over the in-flight limit, whose other items are then refused one by one (see :func:`refused_item`).
+    ``charge_request`` False charges the jobs alone (a batch's later chunks: one request, many chunks)."""
     if not job_ids:
         return 0, 0
     try:
-        got = _run(state, key_id, job_ids, charge_request=True)
+        got = _run(state, key_id, job_ids, charge_request=charge_request)
         if got[0] < len(job_ids) and got[1] in (0, 3) and _may_prune(state, key_id):
             # The set may hold jobs that have ended since: drop those and try again.
             prune(state, key_id)
             if got[0] == 0:
-                got = _run(state, key_id, job_ids, charge_request=True)
+                got = _run(state, key_id, job_ids, charge_request=charge_request)
             else:
                 rest = _run(state, key_id, job_ids[got[0]:], charge_request=False)
                 got = [got[0] + rest[0], 0, got[2], rest[3]]
@@ -151,6 +164,8 @@ def admit(state: AppState, key_id: str, job_ids: list[str]) -> tuple[int, int]:
 
 def release(state: AppState, key_id: str, job_ids: list[str]) -> None:
     """Give back in-flight places reserved for jobs that were not stored after all."""
+    if not job_ids:
+        return
     try:
         queue.shared_redis(state.broker_url).zrem(_in_flight(key_id), *job_ids)
     except Exception as e:
@@ -207,8 +222,40 @@ def over(refusal: int, limit: int, used: int, requested: int) -> ApiError:
                     headers={"Retry-After": str(retry)})
 
 
-def refused_item(limit: int) -> dict[str, Any]:
-    """The error of one bulk item left out because the key reached its in-flight limit."""
+def refused_item(limit: int, what: str = "item") -> dict[str, Any]:
+    """The error of one bulk item (or batch line) left out because the key reached its in-flight limit."""
     return {"code": "rate_limited",
-            "message": f"this key may have {limit} jobs queued or running; submit this item again later",
+            "message": f"this key may have {limit} jobs queued or running; submit this {what} again later",
             "details": [{"quota": "jobs_in_flight", "limit": limit}]}
+
+
+def admit_lines(state: AppState, key_id: str, job_ids: list[str]) -> tuple[int, dict[str, Any] | None]:
+    """Charge a chunk of a batch's valid lines: (how many of the first ones may go in, the error of each line
+    left out, or None). Like a bulk's items, except that no submit request is charged (a batch's HTTP
+    request is charged once, by :func:`charge_request`) and a chunk with no room gets its lines refused
+    rather than a 429 for the whole request."""
+    try:
+        admitted, limit = admit(state, key_id, job_ids, charge_request=False)
+    except ApiError as e:
+        if e.status != 429:
+            raise
+        detail = e.details[0] if e.details and isinstance(e.details[0], dict) else {}
+        if detail.get("quota") == "jobs_in_flight":
+            return 0, refused_item(int(detail.get("limit", 0)), "line")
+        return 0, {"code": e.code, "message": e.message, "details": e.details}
+    return admitted, refused_item(limit, "line") if admitted < len(job_ids) else None
+
+
+def charge_request(state: AppState, key_id: str) -> None:
+    """Charge one submit request that creates no job yet (a batch: its lines are charged as jobs as they are
+    stored). Raises 429 ``rate_limited`` past the key's requests per second."""
+    now = time.time()
+    keys = [_config(key_id), f"genqueue:quota:{key_id}:s:{int(now)}"]
+    try:
+        r = queue.shared_redis(state.broker_url)
+        ok, limit, used = (int(x) for x in r.eval(_REQUEST, len(keys), *keys, defaults(state)["requests_per_s"]))  # type: ignore[union-attr]
+    except Exception as e:  # Redis is down: fail open
+        log.warning("quotas unavailable (%s); request let through", e.__class__.__name__)
+        return
+    if not ok:
+        raise over(1, limit, used, 0)

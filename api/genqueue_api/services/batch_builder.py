@@ -3,7 +3,9 @@
 Each call to :meth:`Builder.add` takes up to CHUNK_LINES lines: it validates every line alone (the line
 envelope, its custom_id, then the job request through the submit path's own ``prepare``), inserts the
 chunk's jobs and one ``batch_requests`` row per line, COMMITS, and publishes the jobs like a bulk submit.
-A refused line keeps its line number, field and message; the others go through. The builder holds one chunk
+A refused line keeps its line number, field and message; the others go through. The valid lines are
+charged to the key's quotas as a bulk's items are: the lines past its jobs-in-flight (or jobs-per-minute)
+limit are refused with the quota's error, 429 ``rate_limited``, and the others run. The builder holds one chunk
 at most: duplicate custom_ids of earlier chunks are found with one indexed query per chunk.
 """
 
@@ -19,7 +21,7 @@ from genqueue.db.models import ApiKey, utcnow
 from genqueue.openai_schemas import ENDPOINTS
 from genqueue.review import state as review_state
 from genqueue.schemas import storable
-from genqueue_api import metrics
+from genqueue_api import metrics, quotas
 from genqueue_api.errors import ApiError
 from genqueue_api.services import jobs as jobs_service
 from genqueue_api.services import openai_compat
@@ -180,16 +182,22 @@ class Builder:
                              "error": None})
         if not requests:
             return not self.stopped
+        rows = self._charge(rows, requests, refused)
         with self.state.db.session() as s:
-            jobs_store.insert_jobs(s, rows)
-            store.insert_requests(s, requests)
-            store.add_progress(s, self.batch_id, len(requests), len(refused))
-            s.commit()
+            try:
+                jobs_store.insert_jobs(s, rows)
+                store.insert_requests(s, requests)
+                store.add_progress(s, self.batch_id, len(requests), len(refused))
+                s.commit()
+            except BaseException:
+                quotas.release(self.state, self.key.id, [r["id"] for r in rows])  # none of them was stored
+                raise
             if rows and store.status_of(s, self.batch_id) == "cancelling":
                 # Canceled while being read: this chunk's jobs are canceled before they are published.
                 canceled = jobstate.cancel_queued(s, [r["id"] for r in rows])
                 review_state.record_canceled(s, canceled)
                 s.commit()
+                quotas.release(self.state, self.key.id, canceled)
                 self.stopped = True
                 rows = []
         self.valid += len(requests) - len(refused)
@@ -203,6 +211,25 @@ class Builder:
             for r in rows:
                 logs.job_event(log, "submitted", r["id"], model=r["model"], batch_id=self.batch_id)
         return not self.stopped
+
+    def _charge(self, rows: list[dict[str, Any]], requests: list[dict[str, Any]],
+                refused: list[str]) -> list[dict[str, Any]]:
+        """Charges the chunk's valid lines to the key's quotas, as a bulk's items are (validation first, so
+        that refused lines use none): the lines past a limit are refused with the quota's error, in place in
+        ``requests`` and ``refused``. Returns the rows that may be stored."""
+        if not rows:
+            return rows
+        admitted, error = quotas.admit_lines(self.state, self.key.id, [r["id"] for r in rows])
+        if error is None:
+            return rows
+        held = {r["id"] for r in rows[admitted:]}
+        for req in requests:
+            if req["job_id"] in held:
+                req["job_id"] = None
+                req["error"] = {"status": 429, "code": error["code"], "message": error["message"], "field": None,
+                                "details": error["details"]}
+                refused.append(error["code"])
+        return rows[:admitted]
 
     def _stored_ids(self, objs: list[dict[str, Any]]) -> set[str]:
         """The custom_ids of these lines that earlier chunks already stored (one indexed query a chunk)."""

@@ -33,7 +33,7 @@ def _response(batch: Batch, req: BatchRequest, job: Job | None, review: Review |
     if job is None:
         err = req.error or {}
         e = OpenAIError(int(err.get("status", 400)), str(err.get("code", "invalid_request")),
-                        str(err.get("message", "")), err.get("field"))
+                        str(err.get("message", "")), err.get("field"), err.get("details"))
         return {"status_code": e.status, "request_id": None, "body": e.body()}
     if job.status == JobStatus.succeeded.value:
         body = (openai_compat.completion(job) if batch.endpoint == "/v1/completions"

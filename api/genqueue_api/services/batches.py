@@ -34,7 +34,10 @@ from genqueue.openai_schemas import (
     RequestCounts,
 )
 from genqueue.review import state as review_state
+from genqueue_api import quotas
+from genqueue_api.errors import ApiError
 from genqueue_api.services import files as files_service
+from genqueue_api.services import openai_compat
 from genqueue_api.services.batch_builder import CHUNK_LINES, Builder
 from genqueue_api.services.jsonl import Line, LineSplitter
 from genqueue_api.services.openai_compat import OpenAIError
@@ -72,6 +75,15 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def charge_request(state: AppState, key: ApiKey) -> None:
+    """A batch is one submit request for the key's requests-per-second quota, charged once the request
+    itself is known good (its lines are charged as jobs, chunk by chunk, as they are stored)."""
+    try:
+        quotas.charge_request(state, key.id)
+    except ApiError as e:
+        raise openai_compat.from_api_error(e) from None
+
+
 def start(state: AppState, key: ApiKey, endpoint: str, input_file_id: str | None,
           metadata: dict[str, str] | None) -> str:
     """A new batch in status validating, with its (generated) output and error files."""
@@ -98,6 +110,7 @@ def create_from_file(state: AppState, key: ApiKey, req: BatchCreate) -> BatchObj
     if f.purpose != "batch":
         raise OpenAIError(400, "invalid_file", f"file {f.id} is not a batch input (its purpose is {f.purpose})",
                           "input_file_id")
+    charge_request(state, key)
     batch_id = start(state, key, endpoint, f.id, req.metadata)
     builder = Builder(state, key, batch_id, endpoint)
     try:
@@ -111,6 +124,7 @@ async def create_from_stream(state: AppState, key: ApiKey, endpoint: str, body: 
     """POST /v1/batches with a JSONL body: lines are handled a chunk at a time as the body arrives, so the
     first jobs are stored (and running) before the upload ends, and the body is never held whole."""
     check_endpoint(endpoint)
+    await run_in_threadpool(charge_request, state, key)
     batch_id = await run_in_threadpool(start, state, key, endpoint, None, None)
     builder = Builder(state, key, batch_id, endpoint)
     splitter = LineSplitter()
