@@ -48,7 +48,9 @@ def test_submit_and_continuous_write_results(models_dir: Path, redis_url_factory
     md = (tmp_path / "bench" / "RESULTS.md").read_text()
     assert "submit.bulk_vs_delay" in md and "Continuous vs static" in md and "GPU (CUDA) run: pending" in md
     assert "## System" not in md  # RESULTS.md shows only what this run measured
-    assert "tiny-lm@1`: GPT, 4 layers" in md  # the models described from their manifests
+    text = json.loads((models_dir / "tiny-lm" / "1" / "manifest.json").read_text())["text"]
+    # The models described from their manifests (the quick test models are smaller than the demo ones).
+    assert f"tiny-lm@1`: GPT, {text['n_layer']} layers, d{text['n_embd']}" in md
     assert (tmp_path / "bench" / "plots" / "submit.png").stat().st_size > 0
     assert (tmp_path / "bench" / "plots" / "continuous.png").stat().st_size > 0
 
