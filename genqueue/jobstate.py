@@ -239,15 +239,19 @@ def due_for_publish(session: Session, now: dt.datetime, *, unpublished_grace_s: 
                     limit: int) -> list[tuple[str, str, int, str]]:
     """(id, model, priority, kind) of the jobs whose message may be missing, most urgent first: never published
     (the API died or Redis was down between the COMMIT and the publish), published before ``stale_before``
-    and still queued (the message died with Redis), or running under an expired lease (a worker died)."""
+    and still queued (the message died with Redis), or running under an expired lease (a worker died, or the
+    worker lost SQL) and not published since, or only before ``stale_before``."""
     q = (
         select(Job.id, Job.model, Job.priority, Job.kind)
         .where(or_(
             and_(Job.status == JobStatus.queued.value, Job.published_at.is_(None),
                  Job.created_at < now - dt.timedelta(seconds=unpublished_grace_s)),
             and_(Job.status == JobStatus.queued.value, Job.published_at < stale_before),
+            # Running under an expired lease: once after the lease ran out, and again whenever that publish is
+            # stale (its delivery reached a worker while SQL was unreachable, failed its claim and was acked).
             and_(Job.status == JobStatus.running.value, Job.lease_expires_at < now,
-                 or_(Job.published_at.is_(None), Job.published_at < Job.lease_expires_at)),
+                 or_(Job.published_at.is_(None), Job.published_at < Job.lease_expires_at,
+                     Job.published_at < stale_before)),
         ))
         .order_by(Job.priority, Job.created_seq)
         .limit(limit)
