@@ -49,6 +49,8 @@ def test_redis_flushed_then_restarted_empty_under_load(fault_stack, database: st
             server.start()
             load("e")
             st = wait_final(f.db, ids, 150)
+            # The same worker did it all: it waited for Redis rather than dying with it.
+            assert f.stack.procs[1].poll() is None, f"the worker exited with {f.stack.procs[1].returncode}"
             assert set(st.values()) == {"succeeded"}, {v: list(st.values()).count(v) for v in set(st.values())}
         exactly_once(f.db, ids)
     finally:
