@@ -48,6 +48,7 @@ class Claimed:
 class Skipped:
     # "missing" (no such row) | "other_model" (the message came from another model's queue) | "finished"
     # (terminal, canceled included) | "leased_elsewhere" (another worker holds a live lease) | "poison"
+    # | "last_attempt" (a retry on its last attempt, for the worker to claim alone)
     reason: str
 
 
@@ -84,17 +85,23 @@ def _claimable(now: dt.datetime) -> Any:
 
 
 def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s: float,
-               max_attempts: int, models: Sequence[str] | None = None) -> dict[str, Claimed | Skipped]:
+               max_attempts: int, models: Sequence[str] | None = None,
+               hold_last: bool = False) -> dict[str, Claimed | Skipped]:
     """Claim every claimable job of ``job_ids``; commits. In the common case (every job queued) that is
     one UPDATE … RETURNING; only jobs it did not claim are read back to say why. ``models``: the model
     names the ids' messages were queued for; an id of another model is left alone (a malformed message
-    must not make a worker run, or fail, a job that another model's workers will run)."""
+    must not make a worker run, or fail, a job that another model's workers will run).
+
+    ``hold_last``: a retried job on its last attempt is not claimed but skipped as ``last_attempt``, for
+    the worker to claim and run alone: a job that keeps killing its worker must not take the jobs that
+    shared its deliveries down with it on the attempt that decides it is poison."""
     now = utcnow()
     ids = list(dict.fromkeys(job_ids))
     out: dict[str, Claimed | Skipped] = {}
     scope = [Job.model.in_(list(models))] if models is not None else []
+    limit = or_(Job.attempts == 0, Job.attempts < max_attempts - 1) if hold_last else Job.attempts < max_attempts
     claimed = session.execute(
-        update(Job).where(Job.id.in_(ids), *scope, _claimable(now), Job.attempts < max_attempts)
+        update(Job).where(Job.id.in_(ids), *scope, _claimable(now), limit)
         .values(status=JobStatus.running.value, leased_by=worker_id, attempts=Job.attempts + 1,
                 lease_expires_at=now + dt.timedelta(seconds=lease_s),
                 started_at=func.coalesce(Job.started_at, bindparam("claim_now", now, type_=UTCDateTime())))
@@ -121,6 +128,8 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
                 out[job_id] = Skipped("finished")
             elif row.status == JobStatus.running.value and row.lease_expires_at and row.lease_expires_at > now:
                 out[job_id] = Skipped("leased_elsewhere")
+            elif hold_last and row.attempts < max_attempts:
+                out[job_id] = Skipped("last_attempt")
             else:
                 poison.append(job_id)  # claimable but out of attempts
         if poison:

@@ -103,9 +103,7 @@ def test_a_poison_job_fails_alone_through_real_crashes(fault_stack, database: st
             ids = [j["id"] for j in c.submit_bulk(items)]
             poison = ids[3]
             later = [c.submit("tiny-lm", it["input"])["id"] for it in short_jobs(4, "single")]
-            t0 = time.monotonic()
             st = wait_final(f.db, ids + later, 120)
-            print(f"final after {time.monotonic() - t0:.1f}s: {st}")
     finally:
         stop.set()
         sup.join(10)
@@ -116,12 +114,6 @@ def test_a_poison_job_fails_alone_through_real_crashes(fault_stack, database: st
     assert len(crashes) >= 2 and set(crashes) == {-signal.SIGKILL}, crashes  # it killed a worker each time
     neighbours = [i for i in ids + later if i != poison]
     exactly_once(f.db, [poison], allowed=("failed",))
-    with f.db.session() as s:
-        codes = dict(s.execute(select(Job.id, Job.error_code).where(Job.id.in_(neighbours))).all())  # type: ignore[arg-type]
-    if "poison_job" in codes.values():
-        # Known limitation: a crash charges an attempt to every job the dying worker held, so neighbours that
-        # shared its deliveries run out of attempts with the poison job. Isolating suspects after a crash
-        # (running them apart, or bisecting) is not built yet.
-        pytest.xfail(f"{list(codes.values()).count('poison_job')} neighbour(s) failed as poison_job with it")
-    exactly_once(f.db, neighbours)
+    exactly_once(f.db, neighbours)  # they all succeeded, each written once
+    assert max(_attempts(f, neighbours).values()) >= 2  # though some died with the poison job on the way
     wait_consuming(f.stack, [workers[-1].pid])  # the last worker started still serves
