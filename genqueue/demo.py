@@ -90,6 +90,11 @@ def run_jobs(client: Client, base_url: str, image_dir: Path) -> None:
                 path.write_bytes(data)
                 print(f"    saved {path}  ({img['width']}x{img['height']} {img['format']})  url {base_url}{img['url']}")
         print(f"    review: {job['review']['status']}  job: {base_url}/v1/jobs/{job['id']}")
+    failed = [job for job in jobs if job["status"] != "succeeded"]
+    if failed:
+        # `make demo` is also a smoke test of the whole path: a job that did not succeed fails it.
+        raise SystemExit(f"demo: error: {len(failed)} of {len(jobs)} jobs did not succeed "
+                         f"(first: {failed[0]['id']} {failed[0]['status']}: {failed[0].get('error')})")
     print("\nThe stack stops now; `make serve` keeps one running so that these URLs can be opened.")
 
 

@@ -48,6 +48,7 @@ class Claimed:
 class Skipped:
     # "missing" (no such row) | "other_model" (the message came from another model's queue) | "finished"
     # (terminal, canceled included) | "leased_elsewhere" (another worker holds a live lease) | "poison"
+    # | "last_attempt" (a retry on its last attempt, for the worker to claim alone)
     reason: str
 
 
@@ -84,17 +85,23 @@ def _claimable(now: dt.datetime) -> Any:
 
 
 def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s: float,
-               max_attempts: int, models: Sequence[str] | None = None) -> dict[str, Claimed | Skipped]:
+               max_attempts: int, models: Sequence[str] | None = None,
+               hold_last: bool = False) -> dict[str, Claimed | Skipped]:
     """Claim every claimable job of ``job_ids``; commits. In the common case (every job queued) that is
     one UPDATE … RETURNING; only jobs it did not claim are read back to say why. ``models``: the model
     names the ids' messages were queued for; an id of another model is left alone (a malformed message
-    must not make a worker run, or fail, a job that another model's workers will run)."""
+    must not make a worker run, or fail, a job that another model's workers will run).
+
+    ``hold_last``: a retried job on its last attempt is not claimed but skipped as ``last_attempt``, for
+    the worker to claim and run alone: a job that keeps killing its worker must not take the jobs that
+    shared its deliveries down with it on the attempt that decides it is poison."""
     now = utcnow()
     ids = list(dict.fromkeys(job_ids))
     out: dict[str, Claimed | Skipped] = {}
     scope = [Job.model.in_(list(models))] if models is not None else []
+    limit = or_(Job.attempts == 0, Job.attempts < max_attempts - 1) if hold_last else Job.attempts < max_attempts
     claimed = session.execute(
-        update(Job).where(Job.id.in_(ids), *scope, _claimable(now), Job.attempts < max_attempts)
+        update(Job).where(Job.id.in_(ids), *scope, _claimable(now), limit)
         .values(status=JobStatus.running.value, leased_by=worker_id, attempts=Job.attempts + 1,
                 lease_expires_at=now + dt.timedelta(seconds=lease_s),
                 started_at=func.coalesce(Job.started_at, bindparam("claim_now", now, type_=UTCDateTime())))
@@ -121,6 +128,8 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
                 out[job_id] = Skipped("finished")
             elif row.status == JobStatus.running.value and row.lease_expires_at and row.lease_expires_at > now:
                 out[job_id] = Skipped("leased_elsewhere")
+            elif hold_last and row.attempts < max_attempts:
+                out[job_id] = Skipped("last_attempt")
             else:
                 poison.append(job_id)  # claimable but out of attempts
         if poison:
@@ -252,15 +261,19 @@ def due_for_publish(session: Session, now: dt.datetime, *, unpublished_grace_s: 
                     limit: int) -> list[tuple[str, str, int, str]]:
     """(id, model, priority, kind) of the jobs whose message may be missing, most urgent first: never published
     (the API died or Redis was down between the COMMIT and the publish), published before ``stale_before``
-    and still queued (the message died with Redis), or running under an expired lease (a worker died)."""
+    and still queued (the message died with Redis), or running under an expired lease (a worker died, or the
+    worker lost SQL) and not published since, or only before ``stale_before``."""
     q = (
         select(Job.id, Job.model, Job.priority, Job.kind)
         .where(or_(
             and_(Job.status == JobStatus.queued.value, Job.published_at.is_(None),
                  Job.created_at < now - dt.timedelta(seconds=unpublished_grace_s)),
             and_(Job.status == JobStatus.queued.value, Job.published_at < stale_before),
+            # Running under an expired lease: once after the lease ran out, and again whenever that publish is
+            # stale (its delivery reached a worker while SQL was unreachable, failed its claim and was acked).
             and_(Job.status == JobStatus.running.value, Job.lease_expires_at < now,
-                 or_(Job.published_at.is_(None), Job.published_at < Job.lease_expires_at)),
+                 or_(Job.published_at.is_(None), Job.published_at < Job.lease_expires_at,
+                     Job.published_at < stale_before)),
         ))
         .order_by(Job.priority, Job.created_seq)
         .limit(limit)

@@ -7,9 +7,11 @@ worker that dies before that leaves the whole message to come back, and then onl
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,17 +86,75 @@ class _Write:
     result: JobResult | None
 
 
+class _Gate:
+    """Jobs on their last attempt run alone in this process: each waits until no other job runs here, and
+    holds back new ones while it runs (writer preference). If such a job kills the process, nothing else dies
+    with it, so the jobs that shared its earlier deliveries are not charged the attempt that makes it poison."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._alone = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._alone or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._alone or self._shared:
+                self._cond.wait()
+            self._waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+
+_GATE = _Gate()
+
+
 def process_message(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule], job_ids: Sequence[str],
                     model: str | None, job_done: Callable[[], None] = lambda: None,
                     message_id: str | None = None) -> MessageReport:
     """Run every job of one message. ``job_done`` is called once per id as the engine lets go of it;
     ``message_id`` (the broker message's id) goes into the log lines as ``batch_id``."""
+    with _GATE.shared():
+        report, last = _run(store, engines, rules, store.claim(job_ids, model), model, job_done, message_id)
+    for job_id in last:  # each claimed and run with nothing else in this process
+        with _GATE.alone():
+            alone, _ = _run(store, engines, rules, {job_id: store.claim_alone(job_id, model)}, model, job_done,
+                            message_id)
+        report.outcomes.update(alone.outcomes)
+    return report
+
+
+def _run(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule], claims: dict[str, Any],
+         model: str | None, job_done: Callable[[], None], message_id: str | None) -> tuple[MessageReport, list[str]]:
     report = MessageReport()
-    claims = store.claim(job_ids, model)
+    last: list[str] = []
     running: dict[Future[JobResult], jobstate.Claimed] = {}
     writes: list[_Write] = []
     for job_id, c in claims.items():
         if isinstance(c, jobstate.Skipped):
+            if c.reason == "last_attempt":
+                last.append(job_id)
+                continue
             if c.reason in ("missing", "other_model"):
                 log.warning("job %s skipped: %s (message for model %s)", job_id, c.reason, model)
             else:
@@ -129,7 +189,7 @@ def process_message(store: JobStore, engines: Engines, rules: Sequence[prescreen
             writes.append(_Write(c, outcome, store.write(outcome), result))
     for w in writes:
         report.outcomes[w.claimed.job_id] = _settle(store, w)
-    return report
+    return report, last
 
 
 def _start(engines: Engines, c: jobstate.Claimed,

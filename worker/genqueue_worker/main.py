@@ -56,6 +56,10 @@ def run(settings: Settings, models: list[str] | None = None, loglevel: str = "IN
     set_runtime(rt)
     app = queue.make_celery(settings, broker_url)
     tasks.register(app)
+    # No remote-control (pidbox) consumer: its Redis pub/sub channel is the one kombu cannot re-establish
+    # after a Redis restart (the consumer dies with "'NoneType' object has no attribute 'hostname'"), while
+    # the task queues reconnect by themselves. genqueue never sends remote-control commands.
+    app.conf.worker_enable_remote_control = False
     app.steps["consumer"].add(_flow_step(rt))
 
     @signals.worker_shutting_down.connect(weak=False)

@@ -44,6 +44,12 @@ class JobStore:
         """Claim a message's ids under this worker's lease (blocks until the grouped statement commits)."""
         return self._claimer.submit(_ClaimItem(job_ids, model)).result()
 
+    def claim_alone(self, job_id: str, model: str | None) -> jobstate.Claimed | jobstate.Skipped:
+        """Claim one job outside the grouped claims (a job on its last attempt, run alone)."""
+        with self.db.session() as s:
+            return jobstate.claim_many(s, [job_id], self.worker_id, self.settings.lease_seconds,
+                                       self.settings.job_max_attempts, models=None if model is None else [model])[job_id]
+
     def write(self, outcome: jobstate.Outcome) -> Future[bool]:
         """Queue an outcome for the next grouped commit; the future says whether this worker still owned the
         job (False: canceled or re-leased meanwhile, nothing written)."""
@@ -72,7 +78,7 @@ class JobStore:
             for model, ids in by_model.items():
                 claimed[model] = jobstate.claim_many(
                     s, ids, self.worker_id, self.settings.lease_seconds, self.settings.job_max_attempts,
-                    models=None if model is None else [model])
+                    models=None if model is None else [model], hold_last=True)
         seen: set[str] = set()
         out: list[ClaimResult] = []
         for it in items:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -21,7 +21,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "SQL or Redis is unreachable (the error shape)"}})
 def readyz(state: StateDep) -> Response:
     checks: dict[str, str] = {}
     try:
@@ -42,7 +42,9 @@ def readyz(state: StateDep) -> Response:
                                    "details": [checks]}}, status_code=503)
 
 
-@router.get("/metrics")
+# Documented as what it serves, Prometheus text, not the JSON that FastAPI would assume.
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"description": "Prometheus text exposition format", "content": {"text/plain": {}}}})
 def metrics(state: StateDep) -> Response:
     body = generate_latest()
     try:
