@@ -66,27 +66,42 @@ def validation_details(errors: list[Any], strip_body: bool = True) -> list[dict[
     return details
 
 
+# The OpenAI-compatible routes answer errors in OpenAI's shape too (type and param beside genqueue's code,
+# message and details), as the official client reads them; this covers what FastAPI refuses before a route runs.
+_OPENAI_PREFIXES = ("/v1/files", "/v1/batches", "/v1/completions")
+
+
+def _openai_fields(request: Request, body: dict[str, Any], param: str | None) -> dict[str, Any]:
+    if request.url.path.startswith(_OPENAI_PREFIXES):
+        body["error"].update(type="invalid_request_error", param=param)
+    return body
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = exc.body()
+        if "type" not in body["error"]:  # an OpenAIError has its own; a shared check (auth, quotas) does not
+            body = _openai_fields(request, body, None)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse(error_body("invalid_json", "the request body is not valid JSON"), status_code=400)
+            body = error_body("invalid_json", "the request body is not valid JSON")
+            return JSONResponse(_openai_fields(request, body, None), status_code=400)
         details = validation_details(errors)
         fields = ", ".join(d["field"] or "body" for d in details)
-        return JSONResponse(
-            error_body("validation_error", f"invalid request: {fields}", details), status_code=422
-        )
+        body = error_body("validation_error", f"invalid request: {fields}", details)
+        return JSONResponse(_openai_fields(request, body, details[0]["field"] if details else None), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            _openai_fields(request, error_body(code, str(exc.detail)), None), status_code=exc.status_code,
+            headers=getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)

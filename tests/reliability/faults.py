@@ -223,6 +223,10 @@ def exactly_once(db: Database, ids: Sequence[str], allowed: Iterable[str] = ("su
     return tally
 
 
+# Worker environment for a text model slow enough to interrupt mid-batch (see slow/sitecustomize.py).
+SLOW_MODEL_ENV = {"PYTHONPATH": str(Path(__file__).parent / "slow"), "GENQUEUE_TEST_DECODE_DELAY_S": "0.02"}
+
+
 def short_jobs(n: int, tag: str, tokens: int = 12) -> list[dict[str, Any]]:
     return [{"model": "tiny-lm", "input": {"prompt": f"{tag} {i}", "max_new_tokens": tokens, "seed": i}}
             for i in range(n)]

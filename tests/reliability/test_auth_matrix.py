@@ -25,7 +25,9 @@ from genqueue_api.auth import create_key
 # Who a route is for. PUBLIC: anyone. CLIENT: client and admin keys, a client only on its own jobs.
 # ANY_KEY: any valid key, a client only on its own jobs, a moderator on no job. MODERATOR: moderator and admin.
 # OUTPUT: an output's bytes: its owner, and moderators and admins (who review it).
-PUBLIC, CLIENT, ANY_KEY, MODERATOR, OUTPUT = "public", "client", "any_key", "moderator", "output"
+# ADMIN: admin keys only. "session:<code>": a console route, which answers <code> to every caller without a
+# console session.
+PUBLIC, CLIENT, ANY_KEY, MODERATOR, OUTPUT, ADMIN = "public", "client", "any_key", "moderator", "output", "admin"
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
@@ -48,6 +50,31 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/review/{job_id}/release"): MODERATOR,
     ("POST", "/v1/review/{job_id}/renew"): MODERATOR,
     ("GET", "/v1/review/{job_id}/history"): MODERATOR,
+    ("POST", "/v1/jobs/lookup"): CLIENT,  # another tenant's ids come back as missing, never as jobs
+    ("GET", "/v1/batches"): CLIENT,
+    ("POST", "/v1/batches"): CLIENT,
+    ("GET", "/v1/batches/{batch_id}"): CLIENT,
+    ("POST", "/v1/batches/{batch_id}/cancel"): CLIENT,
+    ("GET", "/v1/batches/{batch_id}/results"): CLIENT,
+    ("GET", "/v1/files"): CLIENT,
+    ("POST", "/v1/files"): CLIENT,
+    ("GET", "/v1/files/{file_id}"): CLIENT,
+    ("DELETE", "/v1/files/{file_id}"): CLIENT,
+    ("GET", "/v1/files/{file_id}/content"): CLIENT,
+    ("POST", "/v1/completions"): CLIENT,
+    ("GET", "/v1/keys/{key_id}/quota"): ADMIN,
+    ("PUT", "/v1/keys/{key_id}/quota"): ADMIN,
+    # The console takes its session cookie only: a bearer key, any role, opens nothing there.
+    ("GET", "/console"): "session:303",
+    ("GET", "/console/login"): "session:200",
+    ("POST", "/console/login"): "session:403",  # no CSRF pair
+    ("POST", "/console/logout"): "session:303",
+    ("POST", "/console/api/claim"): "session:401",
+    ("GET", "/console/api/counters"): "session:401",
+    ("POST", "/console/api/items/{job_id}/decision"): "session:401",
+    ("POST", "/console/api/items/{job_id}/release"): "session:401",
+    ("POST", "/console/api/items/{job_id}/renew"): "session:401",
+    ("GET", "/console/images/{job_id}/{n}"): "session:401",
 }
 CALLERS = ["none", "revoked", "client", "moderator", "admin"]
 ALLOWED = "allowed"  # any answer but 401, 403, 404 or a 5xx
@@ -62,17 +89,22 @@ def body_for(method: str, path: str, job_id: str) -> dict[str, Any] | None:
         "/v1/review/claim": {"limit": 1},
         "/v1/review/bulk-decision": {"job_ids": [job_id], "decision": "approve"},
         "/v1/review/{job_id}/decision": {"decision": "approve"},
+        "/v1/jobs/lookup": {"ids": [job_id]},
     }.get(path, {})
 
 
 def expected(rule: str, caller: str, resource: str, path: str) -> int | str:
     """The answer a caller gets: a status code, or ALLOWED. ``resource``: "own" or "other" (another
     tenant's job); it matters only on routes that name a job."""
-    names_job = "{job_id}" in path and not path.startswith("/v1/review")
+    names_job = any(f"{{{k}}}" in path for k in ("job_id", "batch_id", "file_id")) and not path.startswith("/v1/review")
+    if rule.startswith("session:"):
+        return int(rule.partition(":")[2])
     if rule == PUBLIC:
         return ALLOWED
     if caller in ("none", "revoked"):
         return 401
+    if rule == ADMIN:
+        return ALLOWED if caller == "admin" else 403
     if rule == MODERATOR:
         return ALLOWED if caller in ("moderator", "admin") else 403
     if caller == "admin" or caller == "moderator" and rule == OUTPUT:
@@ -89,6 +121,9 @@ class World:
     db: Database
     secrets: dict[str, str]
     jobs: dict[str, str]  # "own" (the client's) and "other" (another tenant's): succeeded image jobs
+    batches: dict[str, str]  # the same, for a batch each
+    files: dict[str, str]  # and an uploaded file each
+    client_key_id: str
 
 
 @pytest.fixture
@@ -98,10 +133,12 @@ def world(database_url: str, redis_scratch_url: str, models_dir: Path, tmp_path:
     upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url)
     secrets: dict[str, str] = {}
+    key_ids: dict[str, str] = {}
     with db.session() as s:
         for name, role in (("client", Role.client), ("other", Role.client), ("moderator", Role.moderator),
                            ("admin", Role.admin), ("revoked", Role.client)):
             key, secrets[name] = create_key(s, f"matrix-{name}", role)
+            key_ids[name] = key.id
             if name == "revoked":
                 s.execute(update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=utcnow()))
                 s.commit()
@@ -120,7 +157,17 @@ def world(database_url: str, redis_scratch_url: str, models_dir: Path, tmp_path:
             jobstate.write_outcomes(s, "matrix-worker", [jobstate.Success(
                 j, {"images": [{"url": f"/v1/jobs/{j}/images/0", "width": 1, "height": 1, "format": "png"}]},
                 {}, [(png, 1, 1, "png")]) for j in jobs.values()])
-        yield World(http, app, db, secrets, jobs)
+        batches, files = {}, {}
+        for owner, which in (("client", "own"), ("other", "other")):
+            auth = {"Authorization": f"Bearer {secrets[owner]}"}
+            line = b'{"custom_id": "a", "model": "dcgan-digits", "input": {"seed": 3}}\n'
+            r = http.post("/v1/batches", content=line, headers={**auth, "content-type": "application/jsonl"})
+            assert r.status_code < 300, r.text
+            batches[which] = r.json()["id"]
+            r = http.post("/v1/files", files={"file": ("b.jsonl", line)}, data={"purpose": "batch"}, headers=auth)
+            assert r.status_code < 300, r.text
+            files[which] = r.json()["id"]
+        yield World(http, app, db, secrets, jobs, batches, files, key_ids["client"])
         for j in jobs.values():
             http.post(f"/v1/jobs/{j}/cancel", headers={"Authorization": f"Bearer {secrets['admin']}"})
     db.dispose()
@@ -153,9 +200,17 @@ def test_the_auth_matrix(world: World) -> None:
         for caller in CALLERS:
             for resource in ("own", "other"):
                 job_id = world.jobs[resource]
-                url = path.replace("{job_id}", job_id).replace("{n}", "0")
+                file_id = world.files[resource]
+                if method == "DELETE":  # a file of its own each time, as a successful delete ends the file
+                    owner = {"own": "client", "other": "other"}[resource]
+                    file_id = world.http.post("/v1/files", files={"file": ("d.jsonl", b"{}\n")}, data={"purpose": "batch"},
+                                              headers={"Authorization": f"Bearer {world.secrets[owner]}"}).json()["id"]
+                url = (path.replace("{job_id}", job_id).replace("{n}", "0")
+                       .replace("{batch_id}", world.batches[resource]).replace("{file_id}", file_id)
+                       .replace("{key_id}", world.client_key_id))
                 headers = {} if caller == "none" else {"Authorization": f"Bearer {world.secrets[caller]}"}
-                r = world.http.request(method, url, headers=headers, json=body_for(method, path, job_id))
+                r = world.http.request(method, url, headers=headers, json=body_for(method, path, job_id),
+                                       follow_redirects=False)
                 want = expected(rule, caller, resource, path)
                 ok = (r.status_code < 500 and r.status_code not in (401, 403, 404)) if want == ALLOWED \
                     else r.status_code == want

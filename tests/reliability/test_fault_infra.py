@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from faults import (
+    SLOW_MODEL_ENV,
     RedisServer,
     TcpProxy,
     exactly_once,
@@ -76,7 +77,7 @@ def _cut_database(f, seconds: float) -> None:  # type: ignore[no-untyped-def]
 
 def test_database_unreachable_for_10_s_while_the_worker_writes(fault_stack, database: str) -> None:  # type: ignore[no-untyped-def]
     f = fault_stack(workers=0)
-    env: dict[str, str] = {"GENQUEUE_WORKER_CONCURRENCY": "8"}
+    env: dict[str, str] = {"GENQUEUE_WORKER_CONCURRENCY": "8", **SLOW_MODEL_ENV}
     if database == "postgres":
         # The worker reaches PostgreSQL through a proxy of this test's own; the API and the test do not.
         parts = urlsplit(f.db_url)
@@ -86,7 +87,8 @@ def test_database_unreachable_for_10_s_while_the_worker_writes(fault_stack, data
     wait_consuming(f.stack, [spawn_worker(f.stack, "worker-proxied", env)])
     try:
         with f.client() as c:
-            ids = [j["id"] for j in c.submit_bulk(short_jobs(60, "cut", tokens=120))]
+            limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
+            ids = [j["id"] for j in c.submit_bulk(short_jobs(60, "cut", tokens=min(120, limit - 8)))]
             assert until(lambda: "succeeded" in statuses(f.db, ids).values(), 60, every=0.02)
             at_cut = statuses(f.db, ids)
             held = running_now(f.db, ids)

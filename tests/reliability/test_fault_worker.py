@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from faults import (
+    SLOW_MODEL_ENV,
     exactly_once,
     long_jobs,
     running_now,
@@ -56,7 +57,7 @@ def test_sigkill_mid_batch_then_restart(fault_stack, database: str) -> None:  # 
 
 def test_sigterm_with_a_job_verified_running(fault_stack, database: str) -> None:  # type: ignore[no-untyped-def]
     # No grace: the worker gives back what is running instead of waiting for it.
-    f = fault_stack({"GENQUEUE_WORKER_CONCURRENCY": "8", "GENQUEUE_SHUTDOWN_GRACE_S": "0"})
+    f = fault_stack({"GENQUEUE_WORKER_CONCURRENCY": "8", "GENQUEUE_SHUTDOWN_GRACE_S": "0", **SLOW_MODEL_ENV})
     with f.client() as c:
         ids = [j["id"] for j in c.submit_bulk(long_jobs(c, 8, "term", candidates=2))]
         assert until(lambda: running_now(f.db, ids), 60), "no job started"

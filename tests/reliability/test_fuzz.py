@@ -25,6 +25,16 @@ from genqueue.settings import Settings
 from genqueue_api.app import create_app
 from genqueue_api.auth import create_key
 
+
+@schemathesis.serializer("application/jsonl")
+def _jsonl(ctx: schemathesis.SerializationContext, value: Any) -> bytes:
+    """A batch body: each generated item a JSON line (a lone value, one line)."""
+    import json
+
+    items = value if isinstance(value, list) else [value]
+    return "".join(json.dumps(i) + "\n" for i in items).encode()
+
+
 CASES_PER_OPERATION = 80  # hypothesis stops early where an input space is small: over 1,000 cases per database
 _secret: dict[str, str] = {}
 
