@@ -12,6 +12,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
+from reliability_tally import database_of, record
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -47,7 +48,7 @@ def served_app(database_url: str, redis_url_factory: Any, models_dir: Path,
     redis_url_factory.release(redis_url)
 
 
-def test_generated_requests_get_declared_answers_and_no_5xx(served_app: Any) -> None:
+def test_generated_requests_get_declared_answers_and_no_5xx(served_app: Any, database_url: str) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", served_app)
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     counted = {"cases": 0, "5xx": 0}
@@ -69,6 +70,8 @@ def test_generated_requests_get_declared_answers_and_no_5xx(served_app: Any) -> 
             run()
         except Exception as e:  # every operation is fuzzed, and all the failures are reported together
             failures.append(f"{op.label}: {e}")
+    record("fuzz", database_of(database_url), cases=counted["cases"], errors_5xx=counted["5xx"],
+           operations=len(operations), failures=len(failures))
     assert not failures, "\n\n".join(failures)
     print(f"fuzz: {counted['cases']} cases over {len(operations)} operations, {counted['5xx']} answers 5xx")
     assert counted["cases"] >= 1000 and counted["5xx"] == 0, counted
