@@ -79,7 +79,8 @@ def summarize(lines: list[dict[str, Any]], outcomes: dict[str, str]) -> dict[str
     order = {f: n for n, f in enumerate(dict.fromkeys(f for f, _ in rows))}
     fault_rows = sorted(rows.values(), key=lambda r: (r["kind"] == "recovery", order[r["fault"]],
                                                       DATABASES.index(r["database"])))
-    fuzz = {ln["database"]: {"cases": ln["cases"], "errors_5xx": ln["errors_5xx"], "operations": ln["operations"]}
+    fuzz = {ln["database"]: {"cases": ln["cases"], "errors_5xx": ln["errors_5xx"], "operations": ln["operations"],
+                             "operations_fuzzed": ln.get("operations_fuzzed", ln["operations"])}
             for ln in lines if ln["kind"] == "fuzz"}
     matrix = {ln["database"]: {"rows": ln["rows"], "wrong": ln["wrong"]} for ln in lines if ln["kind"] == "auth_matrix"}
     counts = {o: sum(v == o for v in outcomes.values()) for o in ("passed", "failed", "error", "skipped")}
@@ -125,9 +126,12 @@ def section(r: dict[str, Any]) -> str:
                   f"{_n(f['duplicated'])} | {'—' if f['recover_s'] is None else f['recover_s']} | {f['outcome']} |"
                   for f in r["faults"]]
     dbs = [d for d in DATABASES if d in r["fuzz"] or d in r["auth_matrix"]]
-    other_rows = [f"| {d} | {r['fuzz'].get(d, {}).get('cases', '—')} | {r['fuzz'].get(d, {}).get('errors_5xx', '—')} | "
-                  f"{r['auth_matrix'].get(d, {}).get('rows', '—')} | {r['auth_matrix'].get(d, {}).get('wrong', '—')} |"
-                  for d in dbs]
+    other_rows = []
+    for d in dbs:
+        fz, am = r["fuzz"].get(d), r["auth_matrix"].get(d, {})
+        ops = f"{fz['operations_fuzzed']} of {fz['operations']}" if fz else "—"
+        other_rows.append(f"| {d} | {fz['cases'] if fz else '—'} | {fz['errors_5xx'] if fz else '—'} | {ops} | "
+                          f"{am.get('rows', '—')} | {am.get('wrong', '—')} |")
     t = r["tests"]
     verdict = ("0 lost and 0 duplicated in every row." if not r["lost"] and not r["duplicated"] else
                f"NOT clean: {r['lost']} job(s) lost and {r['duplicated']} written more than once (rows in bold).")
@@ -153,7 +157,8 @@ def section(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
         *fault_rows,
         "",
-        "| database | fuzz cases | fuzz 5xx | auth matrix rows | auth matrix rows wrong |", "|---|---|---|---|---|",
+        "| database | fuzz cases | fuzz 5xx | operations fuzzed | auth matrix rows | auth matrix rows wrong |",
+        "|---|---|---|---|---|---|",
         *other_rows,
         MARK_END,
     ]) + "\n"
