@@ -121,6 +121,18 @@ def target_rows(metrics: dict[str, Any], mode: str = "full") -> list[tuple[str, 
     return rows
 
 
+def kept_sections(old: str) -> str:
+    """The sections of RESULTS.md that their own commands record (python -m bench.bulk_cli --record, python -m
+    bench.reliability --record), each between its markers, in the order they stand: a rewrite keeps them."""
+    from bench import bulk_cli, reliability
+
+    found = []
+    for begin, end in ((bulk_cli.MARK_BEGIN, bulk_cli.MARK_END), (reliability.MARK_BEGIN, reliability.MARK_END)):
+        if begin in old and end in old:
+            found.append((old.index(begin), old[old.index(begin): old.index(end) + len(end)]))
+    return "".join(f"\n{text}\n" for _, text in sorted(found))
+
+
 def write_all(results: dict[str, Any], out_dir: Path, markdown: bool = True, record: bool = True) -> list[Path]:
     """<timestamp>.json always; with ``record``, also latest.json and (with ``markdown``) RESULTS.md + plots,
     the record that README and FINDINGS quote."""
@@ -136,12 +148,7 @@ def write_all(results: dict[str, Any], out_dir: Path, markdown: bool = True, rec
         base = out_dir.parent
         pngs = plots.write_all(results, base / "plots")
         md = base / "RESULTS.md"
-        from bench import bulk_cli
-
-        # The bulk CLI's section is recorded by its own command (python -m bench.bulk_cli --record): keep it.
-        kept = ""
-        if md.exists() and bulk_cli.MARK_BEGIN in (old := md.read_text()):
-            kept = "\n" + old[old.index(bulk_cli.MARK_BEGIN):]
+        kept = kept_sections(md.read_text()) if md.exists() else ""
         md.write_text(render(results, [p.relative_to(base) for p in pngs]) + kept)
         written += [md, *pngs]
     return written

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 from pipeline_helpers import submit_long_jobs_until_running
+from reliability_tally import record
 from sqlalchemy import func, select
 
 from genqueue.client import Client
@@ -39,13 +40,14 @@ def test_killed_worker_jobs_are_finished_by_another(lone_stack, database: str) -
     assert writes == {i: 1 for i in ids}
 
 
-def test_a_dead_worker_is_noticed_from_its_heartbeat_and_its_jobs_rerun_within_30_s(lone_stack) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_dead_worker_is_noticed_from_its_heartbeat_and_its_jobs_rerun_within_30_s(lone_stack, database: str) -> None:  # type: ignore[no-untyped-def]
     import time
 
     from genqueue.db.models import Job
 
     # Default settings: leases of 120 s, so only the missing heartbeat can bring the jobs back this soon.
-    lone = lone_stack(workers=2)
+    lone = lone_stack(workers=2, database=database)
     stack, db = lone.stack, lone.db
     with Client(stack.base_url, lone.secret, timeout=60) as c:
         # Two chunks of 32 jobs, each a worker's full share (it takes no second message while it holds 32).
@@ -77,6 +79,14 @@ def test_a_dead_worker_is_noticed_from_its_heartbeat_and_its_jobs_rerun_within_3
         recovered_in = time.monotonic() - killed_at
         assert rerun == len(mine) and recovered_in < 30, (rerun, len(mine), recovered_in)
         final = {i: c.wait(i, timeout=120) for i in ids}
+    with db.session() as s:  # outcome writes, counted as in the test above
+        writes = dict(s.execute(select(AuditEvent.job_id, func.count()).where(
+            AuditEvent.job_id.in_(ids), AuditEvent.action == "prescreen").group_by(AuditEvent.job_id)).all())  # type: ignore[arg-type]
+    ended = [i for i in ids if final[i]["status"] in ("succeeded", "failed", "canceled")]
+    record("recovery", database, fault="worker SIGKILL, default settings (heartbeat)", submitted=len(ids),
+           final=len(ended), lost=len(ids) - len(ended), duplicated=sum(writes.get(i, 0) > 1 for i in ids),
+           recover_s=round(recovered_in, 1), interrupted=len(mine))
     assert all(j["status"] == "succeeded" for j in final.values())
+    assert writes == {i: 1 for i in ids}
     # The worker that kept beating kept its jobs: none of them ran twice.
     assert all(final[i]["attempts"] == 1 for i in others)

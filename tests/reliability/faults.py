@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reliability_tally import current_test, database_of, fault_name, record
 from sqlalchemy import func, select
 
 from genqueue.client import Client
@@ -203,9 +204,12 @@ class Tally:
     by_status: dict[str, int]
 
 
-def exactly_once(db: Database, ids: Sequence[str], allowed: Iterable[str] = ("succeeded",)) -> Tally:
+def exactly_once(db: Database, ids: Sequence[str], allowed: Iterable[str] = ("succeeded",),
+                 recover_s: float | None = None) -> Tally:
     """Asserts that every job of ``ids`` is final with a status in ``allowed``, that each succeeded job's
-    output was written exactly once and that no other job's was written at all."""
+    output was written exactly once and that no other job's was written at all. The tally (with ``recover_s``,
+    the test's own recovery time, where it measures one) goes to the reliability record first, so that a
+    failing check is recorded too."""
     st = statuses(db, ids)
     writes = outcome_writes(db, ids)
     lost = [i for i in ids if st.get(i) not in FINAL]
@@ -216,6 +220,9 @@ def exactly_once(db: Database, ids: Sequence[str], allowed: Iterable[str] = ("su
     for v in st.values():
         by_status[v] = by_status.get(v, 0) + 1
     tally = Tally(len(ids), len(ids) - len(lost), len(lost), len(twice), by_status)
+    record("fault", database_of(str(db.engine.url)), fault=fault_name(current_test()), submitted=tally.submitted,
+           final=tally.final, lost=tally.lost, duplicated=tally.duplicated, by_status=by_status,
+           recover_s=None if recover_s is None else round(recover_s, 1))
     assert not lost, f"{len(lost)} job(s) never reached a final state: {[(i, st.get(i)) for i in lost[:5]]}"
     assert not twice and not wrong, f"outcome writes: {[(i, st[i], writes[i]) for i in (twice + wrong)[:5]]}"
     assert set(st.values()) <= set(allowed), by_status

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from reliability_tally import database_of, record
 from sqlalchemy import select, text, update
 
 from genqueue import jobstate
@@ -193,7 +194,7 @@ def test_every_route_has_a_rule(world: World) -> None:
     assert routes == set(RULES), f"routes without a rule: {routes - set(RULES)}; rules without a route: {set(RULES) - routes}"
 
 
-def test_the_auth_matrix(world: World) -> None:
+def test_the_auth_matrix(world: World, database_url: str) -> None:
     rows = 0
     wrong = []
     for (method, path), rule in sorted(RULES.items()):
@@ -219,6 +220,7 @@ def test_the_auth_matrix(world: World) -> None:
                 if not ok:
                     wrong.append((method, path, caller, resource, want, r.status_code, r.text[:120]))
                 rows += 1
+    record("auth_matrix", database_of(database_url), rows=rows, wrong=len(wrong))
     assert not wrong, "\n".join(map(str, wrong))
     assert rows == len(RULES) * len(CALLERS) * 2
     print(f"auth matrix: {rows} rows")

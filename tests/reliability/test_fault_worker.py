@@ -49,7 +49,7 @@ def test_sigkill_mid_batch_then_restart(fault_stack, database: str) -> None:  # 
                           if statuses(f.db, [i])[i] != "succeeded"), 60, every=0.2)
         recovered_in = time.monotonic() - killed_at
         wait_final(f.db, ids, 120)
-    exactly_once(f.db, ids)
+    exactly_once(f.db, ids, recover_s=recovered_in)
     attempts = _attempts(f, ids)
     assert held and any(attempts[i] >= 2 for i in held), (held, attempts)  # the kill did interrupt jobs
     print(f"recovered in {recovered_in:.1f}s after the SIGKILL ({database})")

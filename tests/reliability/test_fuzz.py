@@ -12,6 +12,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
+from reliability_tally import database_of, record
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -57,7 +58,7 @@ def served_app(database_url: str, redis_url_factory: Any, models_dir: Path,
     redis_url_factory.release(redis_url)
 
 
-def test_generated_requests_get_declared_answers_and_no_5xx(served_app: Any) -> None:
+def test_generated_requests_get_declared_answers_and_no_5xx(served_app: Any, database_url: str) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", served_app)
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     counted = {"cases": 0, "5xx": 0}
@@ -65,20 +66,26 @@ def test_generated_requests_get_declared_answers_and_no_5xx(served_app: Any) -> 
     operations = [r.ok() for r in schema.get_all_operations()]
     assert len(operations) >= 17  # every operation of the served schema
 
-    for op in operations:
-        @given(case=op.as_strategy())
-        @settings(max_examples=CASES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
-        def run(case: Any) -> None:
-            response = case.call(headers={"Authorization": f"Bearer {_secret['admin']}"})
-            counted["cases"] += 1
-            counted["5xx"] += response.status_code >= 500
-            case.validate_response(response, checks=checks)
+    fuzzed = 0
+    try:  # the figures reach the reliability record even when a failure stops the loop
+        for op in operations:
+            @given(case=op.as_strategy())
+            @settings(max_examples=CASES_PER_OPERATION, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+            def run(case: Any) -> None:
+                response = case.call(headers={"Authorization": f"Bearer {_secret['admin']}"})
+                counted["cases"] += 1
+                counted["5xx"] += response.status_code >= 500
+                case.validate_response(response, checks=checks)
 
-        try:
-            run()
-        except Exception as e:  # every operation is fuzzed, and all the failures are reported together
-            failures.append(f"{op.label}: {e}")
+            try:
+                run()
+            except Exception as e:  # every operation is fuzzed, and all the failures are reported together
+                failures.append(f"{op.label}: {e}")
+            fuzzed += 1
+    finally:
+        record("fuzz", database_of(database_url), cases=counted["cases"], errors_5xx=counted["5xx"],
+               operations=len(operations), operations_fuzzed=fuzzed, failures=len(failures))
     assert not failures, "\n\n".join(failures)
     print(f"fuzz: {counted['cases']} cases over {len(operations)} operations, {counted['5xx']} answers 5xx")
     assert counted["cases"] >= 1000 and counted["5xx"] == 0, counted
