@@ -240,7 +240,11 @@ def test_two_workers_share_a_bulk_and_no_job_runs_twice(lone_stack) -> None:  # 
 
 
 def test_a_priority_0_job_overtakes_a_backlog_of_priority_9(lone_stack) -> None:  # type: ignore[no-untyped-def]
-    lone = lone_stack()
+    # Decode steps of a larger model's length (a tests-only sitecustomize adds 20 ms each): the quick test
+    # model would otherwise finish a whole chunk before the urgent submit's response is even read.
+    slow = {"PYTHONPATH": str(Path(__file__).parents[1] / "reliability" / "slow"),
+            "GENQUEUE_TEST_DECODE_DELAY_S": "0.02"}
+    lone = lone_stack(slow)
     stack, db = lone.stack, lone.db
     with Client(stack.base_url, lone.secret, timeout=120) as c:
         # Backlog jobs long enough that the worker's first chunk outlasts the urgent submit's round trip even
