@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ from genqueue.schemas import BulkResult, ErrorResponse, JobList, JobLookup, JobO
 from genqueue_api.deps import CurrentClient, CurrentKey, SessionDep, StateDep
 from genqueue_api.errors import ApiError, not_found
 from genqueue_api.services import jobs as service
+from genqueue_api.services import jsonl
 from genqueue_api.store import jobs as store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -28,24 +28,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:20]} is beyond the float range")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
         # NaN and Infinity are Python's extensions, not JSON: PostgreSQL's JSONB refuses them, SQLite turns
         # them into null. Integers past 4300 digits and nesting past ~1000 levels raise ValueError and
         # RecursionError rather than JSONDecodeError.
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        return jsonl.strict_json(raw)
     except json.JSONDecodeError:  # before ValueError, of which it (and UnicodeDecodeError) is a subclass
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
     except UnicodeDecodeError:

@@ -67,11 +67,17 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def strict_json(raw: bytes) -> Any:
+    """``json.loads`` without Python's NaN and Infinity extensions (PostgreSQL's JSONB refuses them, SQLite
+    turns them into null); raises what ``json.loads`` raises, and ValueError for those numbers."""
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+
+
 def loads(raw: bytes) -> Any:
     """JSON as POST /v1/jobs reads it: no NaN or Infinity (which a store cannot hold). Raises ValueError with
     a message for the client."""
     try:
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        return strict_json(raw)
     except json.JSONDecodeError as e:  # before ValueError, of which it (and UnicodeDecodeError) is a subclass
         raise ValueError(f"not valid JSON: {e.msg} at column {e.colno}") from None
     except UnicodeDecodeError:
