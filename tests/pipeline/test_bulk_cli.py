@@ -90,7 +90,10 @@ def test_bulk_resumes_without_duplicates(running, tmp_path: Path) -> None:  # ty
     assert by_line[9]["error"]["details"][0]["field"] == "input.temperature"
     ok = [r for n, r in by_line.items() if n not in (5, 9)]
     assert all(r["status"] == "succeeded" and r["metadata"]["n"] == r["line"] for r in ok)
-    assert by_line[3]["output"]["images"][0]["format"] == "png" and by_line[1]["output"]["texts"][0]
+    assert by_line[3]["output"]["images"][0]["format"] == "png"
+    # The random test model may sample end-of-text first, so the text can be empty; its finish reason cannot.
+    text_out = by_line[1]["output"]
+    assert isinstance(text_out["texts"][0], str) and text_out["finish_reasons"][0] in ("eos", "length", "stop")
     assert all(r["source_sha256"] == inp.digest for r in results)
 
     # Run again: everything is finished; nothing is submitted or written again.
@@ -117,7 +120,7 @@ def test_wait_helpers_of_both_clients(running) -> None:  # type: ignore[no-untyp
         assert sorted(seen) == sorted(ids)
         done = c.wait_all(ids, timeout=60)
         assert [j.id for j in done] == ids and all(j.status == "succeeded" for j in done)
-        assert done[0].text and done[1].output and done[1].output["images"][0]["format"] == "png"
+        assert done[0].text is not None and done[1].output and done[1].output["images"][0]["format"] == "png"
 
     async def go() -> None:
         async with AsyncClient(url, key) as a:
