@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bench import machine
+from bench import machine, sections
 from bench.stackrun import BenchStack, running, submit_bulk, wait_done
 from bench.workload import image_inputs
 from genqueue.db.models import Job
@@ -44,8 +44,7 @@ from genqueue.db.session import Database
 from genqueue.settings import Settings
 
 BENCH_DIR = Path(__file__).resolve().parent
-MARK_BEGIN = "<!-- bulk_cli: begin (python -m bench.bulk_cli --record) -->"
-MARK_END = "<!-- bulk_cli: end -->"
+MARK_BEGIN, MARK_END = sections.markers("bulk_cli", "python -m bench.bulk_cli --record")
 MODEL = "dcgan-digits"
 _SUMMARY = re.compile(r"(\d+) submitted \(([\d.]+) jobs/s\)")
 
@@ -189,13 +188,7 @@ def section(r: dict[str, Any]) -> str:
 
 
 def record(r: dict[str, Any], base: Path = BENCH_DIR) -> None:
-    (base / "results").mkdir(parents=True, exist_ok=True)
-    (base / "results" / "bulk_cli.json").write_text(json.dumps(r, indent=1) + "\n")
-    md = base / "RESULTS.md"
-    text = md.read_text() if md.exists() else ""
-    if MARK_BEGIN in text:
-        text = text[: text.index(MARK_BEGIN)] + text[text.index(MARK_END) + len(MARK_END) + 1:]
-    md.write_text(text.rstrip("\n") + "\n\n" + section(r))
+    sections.record(base, "bulk_cli", r, section(r), MARK_BEGIN, MARK_END)
 
 
 def main(argv: list[str] | None = None) -> int:

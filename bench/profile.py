@@ -5,6 +5,7 @@ worker (and the API), and prints the hottest frames, inclusive and self, from th
     python -m bench.profile --kind image --jobs 1000        # or --kind text
     python -m bench.profile --kind text --jobs 300 --idle   # include idle/waiting samples
     python -m bench.profile --kind submit --jobs 10000      # the API alone on POST /v1/jobs/bulk
+    python -m bench.profile --kind single --jobs 3000 --gil # the API alone on POST /v1/jobs from 32 clients
 
 Writes the raw collapsed stacks (flame-graph input) next to the summary under <data-dir>/profile/.
 """
@@ -76,7 +77,7 @@ def summarize_stacks(path: Path, top: int = 25) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile")
-    ap.add_argument("--kind", choices=["text", "image", "submit"], default="image")
+    ap.add_argument("--kind", choices=["text", "image", "submit", "single"], default="image")
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--idle", action="store_true", help="also count threads that wait")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = base.model_copy(update={"data_dir": data})
     model = "dcgan-digits" if args.kind == "image" else "tiny-lm"
     inputs = image_inputs(args.jobs) if args.kind == "image" else text_inputs(args.jobs, 16, 96)
-    submit_only = args.kind == "submit"
+    submit_only = args.kind in ("submit", "single")
     with running(settings, workers=0 if submit_only else 1, timeout=180) as bs:
         warm = submit_bulk(bs.client, model, inputs[:8])
         if not submit_only:
@@ -99,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         spies = {name: _start_spy(pid, data / f"{name}.stacks", args.rate, args.idle, args.gil) for name, pid in pids.items()}
         time.sleep(1.0)
         t0 = time.time()
-        ids = submit_bulk(bs.client, model, inputs)
+        if args.kind == "single":
+            from bench.submit import singles
+
+            ids = singles(bs, model, inputs, clients=32)
+        else:
+            ids = submit_bulk(bs.client, model, inputs)
         if submit_only:
             wall = time.time() - t0
             res = {"units_per_s": round(len(ids) / wall, 1), "jobs_per_s": round(len(ids) / wall, 1)}

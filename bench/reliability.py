@@ -24,12 +24,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from bench import machine
+from bench import machine, sections
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-MARK_BEGIN = "<!-- reliability: begin (python -m bench.reliability --record) -->"
-MARK_END = "<!-- reliability: end -->"
+MARK_BEGIN, MARK_END = sections.markers("reliability", "python -m bench.reliability --record")
 ENV = "GENQUEUE_RELIABILITY_OUT"  # read by tests/reliability_tally.py
 RECOVERY_TEST = ("tests/pipeline/test_crash.py::"
                  "test_a_dead_worker_is_noticed_from_its_heartbeat_and_its_jobs_rerun_within_30_s")
@@ -165,13 +164,7 @@ def section(r: dict[str, Any]) -> str:
 
 
 def record(r: dict[str, Any], base: Path = BENCH_DIR) -> None:
-    (base / "results").mkdir(parents=True, exist_ok=True)
-    (base / "results" / "reliability.json").write_text(json.dumps(r, indent=1) + "\n")
-    md = base / "RESULTS.md"
-    text = md.read_text() if md.exists() else ""
-    if MARK_BEGIN in text:
-        text = text[: text.index(MARK_BEGIN)] + text[text.index(MARK_END) + len(MARK_END) + 1:]
-    md.write_text(text.rstrip("\n") + "\n\n" + section(r))
+    sections.record(base, "reliability", r, section(r), MARK_BEGIN, MARK_END)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,13 +124,9 @@ def target_rows(metrics: dict[str, Any], mode: str = "full") -> list[tuple[str, 
 def kept_sections(old: str) -> str:
     """The sections of RESULTS.md that their own commands record (python -m bench.bulk_cli --record, python -m
     bench.reliability --record), each between its markers, in the order they stand: a rewrite keeps them."""
-    from bench import bulk_cli, reliability
+    from bench import bulk_cli, reliability, sections
 
-    found = []
-    for begin, end in ((bulk_cli.MARK_BEGIN, bulk_cli.MARK_END), (reliability.MARK_BEGIN, reliability.MARK_END)):
-        if begin in old and end in old:
-            found.append((old.index(begin), old[old.index(begin): old.index(end) + len(end)]))
-    return "".join(f"\n{text}\n" for _, text in sorted(found))
+    return sections.kept(old, [(bulk_cli.MARK_BEGIN, bulk_cli.MARK_END), (reliability.MARK_BEGIN, reliability.MARK_END)])
 
 
 def write_all(results: dict[str, Any], out_dir: Path, markdown: bool = True, record: bool = True) -> list[Path]:
