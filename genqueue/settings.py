@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     review_model_policy: dict[str, Literal["flagged", "all", "none"]] = Field(default_factory=dict)
     # A moderator's claim lasts this long unless renewed; an expired claim returns its item to the queue.
     review_claim_lease_s: float = Field(default=600.0, gt=0, le=86400)
+    # An API process remembers a verified API key this long, so that a request does not look its key up in
+    # SQL every time (a tenth of a single submit's CPU). A key revoked in SQL stops working within this time;
+    # 0 looks every request's key up. Console sessions always check their key again.
+    auth_cache_s: float = Field(default=5.0, ge=0, le=300)
     # A moderators' console session (/console) ends after this many seconds without a request; logging out
     # ends it at once. Sessions live in Redis, so every API process behind a load balancer shares them.
     console_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)

@@ -11,12 +11,13 @@ from sqlalchemy.orm import Session
 
 from genqueue.db.models import ApiKey
 from genqueue.enums import Role
-from genqueue_api import auth
 from genqueue_api.errors import ApiError
 from genqueue_api.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies that never block are coroutines: FastAPI runs a plain function dependency on its thread pool,
+# and each such hand-off costs a single submit more CPU than the function itself.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.genqueue
     return state
 
@@ -44,9 +45,9 @@ def current_key(request: Request, state: StateDep,
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
                        headers={"WWW-Authenticate": "Bearer"})
-    # A short session of its own, so that auth never holds a connection for the whole request.
-    with state.db.session() as session:
-        key = auth.lookup(session, secret.strip())
+    # A short session of its own (when the key is not cached), so that auth never holds a connection for the
+    # whole request.
+    key = state.keys.lookup(state.db.session, secret.strip(), state.settings.auth_cache_s)
     if key is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return key
@@ -55,7 +56,7 @@ def current_key(request: Request, state: StateDep,
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def role_key(scopes: SecurityScopes, key: CurrentKey) -> ApiKey:
+async def role_key(scopes: SecurityScopes, key: CurrentKey) -> ApiKey:
     """The caller's key, when its role is one of the roles (security scopes) the route asks for."""
     if key.role not in scopes.scopes:
         raise ApiError(403, "forbidden", f"this endpoint needs the {' or '.join(scopes.scopes)} role")

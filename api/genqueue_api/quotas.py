@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.commands.core import Script
 from sqlalchemy import select
 
 from genqueue import queue
@@ -87,6 +88,15 @@ redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], 2)
 return {1, rps, used + 1}
 """
+# Sent by SHA (EVALSHA) after the first call: the scripts' text is not sent and parsed on every request.
+_SCRIPTS: dict[str, Script] = {}
+
+
+def _script(r: Any, text: str) -> Script:
+    found = _SCRIPTS.get(text)
+    if found is None:
+        found = _SCRIPTS[text] = r.register_script(text)
+    return found
 
 
 def _config(key_id: str) -> str:
@@ -181,7 +191,7 @@ def _run(state: AppState, key_id: str, job_ids: list[str], charge_request: bool)
     args: list[Any] = [d["requests_per_s"], d["jobs_per_min"], d["jobs_in_flight"], now,
                        1 if charge_request else 0, *job_ids]
     r = queue.shared_redis(state.broker_url)
-    return [int(x) for x in r.eval(_ADMIT, len(keys), *keys, *args)]  # type: ignore[union-attr]
+    return [int(x) for x in _script(r, _ADMIT)(keys, args, client=r)]
 
 
 def _may_prune(state: AppState, key_id: str) -> bool:
@@ -253,7 +263,7 @@ def charge_request(state: AppState, key_id: str) -> None:
     keys = [_config(key_id), f"genqueue:quota:{key_id}:s:{int(now)}"]
     try:
         r = queue.shared_redis(state.broker_url)
-        ok, limit, used = (int(x) for x in r.eval(_REQUEST, len(keys), *keys, defaults(state)["requests_per_s"]))  # type: ignore[union-attr]
+        ok, limit, used = (int(x) for x in _script(r, _REQUEST)(keys, [defaults(state)["requests_per_s"]], client=r))
     except Exception as e:  # Redis is down: fail open
         log.warning("quotas unavailable (%s); request let through", e.__class__.__name__)
         return

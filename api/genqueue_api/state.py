@@ -13,6 +13,7 @@ from genqueue.events import FinishedListener
 from genqueue.publisher import Publisher
 from genqueue.registry import ModelEntry, Registry
 from genqueue.settings import Settings
+from genqueue_api.auth import KeyCache
 
 
 @dataclass
@@ -27,6 +28,7 @@ class AppState:
     # Set when the server begins a graceful shutdown: held `Prefer: wait` requests answer with the job as it
     # stands (within one 5 s wait slice), before the server's graceful timeout would cancel them with a 500.
     stopping: bool = False
+    keys: KeyCache = field(default_factory=KeyCache)  # API keys verified in the last auth_cache_s seconds
     _tokenizers: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
