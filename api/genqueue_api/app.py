@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         yield
         if reconciler is not None:
             reconciler.stop()
+        app_state.close()  # requests have answered: no row is left waiting for its group
         app_state.publisher.close()  # what is still coalescing goes out now, not with the reconciler
         await app_state.listener.stop()
         app_state.db.dispose()

@@ -14,6 +14,7 @@ from genqueue.publisher import Publisher
 from genqueue.registry import ModelEntry, Registry
 from genqueue.settings import Settings
 from genqueue_api.auth import KeyCache
+from genqueue_api.store.job_inserts import JobInserter
 
 
 @dataclass
@@ -31,6 +32,21 @@ class AppState:
     keys: KeyCache = field(default_factory=KeyCache)  # API keys verified in the last auth_cache_s seconds
     _tokenizers: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _inserter: JobInserter | None = None
+
+    def job_inserter(self) -> JobInserter:
+        """The group committer of single submits' rows, started on first use."""
+        with self._lock:
+            if self._inserter is None:
+                self._inserter = JobInserter(self.db)
+            return self._inserter
+
+    def close(self) -> None:
+        """Stop the threads this state started (the publisher is closed by the app, after its reconciler)."""
+        with self._lock:
+            if self._inserter is not None:
+                self._inserter.close()
+                self._inserter = None
 
     def tokenizer(self, entry: ModelEntry) -> Any:
         """Tokenizers are loaded lazily, once per model version, to check prompt lengths at submit."""

@@ -218,10 +218,9 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
         raise
     quotas.admit(state, key.id, [p.row["id"]])  # after validation: a refused request uses no quota
     try:
-        store.insert_jobs(session, [p.row])
-        session.commit()
+        state.job_inserter().insert(p.row)  # committed with the other submits that arrived meanwhile
     except IntegrityError:
-        session.rollback()
+        session.rollback()  # end this session's read snapshot (SQLite), so that the winner's row is seen
         quotas.release(state, key.id, [p.row["id"]])
         if idempotency_key is None:
             raise
@@ -232,8 +231,9 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
         if existing.request_hash != p.request_hash:
             raise _conflict(idempotency_key) from None
         return outs(session, [existing])[0], False
-    # The answer waits for this COMMIT only: the publisher coalesces the publishes of every job committed
-    # within its window into one message per model and priority.
+    # The answer waits for the COMMIT of its own row (and of the rows that joined its group meanwhile, never
+    # for more); the publisher coalesces the publishes of every job committed within its window into one
+    # message per model and priority.
     state.publisher.submit(_publications([p.row]))
     metrics.SUBMITTED.labels(p.row["model"]).inc()
     logs.job_event(log, "submitted", p.row["id"], model=p.row["model"], batch_id=p.row.get("batch_id"))
