@@ -230,6 +230,7 @@ class Registry:
         self.check_hash = check_hash
         self.errors: list[str] = []  # folders skipped, with the reason, for logs and /v1/models
         self._entries: dict[str, dict[str, ModelEntry]] = {}
+        self._newest: dict[str, ModelEntry] = {}  # what a bare name resolves to
         self._scanned_at = 0.0
         self.refresh()
 
@@ -250,7 +251,15 @@ class Registry:
                     errors.append(str(e))
                     continue
                 entries.setdefault(m.name, {})[m.version] = ModelEntry(m, folder)
-        self._entries = entries
+        # A bare name means the newest full-precision version: quantized or fp16 variants (e.g. "1-int8")
+        # trade accuracy for speed, so they are served only when asked for by name@version. Decided once per
+        # scan, not per submitted job.
+        newest: dict[str, ModelEntry] = {}
+        for name, versions in entries.items():
+            ordered = sorted(versions, key=_version_key)
+            full = [v for v in ordered if versions[v].manifest.precision == "fp32"]
+            newest[name] = versions[(full or ordered)[-1]]
+        self._entries, self._newest = entries, newest
         self.errors = errors
         self._scanned_at = time.monotonic()
 
@@ -266,19 +275,15 @@ class Registry:
     def resolve(self, ref: str) -> ModelEntry:
         """``name`` resolves to the newest version, ``name@version`` exactly."""
         name, _, version = ref.partition("@")
-        versions = self._entries.get(name)
-        if not versions:
-            raise UnknownModel(ref)
-        if version:
-            entry = versions.get(version)
-            if entry is None:
+        if not version:
+            newest = self._newest.get(name)
+            if newest is None:
                 raise UnknownModel(ref)
-            return entry
-        # A bare name means the newest full-precision version: quantized or fp16 variants (e.g. "1-int8")
-        # trade accuracy for speed, so they are served only when asked for by name@version.
-        ordered = self.versions(name)
-        full = [v for v in ordered if versions[v].manifest.precision == "fp32"]
-        return versions[(full or ordered)[-1]]
+            return newest
+        entry = self._entries.get(name, {}).get(version)
+        if entry is None:
+            raise UnknownModel(ref)
+        return entry
 
     def __contains__(self, ref: object) -> bool:
         if not isinstance(ref, str):

@@ -29,7 +29,7 @@ def encode_prompt(tokenizer: Any, prompt: str, bos_token_id: int, prepend_bos: b
 def count_prompt_tokens(tokenizer: Any, prompt: str, prepend_bos: bool = False) -> int:
     """Prompt length in tokens as the engine counts it. A prompt fits a model when this is below
     ``context_length``: at least one new token must fit after it."""
-    n = len(tokenizer.encode(prompt, add_special_tokens=False).ids)
+    n = len(tokenizer.encode(prompt, add_special_tokens=False))  # the Encoding's length: no list of ids built
     return n + 1 if (prepend_bos or n == 0) else n
 
 

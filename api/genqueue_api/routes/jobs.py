@@ -8,7 +8,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from genqueue import retention
@@ -43,6 +43,12 @@ async def _json_body(request: Request) -> Any:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON: nested too deeply") from None
     except ValueError as e:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {str(e)[:200]}") from None
+
+
+def _json(model: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A model as JSON, serialized by pydantic's core in one pass: a thousand jobs' answer in a fraction of
+    what model_dump followed by json.dumps costs."""
+    return Response(model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")
 
 
 def _job_id(job_id: str) -> str:
@@ -98,7 +104,7 @@ async def create_job(
     if wait > 0:
         job = await service.wait_for(state, key, job, wait)
         headers["Preference-Applied"] = f"wait={int(wait)}"
-    return JSONResponse(job.model_dump(mode="json"), status_code=201 if created else 200, headers=headers)
+    return _json(job, status_code=201 if created else 200, headers=headers)
 
 
 @router.post("/bulk", response_model=BulkResult, responses=_ERRORS,
@@ -120,7 +126,7 @@ async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> 
     result = await run_in_threadpool(_create)
     # Items left out by the key's in-flight limit: say when to send them again.
     held_back = any(isinstance(r, ErrorResponse) and r.error.code == "rate_limited" for r in result.data)
-    return JSONResponse(result.model_dump(mode="json"), headers={"Retry-After": "1"} if held_back else None)
+    return _json(result, headers={"Retry-After": "1"} if held_back else None)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
@@ -176,7 +182,7 @@ async def get_job(job_id: str, state: StateDep, key: CurrentKey,
     if wait > 0:
         job = await service.wait_for(state, key, job, wait)
         headers["Preference-Applied"] = f"wait={int(wait)}"
-    return JSONResponse(job.model_dump(mode="json"), headers=headers)
+    return _json(job, headers=headers)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=_ERRORS)
