@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from genqueue.db import bulk
 from genqueue.db.models import Job, JobImage, UTCDateTime, utcnow
 from genqueue.enums import JobStatus
 from genqueue.review import state as review_state
@@ -189,7 +190,7 @@ def write_outcomes(session: Session, worker_id: str, outcomes: Sequence[Outcome]
         images = [{"job_id": o.job_id, "index": i, "data": d, "width": w, "height": h, "format": f}
                   for o in done for i, (d, w, h, f) in enumerate(o.images)]
         if images:
-            session.execute(insert(JobImage), images)
+            bulk.insert_rows(session, JobImage, images)
         # The review row, its audit event, its feed position and the job's webhooks: one rule, in genqueue.review.
         review_state.record_outputs(session, [(o.job_id, o.flags) for o in done],
                                     [o.job_id for o in failures if o.job_id in ours], now)

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import case, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from genqueue.db import counters
+from genqueue.db import bulk, counters
 from genqueue.db.models import ApiKey, AuditEvent, Job, Review, utcnow
 from genqueue.db.picking import picked
 from genqueue.enums import ReviewStatus, Role
@@ -137,8 +137,8 @@ def record_outputs(session: Session, succeeded: Sequence[tuple[str, list[dict[st
         for i, r in enumerate(deliverable_rows):
             r["feed_seq"] = first + i
     if reviews:
-        session.execute(insert(Review), reviews)
-        session.execute(insert(AuditEvent), audits)
+        bulk.insert_rows(session, Review, reviews)
+        bulk.insert_rows(session, AuditEvent, audits)
     outbox.enqueue(session, hooks, now)
     return statuses
 

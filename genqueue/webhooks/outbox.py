@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from genqueue.db import bulk
 from genqueue.db.models import WebhookDelivery
 
 JOB_EVENTS = ("job.succeeded", "job.failed", "job.canceled")
@@ -54,5 +54,5 @@ def enqueue(session: Session, items: Sequence[tuple[Any, str, dict[str, Any], bo
         if job.webhook and subscribed(event, job.webhook_events)
     ]
     if rows:
-        session.execute(insert(WebhookDelivery), rows)
+        bulk.insert_rows(session, WebhookDelivery, rows)
     return len(rows)

@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from genqueue.db import counters
+from genqueue.db import bulk, counters
 from genqueue.db.models import Job, JobImage, Review
 from genqueue.review import policy as review_policy
-
-_JOBS: Any = Job.__table__
-# Rows are keyed by attribute name (``metadata_``); the table's columns by their own key (``metadata``).
-_COLUMN_KEY = {attr.key: attr.columns[0].key for attr in sa_inspect(Job).column_attrs}
 
 
 def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -25,13 +20,7 @@ def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     first = counters.reserve(session, "job_seq", len(rows))
     for i, row in enumerate(rows):
         row["created_seq"] = first + i
-    # A Core INSERT: nothing here needs the ORM's bulk path, whose bookkeeping cost a single submit more CPU
-    # than the statement. Core takes its column list from the first row, so rows are grouped by their keys.
-    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(frozenset(row), []).append({_COLUMN_KEY.get(k, k): v for k, v in row.items()})
-    for group in groups.values():
-        session.execute(insert(_JOBS), group)
+    bulk.insert_rows(session, Job, rows)
 
 
 def get(session: Session, job_id: str) -> Job | None:
