@@ -32,4 +32,13 @@ def describe() -> dict[str, Any]:
         "platform": platform.platform(),
         "onnxruntime": ort_version,
         "available_providers": providers,
+        "load_avg": load_avg(),
     }
+
+
+def load_avg() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages: how much else wanted these cores around a run."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None

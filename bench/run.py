@@ -111,6 +111,7 @@ def run(cfg: BenchConfig, settings: Settings, only: set[str], out_dir: Path, log
                                                                   False, log))
         timed("gpt2 stack", _gpt2)
     results["timings_s"]["total"] = round(time.monotonic() - t_start, 1)
+    results["machine"]["load_avg_end"] = machine.load_avg()
     results["metrics"] = report.collect_metrics(results)
     written = report.write_all(results, out_dir, markdown=markdown, record=record)
     log(f"done in {results['timings_s']['total']} s; wrote {', '.join(str(p) for p in written)}")
