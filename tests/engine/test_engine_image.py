@@ -335,3 +335,27 @@ def test_an_image_with_no_grey_levels_fails_its_job_at_encoding() -> None:
     res = engine(FakeImageRunner(info=ImageModelInfo(16, 0, 2, 4, 4))).run_all([ImageRequest("two", ImageParams(seed=1))])[0]
     assert res.status == "failed" and res.error_code is ErrorCode.postprocess_error
     assert "cannot encode 2-channel images" in (res.error_message or "")
+
+
+def test_jobs_submitted_together_share_a_forward_even_without_a_queue_delay() -> None:
+    # A message's chunk reaches the batcher in one hand-off (submit_many), so with no queue delay at all the
+    # loop still finds all of it at once; one by one, the loop starts on the first job alone.
+    class SlowCaller(ImageEngine):
+        def _prepare(self, req: ImageRequest, future: Any) -> Any:
+            time.sleep(0.002)  # a busy task thread between two jobs of one message
+            return super()._prepare(req, future)
+
+    def run(together: bool) -> list[int]:
+        rs = [ImageRequest(f"m{i}", ImageParams(seed=i, num_images=1, class_label=i % 10)) for i in range(40)]
+        eng = SlowCaller(runner=FakeImageRunner(), config=ImageEngineConfig(max_batch_size=64, max_queue_delay_ms=0,
+                                                                             warmup=False))
+        eng.start()
+        try:
+            futures = eng.submit_many(rs) if together else [eng.submit(r) for r in rs]
+            assert [f.result(30).status for f in futures] == ["succeeded"] * 40
+        finally:
+            eng.stop()
+        return [c.rows for c in eng.runner.calls]  # type: ignore[attr-defined]
+
+    assert run(together=True) == [40]
+    assert len(run(together=False)) > 1  # what a message's jobs got when handed over one at a time

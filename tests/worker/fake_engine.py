@@ -17,6 +17,7 @@ import io
 import random
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -90,6 +91,9 @@ class FakeEngine:
             self._waiting.append(_Job(request, fut, self._arrivals))
             self._cond.notify()
         return fut
+
+    def submit_many(self, requests: Sequence[TextRequest | ImageRequest]) -> list[Future[JobResult]]:
+        return [self.submit(r) for r in requests]
 
     def cancel(self, job_id: str) -> None:
         with self._cond:

@@ -36,6 +36,9 @@ class _Replay:
         fut.set_result(self.results[request.job_id])
         return fut
 
+    def submit_many(self, requests: Any) -> list[Future[JobResult]]:
+        return [self.submit(r) for r in requests]
+
     def track(self, job_id: str, engine_ref: str, fut: Future[JobResult]) -> None:
         pass
 

@@ -150,6 +150,7 @@ def _run(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule],
     last: list[str] = []
     running: dict[Future[JobResult], jobstate.Claimed] = {}
     writes: list[_Write] = []
+    starts: dict[str, tuple[Engine, list[tuple[jobstate.Claimed, TextRequest | ImageRequest]]]] = {}
     for job_id, c in claims.items():
         if isinstance(c, jobstate.Skipped):
             if c.reason == "last_attempt":
@@ -163,10 +164,18 @@ def _run(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule],
             job_done()
             continue
         logs.job_event(log, "claimed", job_id, model=c.model, attempt=c.attempts, batch_id=message_id)
-        failure = _start(engines, c, running)
-        if failure is not None:
-            writes.append(_Write(c, failure, store.write(failure), None))
+        started = _request(engines, c)
+        if isinstance(started, jobstate.Failure):
+            writes.append(_Write(c, started, store.write(started), None))
             job_done()
+        else:
+            starts.setdefault(started[0], (started[1], []))[1].append((c, started[2]))
+    # Every job of the message reaches its engine in one hand-off: submitted one at a time, the first ones
+    # would start a batch of their own once the image batcher's queue delay ran out.
+    for ref, (engine, group) in starts.items():
+        for (c, _), fut in zip(group, engine.submit_many([r for _, r in group]), strict=True):
+            engines.track(c.job_id, ref, fut)
+            running[fut] = c
     # Each job is written the moment the engine hands it back: a short job never waits for the chunk's
     # longest one (its write joins the worker's next grouped commit).
     pending = set(running)
@@ -192,20 +201,17 @@ def _run(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule],
     return report, last
 
 
-def _start(engines: Engines, c: jobstate.Claimed,
-           running: dict[Future[JobResult], jobstate.Claimed]) -> jobstate.Failure | None:
+def _request(engines: Engines, c: jobstate.Claimed
+             ) -> jobstate.Failure | tuple[str, Engine, TextRequest | ImageRequest]:
+    """The engine (and its name) that runs this job, with the job's request; or why it cannot run here."""
     found = engines.engine_for(c.model, c.model_version)
     if found is None:
         return jobstate.Failure(c.job_id, "model_unavailable", f"this worker does not serve {c.model}@{c.model_version}")
     ref, engine = found
     try:
-        request = build_request(c)
+        return ref, engine, build_request(c)
     except (TypeError, ValueError) as e:
         return jobstate.Failure(c.job_id, ErrorCode.invalid_input.value, f"invalid input: {e}")
-    fut = engine.submit(request)
-    engines.track(c.job_id, ref, fut)
-    running[fut] = c
-    return None
 
 
 def _outcome(c: jobstate.Claimed, result: JobResult, rules: Sequence[prescreen.TextRule]) -> jobstate.Outcome | None:

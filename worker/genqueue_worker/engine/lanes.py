@@ -17,8 +17,10 @@ budget are split evenly between the lanes, so a job's ``n`` candidates must fit 
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import fields, replace
 
@@ -109,6 +111,20 @@ class LanedTextEngine:
 
         fut.add_done_callback(done)
         return fut
+
+    def submit_many(self, requests: Sequence[TextRequest]) -> list[Future[JobResult]]:
+        # Each lane gets its share in one hand-off, so that its batch sees them together.
+        picks = [self._pick(r.job_id) for r in requests]
+        futures: list[Future[JobResult] | None] = [None] * len(requests)
+        for lane in sorted(set(picks)):
+            idx = [k for k, i in enumerate(picks) if i == lane]
+            for k, fut in zip(idx, self.lanes[lane].submit_many([requests[k] for k in idx]), strict=True):
+                futures[k] = fut
+                fut.add_done_callback(functools.partial(self._on_done, requests[k].job_id, lane))
+        return [f for f in futures if f is not None]
+
+    def _on_done(self, job_id: str, lane: int, _f: Future[JobResult]) -> None:
+        self._done(job_id, lane)
 
     def cancel(self, job_id: str) -> None:
         with self._lock:

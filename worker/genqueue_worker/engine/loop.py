@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -144,6 +144,25 @@ class EngineLoop(Generic[RequestT, JobT]):
                 self._inbox.append(job)
                 self._cond.notify()
         return future
+
+    def submit_many(self, requests: Sequence[RequestT]) -> list[Future[JobResult]]:
+        futures: list[Future[JobResult]] = []
+        jobs: list[JobT] = []
+        for request in requests:
+            future: Future[JobResult] = Future()
+            future.set_running_or_notify_cancel()
+            futures.append(future)
+            job = self._prepare(request, future)
+            if job is not None:
+                jobs.append(job)
+        with self._cond:
+            if self._closed:
+                for job in jobs:
+                    self._settle(job, self._failed(job, ErrorCode.shutdown, "the engine is stopping"))
+            else:
+                self._inbox.extend(jobs)
+                self._cond.notify()
+        return futures
 
     def cancel(self, job_id: str) -> None:
         with self._cond:

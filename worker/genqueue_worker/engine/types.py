@@ -7,6 +7,7 @@ so the glue can write the result to SQL and ack the message at once, not when th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -108,6 +109,11 @@ class Engine(Protocol):
 
     def submit(self, request: Any) -> Future[JobResult]:
         """Thread-safe. The future resolves once, with the job's result."""
+        ...
+
+    def submit_many(self, requests: Sequence[Any]) -> list[Future[JobResult]]:
+        """Thread-safe. Like ``submit`` for each, but they reach the batching together: a message's chunk is
+        not split into a first batch of the jobs that happened to arrive before the queue delay ran out."""
         ...
 
     def cancel(self, job_id: str) -> None:
