@@ -36,7 +36,7 @@ browser:
 	skipped (as root on Debian, \`make browser\` installs it)" >&2
 
 test: venv browser
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=20 tests
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,7 @@ from genqueue.reconcile import reconcile_once
 from genqueue.settings import Settings
 from genqueue_api.app import create_app
 from genqueue_api.auth import create_key
+from tests.quota_windows import early_in_a_minute
 
 
 @pytest.fixture
@@ -173,6 +174,7 @@ def test_rate_limit_answers_429_with_retry_after(database_url: str, models_dir: 
     h = {"Authorization": f"Bearer {secret}"}
     job = {"model": "tiny-lm", "input": {"prompt": "hi"}}
     with TestClient(create_app(settings)) as c:
+        early_in_a_minute()
         assert c.post("/v1/jobs/bulk", json={"jobs": [job, job]}, headers=h).status_code == 200
         assert c.post("/v1/jobs", json=job, headers=h).status_code == 201
         r = c.post("/v1/jobs/bulk", json={"jobs": [job, job]}, headers=h)

@@ -8,6 +8,7 @@ import time
 import httpx
 
 from genqueue.db.models import Job
+from tests.quota_windows import early_in_a_minute
 
 JOB = {"model": "tiny-lm", "input": {"prompt": "hi", "max_new_tokens": 2}}
 BAD = {"model": "tiny-lm", "input": {"prompt": "hi", "temperature": 99}}
@@ -70,6 +71,7 @@ def test_requests_per_second_over_the_limit_get_429_with_retry_after(api_server)
 def test_requests_refused_by_validation_use_no_quota(api_server) -> None:  # type: ignore[no-untyped-def]
     api = api_server(rate_limit_jobs_per_min=3)
     h = api.headers()
+    early_in_a_minute()
     for _ in range(4):
         assert httpx.post(f"{api.url}/v1/jobs", json=BAD, headers=h).status_code == 422
     r = httpx.post(f"{api.url}/v1/jobs/bulk", json={"jobs": [BAD, JOB, BAD, JOB]}, headers=h)
