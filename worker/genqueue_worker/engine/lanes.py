@@ -102,15 +102,7 @@ class LanedTextEngine:
                     del self._route[job_id]
 
     def submit(self, request: TextRequest) -> Future[JobResult]:
-        i = self._pick(request.job_id)
-        fut = self.lanes[i].submit(request)
-        job_id = request.job_id
-
-        def done(_f: Future[JobResult]) -> None:
-            self._done(job_id, i)
-
-        fut.add_done_callback(done)
-        return fut
+        return self.submit_many([request])[0]
 
     def submit_many(self, requests: Sequence[TextRequest]) -> list[Future[JobResult]]:
         # Each lane gets its share in one hand-off, so that its batch sees them together.

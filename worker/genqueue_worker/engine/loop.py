@@ -132,18 +132,7 @@ class EngineLoop(Generic[RequestT, JobT]):
         self._thread.start()
 
     def submit(self, request: RequestT) -> Future[JobResult]:
-        future: Future[JobResult] = Future()
-        future.set_running_or_notify_cancel()
-        job = self._prepare(request, future)
-        if job is None:
-            return future
-        with self._cond:
-            if self._closed:
-                self._settle(job, self._failed(job, ErrorCode.shutdown, "the engine is stopping"))
-            else:
-                self._inbox.append(job)
-                self._cond.notify()
-        return future
+        return self.submit_many([request])[0]
 
     def submit_many(self, requests: Sequence[RequestT]) -> list[Future[JobResult]]:
         futures: list[Future[JobResult]] = []
