@@ -16,14 +16,16 @@ canceled meanwhile never produces a second output: delivery is at least once, th
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from genqueue.db import bulk
+from genqueue.db.hints import unindexed
 from genqueue.db.models import Job, JobImage, UTCDateTime, utcnow
 from genqueue.enums import JobStatus
 from genqueue.review import state as review_state
@@ -81,8 +83,33 @@ Outcome = Success | Failure | Release
 
 
 def _claimable(now: dt.datetime) -> Any:
-    return or_(Job.status == JobStatus.queued.value,
-               and_(Job.status == JobStatus.running.value, Job.lease_expires_at <= now))
+    status = unindexed(Job.status)  # every caller names its ids: the primary key must drive the plan
+    return or_(status == JobStatus.queued.value,
+               and_(status == JobStatus.running.value, unindexed(Job.lease_expires_at) <= now))
+
+
+
+@functools.cache
+def _claim_statement(scoped: bool, hold_last: bool) -> Any:
+    """The claim's UPDATE … RETURNING, built once per variant: with every value a bound parameter, a call
+    costs neither the statement's construction nor its cache key, which for a chunk of ids cost more CPU
+    than SQLite's work on the rows."""
+    t: Any = Job.__table__
+    now = bindparam("now", type_=UTCDateTime())
+    status = unindexed(t.c.status)  # the ids drive the plan (genqueue/db/hints.py)
+    claimable = or_(status == JobStatus.queued.value,
+                    and_(status == JobStatus.running.value, unindexed(t.c.lease_expires_at) <= now))
+    most = bindparam("max_attempts", type_=Integer())
+    limit = or_(t.c.attempts == 0, t.c.attempts < most - 1) if hold_last else t.c.attempts < most
+    where = [t.c.id.in_(bindparam("ids", expanding=True)), claimable, limit]
+    if scoped:
+        where.append(t.c.model.in_(bindparam("models", expanding=True)))
+    return (update(t).where(*where)
+            .values(status=JobStatus.running.value, leased_by=bindparam("worker"), attempts=t.c.attempts + 1,
+                    lease_expires_at=bindparam("until", type_=UTCDateTime()),
+                    started_at=func.coalesce(t.c.started_at, now))
+            .returning(t.c.id, t.c.model, t.c.model_version, t.c.kind, t.c.input, t.c.priority,
+                       t.c.review_policy, t.c.created_at, t.c.started_at, t.c.attempts))
 
 
 def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s: float,
@@ -100,16 +127,11 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
     ids = list(dict.fromkeys(job_ids))
     out: dict[str, Claimed | Skipped] = {}
     scope = [Job.model.in_(list(models))] if models is not None else []
-    limit = or_(Job.attempts == 0, Job.attempts < max_attempts - 1) if hold_last else Job.attempts < max_attempts
-    claimed = session.execute(
-        update(Job).where(Job.id.in_(ids), *scope, _claimable(now), limit)
-        .values(status=JobStatus.running.value, leased_by=worker_id, attempts=Job.attempts + 1,
-                lease_expires_at=now + dt.timedelta(seconds=lease_s),
-                started_at=func.coalesce(Job.started_at, bindparam("claim_now", now, type_=UTCDateTime())))
-        .returning(Job.id, Job.model, Job.model_version, Job.kind, Job.input, Job.priority,
-                   Job.review_policy, Job.created_at, Job.started_at, Job.attempts)
-        .execution_options(synchronize_session=False)
-    ).all()
+    params: dict[str, Any] = {"ids": ids, "now": now, "worker": worker_id, "max_attempts": max_attempts,
+                              "until": now + dt.timedelta(seconds=lease_s)}
+    if models is not None:
+        params["models"] = list(models)
+    claimed = session.connection().execute(_claim_statement(models is not None, hold_last), params).all()
     for r in claimed:
         out[r.id] = Claimed(job_id=r.id, model=r.model, model_version=r.model_version, kind=r.kind,
                             input=r.input, priority=r.priority, review_policy=r.review_policy,
@@ -149,7 +171,36 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
 
 
 def _mine(worker_id: str) -> Any:
-    return and_(Job.status == JobStatus.running.value, Job.leased_by == worker_id)
+    return and_(unindexed(Job.status) == JobStatus.running.value, unindexed(Job.leased_by) == worker_id)
+
+
+
+@dataclass(frozen=True)
+class _OutcomeStatements:
+    success: Any
+    failure: Any
+    finished: Any
+
+
+@functools.cache
+def _outcome_statements() -> _OutcomeStatements:
+    """``write_outcomes``' statements, built once (see ``_claim_statement``)."""
+    t: Any = Job.__table__
+    now = bindparam("b_now", type_=UTCDateTime())
+    guard = and_(t.c.id == bindparam("b_id"), t.c.status == JobStatus.running.value,
+                 t.c.leased_by == bindparam("b_worker"))
+    success = update(t).where(guard).values(
+        status=JobStatus.succeeded.value, output=bindparam("b_output", type_=t.c.output.type),
+        metrics=bindparam("b_metrics", type_=t.c.metrics.type), finished_at=now, lease_expires_at=None,
+        error_code=None, error_message=None)
+    failure = update(t).where(guard).values(
+        status=JobStatus.failed.value, error_code=bindparam("b_code"), error_message=bindparam("b_msg"),
+        metrics=bindparam("b_metrics", type_=t.c.metrics.type), finished_at=now, lease_expires_at=None)
+    finished = select(t.c.id).where(
+        t.c.id.in_(bindparam("ids", expanding=True)), unindexed(t.c.leased_by) == bindparam("worker"),
+        unindexed(t.c.finished_at) == bindparam("now", type_=UTCDateTime()),
+        unindexed(t.c.status).in_([JobStatus.succeeded.value, JobStatus.failed.value]))
+    return _OutcomeStatements(success, failure, finished)
 
 
 def write_outcomes(session: Session, worker_id: str, outcomes: Sequence[Outcome]) -> dict[str, bool]:
@@ -161,30 +212,18 @@ def write_outcomes(session: Session, worker_id: str, outcomes: Sequence[Outcome]
     successes: list[Success] = [o for o in outcomes if isinstance(o, Success)]
     failures: list[Failure] = [o for o in outcomes if isinstance(o, Failure)]
     releases: list[Release] = [o for o in outcomes if isinstance(o, Release)]
-    table: Any = Job.__table__
-    guard = and_(table.c.id == bindparam("b_id"), table.c.status == JobStatus.running.value,
-                 table.c.leased_by == worker_id)
+    conn = session.connection()
+    stmts = _outcome_statements()
     if successes:
-        session.execute(
-            update(table).where(guard).values(
-                status=JobStatus.succeeded.value, output=bindparam("b_output"), metrics=bindparam("b_metrics"),
-                finished_at=now, lease_expires_at=None, error_code=None, error_message=None),
-            [{"b_id": o.job_id, "b_output": o.output, "b_metrics": o.metrics} for o in successes],
-        )
+        conn.execute(stmts.success, [{"b_id": o.job_id, "b_worker": worker_id, "b_now": now, "b_output": o.output,
+                                      "b_metrics": o.metrics} for o in successes])
     if failures:
-        session.execute(
-            update(table).where(guard).values(
-                status=JobStatus.failed.value, error_code=bindparam("b_code"), error_message=bindparam("b_msg"),
-                metrics=bindparam("b_metrics"), finished_at=now, lease_expires_at=None),
-            [{"b_id": o.job_id, "b_code": o.code, "b_msg": o.message, "b_metrics": o.metrics} for o in failures],
-        )
+        conn.execute(stmts.failure, [{"b_id": o.job_id, "b_worker": worker_id, "b_now": now, "b_code": o.code,
+                                      "b_msg": o.message, "b_metrics": o.metrics} for o in failures])
     if successes or failures:
         # executemany reports no per-row counts: read back which rows this transaction finished.
         ids = [o.job_id for o in successes] + [o.job_id for o in failures]
-        ours = set(session.execute(
-            select(Job.id).where(Job.id.in_(ids), Job.leased_by == worker_id, Job.finished_at == now,
-                                 Job.status.in_([JobStatus.succeeded.value, JobStatus.failed.value]))
-        ).scalars())
+        ours = set(conn.execute(stmts.finished, {"ids": ids, "worker": worker_id, "now": now}).scalars())
         written.update({i: i in ours for i in ids})
         done = [o for o in successes if o.job_id in ours]
         images = [{"job_id": o.job_id, "index": i, "data": d, "width": w, "height": h, "format": f}
@@ -220,7 +259,7 @@ def canceled_among(session: Session, job_ids: Sequence[str]) -> list[str]:
     if not job_ids:
         return []
     rows = session.execute(
-        select(Job.id).where(Job.id.in_(list(job_ids)), Job.status == JobStatus.canceled.value)
+        select(Job.id).where(Job.id.in_(list(job_ids)), unindexed(Job.status) == JobStatus.canceled.value)
     ).scalars()
     return list(rows)
 
@@ -242,7 +281,7 @@ def cancel_queued(session: Session, job_ids: Sequence[str]) -> list[str]:
     if not job_ids:
         return []
     rows = session.execute(
-        update(Job).where(Job.id.in_(list(job_ids)), Job.status == JobStatus.queued.value)
+        update(Job).where(Job.id.in_(list(job_ids)), unindexed(Job.status) == JobStatus.queued.value)
         .values(status=JobStatus.canceled.value, finished_at=utcnow(), lease_expires_at=None)
         .returning(Job.id).execution_options(synchronize_session=False)
     ).scalars()

@@ -26,11 +26,12 @@ increasing order and a follower of the feed never skips one that commits late.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, insert, or_, select, update
+from sqlalchemy import bindparam, case, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from genqueue.db import bulk, counters
@@ -88,13 +89,19 @@ def review_info(status: str, flags: list[dict[str, Any]] | None = None, decided_
 
 # ---------------------------------------------------------------- fresh outputs (the worker's transaction)
 
+@functools.cache
+def _job_rows_statement() -> Any:
+    # Built once, the ids bound at each call: constructing it cost more than running it (as in jobstate).
+    j: Any = Job.__table__
+    k: Any = ApiKey.__table__
+    return (select(j.c.id, j.c.model, j.c.model_version, j.c.kind, j.c.status, j.c["metadata"].label("metadata_"),
+                   j.c.output, j.c.error_code, j.c.error_message, j.c.review_policy, j.c.webhook, j.c.webhook_events,
+                   k.c.review_policy.label("key_policy"))
+            .join(k, k.c.id == j.c.owner_id, isouter=True).where(j.c.id.in_(bindparam("ids", expanding=True))))
+
+
 def _job_rows(session: Session, job_ids: Sequence[str]) -> dict[str, Any]:
-    rows = session.execute(
-        select(Job.id, Job.model, Job.model_version, Job.kind, Job.status, Job.metadata_.label("metadata_"),
-               Job.output, Job.error_code, Job.error_message, Job.review_policy, Job.webhook, Job.webhook_events,
-               ApiKey.review_policy.label("key_policy"))
-        .join(ApiKey, ApiKey.id == Job.owner_id, isouter=True).where(Job.id.in_(list(job_ids)))
-    )
+    rows = session.connection().execute(_job_rows_statement(), {"ids": list(job_ids)})
     return {r.id: r for r in rows}
 
 

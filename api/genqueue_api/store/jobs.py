@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from genqueue.db import bulk, counters
+from genqueue.db.hints import unindexed
 from genqueue.db.models import Job, JobImage, Review
 from genqueue.review import policy as review_policy
 
@@ -40,9 +41,9 @@ def get_many(session: Session, job_ids: Sequence[str], owner_id: str | None,
     """The jobs of these ids (``owner_id`` None: anyone's; ``statuses``: only those), by id."""
     q = select(Job).where(Job.id.in_(list(job_ids)))
     if owner_id is not None:
-        q = q.where(Job.owner_id == owner_id)
+        q = q.where(unindexed(Job.owner_id) == owner_id)
     if statuses is not None:
-        q = q.where(Job.status.in_(list(statuses)))
+        q = q.where(unindexed(Job.status).in_(list(statuses)))
     return {j.id: j for j in session.execute(q).scalars()}
 
 
@@ -50,7 +51,7 @@ def existing(session: Session, job_ids: Sequence[str], owner_id: str | None) -> 
     """Which of these ids are jobs (of ``owner_id``, unless None); reads the ids only."""
     q = select(Job.id).where(Job.id.in_(list(job_ids)))
     if owner_id is not None:
-        q = q.where(Job.owner_id == owner_id)
+        q = q.where(unindexed(Job.owner_id) == owner_id)
     return set(session.execute(q).scalars())
 
 
