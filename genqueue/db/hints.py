@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -25,7 +26,7 @@ class unindexed(FunctionElement[Any]):  # noqa: N801 - used like a SQL function
     inherit_cache = True
     name = "unindexed"
 
-    def __init__(self, column: ColumnElement[Any]) -> None:
+    def __init__(self, column: ColumnElement[Any] | QueryableAttribute[Any]) -> None:
         super().__init__(column)
         self.type = column.type
 
