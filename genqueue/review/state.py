@@ -90,18 +90,19 @@ def review_info(status: str, flags: list[dict[str, Any]] | None = None, decided_
 # ---------------------------------------------------------------- fresh outputs (the worker's transaction)
 
 @functools.cache
-def _job_rows_statement() -> Any:
+def _job_rows_statement(full: bool) -> Any:
     # Built once, the ids bound at each call: constructing it cost more than running it (as in jobstate).
     j: Any = Job.__table__
     k: Any = ApiKey.__table__
-    return (select(j.c.id, j.c.model, j.c.model_version, j.c.kind, j.c.status, j.c["metadata"].label("metadata_"),
-                   j.c.output, j.c.error_code, j.c.error_message, j.c.review_policy, j.c.webhook, j.c.webhook_events,
-                   k.c.review_policy.label("key_policy"))
-            .join(k, k.c.id == j.c.owner_id, isouter=True).where(j.c.id.in_(bindparam("ids", expanding=True))))
+    cols = [j.c.id, j.c.model, j.c.review_policy, j.c.webhook, j.c.webhook_events, k.c.review_policy.label("key_policy")]
+    if full:  # what a webhook's payload carries (genqueue.webhooks.outbox.payload)
+        cols += [j.c.model_version, j.c.kind, j.c.status, j.c["metadata"].label("metadata_"), j.c.output,
+                 j.c.error_code, j.c.error_message]
+    return select(*cols).join(k, k.c.id == j.c.owner_id, isouter=True).where(j.c.id.in_(bindparam("ids", expanding=True)))
 
 
-def _job_rows(session: Session, job_ids: Sequence[str]) -> dict[str, Any]:
-    rows = session.connection().execute(_job_rows_statement(), {"ids": list(job_ids)})
+def _job_rows(session: Session, job_ids: Sequence[str], full: bool = True) -> dict[str, Any]:
+    rows = session.connection().execute(_job_rows_statement(full), {"ids": list(job_ids)})
     return {r.id: r for r in rows}
 
 
@@ -115,7 +116,11 @@ def record_outputs(session: Session, succeeded: Sequence[tuple[str, list[dict[st
         return {}
     now = now or utcnow()
     config = config or ReviewConfig.from_settings(get_settings())
-    jobs = _job_rows(session, [j for j, _ in succeeded] + list(failed))
+    jobs = _job_rows(session, [j for j, _ in succeeded] + list(failed), full=False)
+    # A webhook's payload needs the whole row (its output, above all): read it only for the jobs that have one.
+    hooked = [job_id for job_id, job in jobs.items() if job.webhook]
+    if hooked:
+        jobs.update(_job_rows(session, hooked))
     statuses: dict[str, ReviewStatus] = {}
     reviews: list[dict[str, Any]] = []
     audits: list[dict[str, Any]] = []
