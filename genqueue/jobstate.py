@@ -214,16 +214,22 @@ def write_outcomes(session: Session, worker_id: str, outcomes: Sequence[Outcome]
     releases: list[Release] = [o for o in outcomes if isinstance(o, Release)]
     conn = session.connection()
     stmts = _outcome_statements()
+    changed = 0
     if successes:
-        conn.execute(stmts.success, [{"b_id": o.job_id, "b_worker": worker_id, "b_now": now, "b_output": o.output,
-                                      "b_metrics": o.metrics} for o in successes])
+        changed += conn.execute(stmts.success, [
+            {"b_id": o.job_id, "b_worker": worker_id, "b_now": now, "b_output": o.output, "b_metrics": o.metrics}
+            for o in successes]).rowcount
     if failures:
-        conn.execute(stmts.failure, [{"b_id": o.job_id, "b_worker": worker_id, "b_now": now, "b_code": o.code,
-                                      "b_msg": o.message, "b_metrics": o.metrics} for o in failures])
+        changed += conn.execute(stmts.failure, [
+            {"b_id": o.job_id, "b_worker": worker_id, "b_now": now, "b_code": o.code, "b_msg": o.message,
+             "b_metrics": o.metrics} for o in failures]).rowcount
     if successes or failures:
-        # executemany reports no per-row counts: read back which rows this transaction finished.
         ids = [o.job_id for o in successes] + [o.job_id for o in failures]
-        ours = set(conn.execute(stmts.finished, {"ids": ids, "worker": worker_id, "now": now}).scalars())
+        if conn.dialect.supports_sane_multi_rowcount and changed == len(ids):
+            ours = set(ids)  # every guarded UPDATE matched its row: the common case, no read-back
+        else:
+            # executemany reports no per-row counts: read back which rows this transaction finished.
+            ours = set(conn.execute(stmts.finished, {"ids": ids, "worker": worker_id, "now": now}).scalars())
         written.update({i: i in ours for i in ids})
         done = [o for o in successes if o.job_id in ours]
         images = [{"job_id": o.job_id, "index": i, "data": d, "width": w, "height": h, "format": f}
