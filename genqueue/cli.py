@@ -65,27 +65,6 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    from genqueue.db.session import Database, NotMigrated, ensure_migrated
-    from genqueue.enums import Role
-    from genqueue_api.auth import create_key
-
-    try:
-        role = Role(args.role)
-    except ValueError:
-        return _fail(f"unknown role {args.role!r}; choose client, moderator or admin")
-    db = Database.from_settings(_ready(_settings(args), "keys"))
-    try:
-        ensure_migrated(db)
-    except NotMigrated as e:
-        return _fail(str(e))
-    with db.session() as s:
-        key, secret = create_key(s, args.name, role, trusted=args.trusted, review_policy=args.review_policy)
-    print(f"created {role.value} key {key.name!r} (id {key.id}); the secret is shown once:")
-    print(secret)
-    return 0
-
-
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -349,15 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(db)
     db.set_defaults(func=cmd_db)
 
-    keys = sub.add_parser("keys", help="API keys")
-    keys.add_argument("action", choices=["create"])
-    keys.add_argument("--name", required=True)
-    keys.add_argument("--role", required=True, help="client, moderator or admin")
-    keys.add_argument("--trusted", action="store_true", help="a client key that may submit review=none")
-    keys.add_argument("--review-policy", choices=["all", "flagged", "none"],
-                      help='what review="auto" means for this key\'s jobs (default: the model\'s or global policy)')
-    common(keys)
-    keys.set_defaults(func=cmd_keys)
+    from genqueue import keyscli
+
+    keyscli.add_parser(sub, common)
 
     api = sub.add_parser("api", help="run the HTTP API")
     api.add_argument("--host")

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from genqueue.db.models import ApiKey
+from genqueue.db.models import ApiKey, utcnow
 from genqueue.enums import Role
 
 KEY_PREFIX = "gq_"
@@ -34,6 +34,46 @@ def create_key(session: Session, name: str, role: Role, trusted: bool = False,
     session.add(key)
     session.commit()
     return key, secret
+
+
+class KeyNotFound(LookupError):
+    """No key, or more than one, answers to a reference; the message says which."""
+
+
+def list_keys(session: Session, include_revoked: bool = False) -> list[ApiKey]:
+    q = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if not include_revoked:
+        q = q.where(ApiKey.revoked_at.is_(None))
+    return list(session.execute(q).scalars())
+
+
+def find_key(session: Session, ref: str) -> ApiKey:
+    """The key that ``ref`` names: its id, the prefix its secret starts with (what logs show), or its name
+    when only one key has that name."""
+    key = session.get(ApiKey, ref)
+    if key is not None:
+        return key
+    for column in (ApiKey.prefix, ApiKey.name):
+        found = list(session.execute(select(ApiKey).where(column == ref)).scalars())
+        if len(found) > 1:  # a name reused after its first key was revoked means the live one
+            found = [k for k in found if k.revoked_at is None] or found
+        if len(found) == 1:
+            return found[0]
+        if found:
+            ids = ", ".join(k.id for k in found)
+            raise KeyNotFound(f"{len(found)} keys match {ref!r} ({ids}); name one by its id")
+    raise KeyNotFound(f"no key matches {ref!r} (give its id, the first 10 characters of its secret, or its name)")
+
+
+def revoke_key(session: Session, ref: str) -> tuple[ApiKey, bool]:
+    """Revoke the key ``ref`` names (see :func:`find_key`); commits. Returns the key and whether it was
+    already revoked (then nothing changes)."""
+    key = find_key(session, ref)
+    if key.revoked_at is not None:
+        return key, True
+    key.revoked_at = utcnow()
+    session.commit()
+    return key, False
 
 
 def lookup(session: Session, secret: str) -> ApiKey | None:
