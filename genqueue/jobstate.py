@@ -88,7 +88,6 @@ def _claimable(now: dt.datetime) -> Any:
                and_(status == JobStatus.running.value, unindexed(Job.lease_expires_at) <= now))
 
 
-
 @functools.cache
 def _claim_statement(scoped: bool, hold_last: bool) -> Any:
     """The claim's UPDATE … RETURNING, built once per variant: with every value a bound parameter, a call
@@ -172,7 +171,6 @@ def claim_many(session: Session, job_ids: Sequence[str], worker_id: str, lease_s
 
 def _mine(worker_id: str) -> Any:
     return and_(unindexed(Job.status) == JobStatus.running.value, unindexed(Job.leased_by) == worker_id)
-
 
 
 @dataclass(frozen=True)
