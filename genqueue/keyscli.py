@@ -16,9 +16,10 @@ from typing import Any
 def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     keys = sub.add_parser("keys", help="API keys: create, list, revoke",
                           description="create prints the secret once; revoke takes a key's id, the first 10 "
-                                      "characters of its secret, or its name when that is unique")
+                                      "characters of its secret, or its name (a name several keys share means "
+                                      "the live one)")
     keys.add_argument("action", choices=["create", "list", "revoke"])
-    keys.add_argument("key", nargs="?", help="revoke: the key's id, secret prefix or name")
+    keys.add_argument("key", nargs="?", help="revoke: the key's id, the first 10 characters of its secret, or its name")
     keys.add_argument("--name", help="create: a name for people (need not be unique)")
     keys.add_argument("--role", help="create: client, moderator or admin")
     keys.add_argument("--trusted", action="store_true", help="create: a client key that may submit review=none")
@@ -34,12 +35,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from genqueue.cli import _fail, _ready, _settings
     from genqueue.db.session import Database, NotMigrated, ensure_migrated
 
-    if args.action == "create":
-        problem = _create_args(args)
-    elif args.action == "revoke" and not args.key:
+    problem = _misplaced(args) or (_create_args(args) if args.action == "create" else None)
+    if args.action == "revoke" and not args.key:
         problem = "revoke needs the key: its id, the first 10 characters of its secret, or its name"
-    else:
-        problem = None
     if problem:
         return _fail(problem)
     settings = _ready(_settings(args), "keys")
@@ -57,6 +55,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return _revoke(s, args.key, settings.auth_cache_s)
     finally:
         db.dispose()
+
+
+_ONLY = {"create": ("name", "role", "trusted", "review_policy"), "list": ("all", "json"), "revoke": ("key",)}
+
+
+def _misplaced(args: argparse.Namespace) -> str | None:
+    """An argument given to an action that does not take it: refused rather than silently ignored."""
+    for action, names in _ONLY.items():
+        if action == args.action:
+            continue
+        for name in names:
+            if getattr(args, name) not in (None, False) and name not in _ONLY[args.action]:
+                shown = "the key argument" if name == "key" else "--" + name.replace("_", "-")
+                return f"keys {args.action} does not take {shown}"
+    return None
 
 
 def _create_args(args: argparse.Namespace) -> str | None:
@@ -106,5 +119,6 @@ def _revoke(s: Any, ref: str, cache_s: float) -> int:
     if already and key.revoked_at is not None:
         print(f"key {key.name!r} (id {key.id}) was already revoked at {key.revoked_at.isoformat()}")
     else:
-        print(f"revoked {key.role} key {key.name!r} (id {key.id}); API processes refuse it within {cache_s:g} s")
+        print(f"revoked {key.role} key {key.name!r} (id {key.id}); API processes refuse it within their "
+              f"GENQUEUE_AUTH_CACHE_S ({cache_s:g} s here)")
     return 0

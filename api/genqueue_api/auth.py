@@ -48,20 +48,22 @@ def list_keys(session: Session, include_revoked: bool = False) -> list[ApiKey]:
 
 
 def find_key(session: Session, ref: str) -> ApiKey:
-    """The key that ``ref`` names: its id, the prefix its secret starts with (what logs show), or its name
-    when only one key has that name."""
+    """The key that ``ref`` names, tried in this order: its id, the first 10 characters of its secret (the
+    prefix `genqueue keys list` shows), its name. A name several keys share means the one still live; when
+    none is, the newest (so that revoking it again says it already is)."""
     key = session.get(ApiKey, ref)
     if key is not None:
         return key
     for column in (ApiKey.prefix, ApiKey.name):
-        found = list(session.execute(select(ApiKey).where(column == ref)).scalars())
-        if len(found) > 1:  # a name reused after its first key was revoked means the live one
-            found = [k for k in found if k.revoked_at is None] or found
+        found = list(session.execute(select(ApiKey).where(column == ref).order_by(ApiKey.created_at)).scalars())
+        if len(found) > 1:
+            live = [k for k in found if k.revoked_at is None]
+            found = live or found[-1:]
         if len(found) == 1:
             return found[0]
         if found:
             ids = ", ".join(k.id for k in found)
-            raise KeyNotFound(f"{len(found)} keys match {ref!r} ({ids}); name one by its id")
+            raise KeyNotFound(f"{len(found)} live keys match {ref!r} ({ids}); name one by its id")
     raise KeyNotFound(f"no key matches {ref!r} (give its id, the first 10 characters of its secret, or its name)")
 
 

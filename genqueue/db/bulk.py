@@ -14,7 +14,7 @@ from sqlalchemy import insert, inspect
 from sqlalchemy.orm import Session
 
 _KEYS: dict[str, dict[str, str]] = {}
-_INSERTS: dict[str, Any] = {}  # one statement per table: its cache key is then computed once
+_INSERTS: dict[type[Any], Any] = {}  # one statement per table: its cache key is then computed once
 
 
 def _column_keys(model: type[Any]) -> dict[str, str]:
@@ -34,9 +34,9 @@ def insert_rows(session: Session, model: type[Any], rows: Sequence[dict[str, Any
     groups: dict[frozenset[str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(frozenset(row), []).append({keys.get(k, k): v for k, v in row.items()})
-    stmt = _INSERTS.get(model.__name__)
+    stmt = _INSERTS.get(model)
     if stmt is None:
-        stmt = _INSERTS[model.__name__] = insert(model.__table__)
+        stmt = _INSERTS[model] = insert(model.__table__)
     conn = session.connection()
     for group in groups.values():
         conn.execute(stmt, group)

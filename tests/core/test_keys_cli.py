@@ -38,7 +38,7 @@ def test_create_list_and_revoke(env: str, capsys: pytest.CaptureFixture[str]) ->
     assert rc == 0 and len(mine) == 1 and mine[0]["revoked_at"] is None and secret.startswith(mine[0]["prefix"])
     key_id = mine[0]["id"]
 
-    # By the secret's prefix (what the logs show); a second revoke changes nothing and says so.
+    # By the secret's first 10 characters (the prefix `keys list` shows); a second revoke changes nothing.
     rc, out, _ = _run(capsys, "keys", "revoke", mine[0]["prefix"])
     assert rc == 0 and key_id in out and "refuse it within" in out
     rc, out, _ = _run(capsys, "keys", "revoke", key_id)
@@ -57,11 +57,18 @@ def test_names_and_bad_arguments(env: str, capsys: pytest.CaptureFixture[str]) -
         ids.append(next(json.loads(line)["id"] for line in out.splitlines()
                         if json.loads(line)["name"] == "twin" and json.loads(line)["id"] not in ids))
     rc, _, err = _run(capsys, "keys", "revoke", "twin")
-    assert rc == 2 and "2 keys match 'twin'" in err and ids[0] in err and ids[1] in err
+    assert rc == 2 and "2 live keys match 'twin'" in err and ids[0] in err and ids[1] in err
     assert _run(capsys, "keys", "revoke", ids[0])[0] == 0
     # One of the two is revoked: the name now means the live one.
     rc, out, _ = _run(capsys, "keys", "revoke", "twin")
     assert rc == 0 and ids[1] in out and "already" not in out
+    # Both are: revoking the name again changes nothing and says so.
+    rc, out, _ = _run(capsys, "keys", "revoke", "twin")
+    assert rc == 0 and "already revoked" in out
+    rc, out, _ = _run(capsys, "keys", "list", "--all")
+    rows = [line for line in out.splitlines() if "'twin'" in line]
+    assert len(rows) == 2 and all("revoked" in line for line in rows)
+    assert any("moderator" in line and ids[1] in line for line in rows)
 
     rc, _, err = _run(capsys, "keys", "revoke", "nobody")
     assert rc == 2 and "no key matches 'nobody'" in err
@@ -70,6 +77,13 @@ def test_names_and_bad_arguments(env: str, capsys: pytest.CaptureFixture[str]) -
     assert rc == 2 and "--name and --role" in err
     rc, _, err = _run(capsys, "keys", "create", "--name", "x", "--role", "boss")
     assert rc == 2 and "unknown role 'boss'" in err
+    # An argument the action does not take is refused, not ignored.
+    rc, _, err = _run(capsys, "keys", "list", "twin")
+    assert rc == 2 and "keys list does not take the key argument" in err
+    rc, _, err = _run(capsys, "keys", "revoke", ids[1], "--all")
+    assert rc == 2 and "keys revoke does not take --all" in err
+    rc, _, err = _run(capsys, "keys", "list", "--role", "admin")
+    assert rc == 2 and "keys list does not take --role" in err
 
 
 def test_a_revoked_key_is_refused_by_the_api(env: str, tmp_path: Path, redis_scratch_url: str, models_dir: Path,

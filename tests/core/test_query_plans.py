@@ -66,6 +66,10 @@ def test_id_list_statements_use_the_primary_key(sqlite_db: Database) -> None:
             assert jobstate.canceled_among(s, ids) == []
             jobstate.renew_leases(s, ids, "w1", 60)
         with db.session() as s:
+            jobstate.write_outcomes(s, "w1", [jobstate.Success(ids[7], {}, {}, [], [])])
+        # Every guarded UPDATE matched its row: nothing was read back.
+        assert not any(st.startswith("SELECT jobs.id") and "finished_at" in st for st, _ in seen)
+        with db.session() as s:
             # One outcome for a job this worker does not hold: the write then reads back which rows it finished.
             written = jobstate.write_outcomes(
                 s, "w1", [jobstate.Success(j, {}, {}, [], []) for j in [*ids[:4], finished[0]]]
