@@ -11,6 +11,7 @@ And publishing (``publish_cost``): ``genqueue.queue.publish`` as it is, Celery `
 LPUSHing pre-built message bytes through one redis-py pipeline.
 
     python -m bench.sqlcost --jobs 512 --batch 64
+    python -m bench.sqlcost --jobs 2048 --batch 16 --statements 12   # per statement, on a table of ~25k jobs
     GENQUEUE_DATABASE_URL=postgresql+psycopg://... python -m bench.sqlcost
 """
 
@@ -137,15 +138,51 @@ def publish_cost(broker_url: str, settings: Settings, n: int = 1000) -> dict[str
     return out
 
 
+def statements(url: str, jobs: int, batch: int, rounds: int) -> list[dict[str, Any]]:
+    """The grouped path ``rounds`` times on one database, which keeps every finished job (a table that grows
+    as a deployment's does); the last round timed statement by statement, slowest first."""
+    from sqlalchemy import event
+
+    upgrade(url)
+    db = Database(url)
+    spent: dict[str, list[float]] = {}
+
+    def before(conn: Any, *_: Any) -> None:
+        conn.info["sqlcost_t0"] = time.perf_counter()
+
+    def after(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        spent.setdefault(" ".join(statement.split())[:100], []).append(time.perf_counter() - conn.info["sqlcost_t0"])
+
+    try:
+        for r in range(rounds):
+            ids = _seed(db, jobs)
+            if r == rounds - 1:
+                event.listen(db.engine, "before_cursor_execute", before)
+                event.listen(db.engine, "after_cursor_execute", after)
+            batched(db, ids, batch)
+    finally:
+        db.dispose()
+    rows = [{"statement": k, "runs": len(v), "ms_total": round(sum(v) * 1000, 1),
+             "us_each": round(sum(v) * 1e6 / len(v))} for k, v in spent.items()]
+    return sorted(rows, key=lambda row: -row["ms_total"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.sqlcost")
     ap.add_argument("--jobs", type=int, default=512)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--statements", type=int, default=0, metavar="ROUNDS",
+                    help="instead: run the grouped path ROUNDS times on one growing database and time the last "
+                         "round's statements one by one")
     args = ap.parse_args(argv)
     settings = Settings()
     with tempfile.TemporaryDirectory() as tmp:
         url = settings.sqlalchemy_url if settings.database_url else f"sqlite:///{Path(tmp) / 'sqlcost.db'}"
-        print(run(url, args.jobs, args.batch))
+        if args.statements:
+            for row in statements(url, args.jobs, args.batch, args.statements):
+                print(f"{row['ms_total']:9.1f} ms {row['runs']:6d}x {row['us_each']:8d} us each  {row['statement']}")
+        else:
+            print(run(url, args.jobs, args.batch))
     return 0
 
 
