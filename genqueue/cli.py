@@ -53,6 +53,19 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _migrated_db(s: Any) -> Any:
+    """The database of settings ``s``, or exit with one line when its schema is missing or out of date."""
+    from genqueue.db.session import Database, NotMigrated, ensure_migrated
+
+    db = Database.from_settings(s)
+    try:
+        ensure_migrated(db)
+    except NotMigrated as e:
+        db.dispose()
+        raise SystemExit(_fail(str(e))) from None
+    return db
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from genqueue.db.session import head_revision, upgrade
 
@@ -145,16 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_beat(args: argparse.Namespace) -> int:
     from genqueue import beat
-    from genqueue.db.session import Database, NotMigrated, ensure_migrated
 
     s = _ready(_settings(args), "beat")
-    db = Database.from_settings(s)
-    try:
-        ensure_migrated(db)
-    except NotMigrated as e:
-        return _fail(str(e))
-    finally:
-        db.dispose()
+    _migrated_db(s).dispose()
     return beat.run(s)
 
 
@@ -162,19 +168,15 @@ def cmd_gc(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from genqueue import retention
-    from genqueue.db.session import Database, NotMigrated, ensure_migrated
 
     s = _ready(_settings(args), "gc")
     days = s.retention_days if args.older_than_days is None else args.older_than_days
     if days <= 0:
         return _fail("nothing to do: set GENQUEUE_RETENTION_DAYS or pass --older-than-days (> 0)")
-    db = Database.from_settings(s)
+    db = _migrated_db(s)
     try:
-        ensure_migrated(db)
         done = retention.expire(db, dt.timedelta(days=days), batch_size=s.retention_batch_size,
                                 pause_s=s.retention_pause_ms / 1000)
-    except NotMigrated as e:
-        return _fail(str(e))
     finally:
         db.dispose()
     print(f"deleted the outputs of {done.jobs} jobs that ended over {days:g} days ago ({done.images} images)")

@@ -82,7 +82,8 @@ class Release:
 Outcome = Success | Failure | Release
 
 
-def _claimable(now: dt.datetime) -> Any:
+def _claimable(now: Any) -> Any:
+    """Queued, or running under a lease that ran out by ``now`` (a value, or a bound parameter)."""
     status = unindexed(Job.status)  # every caller names its ids: the primary key must drive the plan
     return or_(status == JobStatus.queued.value,
                and_(status == JobStatus.running.value, unindexed(Job.lease_expires_at) <= now))
@@ -95,12 +96,9 @@ def _claim_statement(scoped: bool, hold_last: bool) -> Any:
     than SQLite's work on the rows."""
     t: Any = Job.__table__
     now = bindparam("now", type_=UTCDateTime())
-    status = unindexed(t.c.status)  # the ids drive the plan (genqueue/db/hints.py)
-    claimable = or_(status == JobStatus.queued.value,
-                    and_(status == JobStatus.running.value, unindexed(t.c.lease_expires_at) <= now))
     most = bindparam("max_attempts", type_=Integer())
     limit = or_(t.c.attempts == 0, t.c.attempts < most - 1) if hold_last else t.c.attempts < most
-    where = [t.c.id.in_(bindparam("ids", expanding=True)), claimable, limit]
+    where = [t.c.id.in_(bindparam("ids", expanding=True)), _claimable(now), limit]
     if scoped:
         where.append(t.c.model.in_(bindparam("models", expanding=True)))
     return (update(t).where(*where)

@@ -32,8 +32,7 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from genqueue.cli import _fail, _ready, _settings
-    from genqueue.db.session import Database, NotMigrated, ensure_migrated
+    from genqueue.cli import _fail, _migrated_db, _ready, _settings
 
     problem = _misplaced(args) or (_create_args(args) if args.action == "create" else None)
     if args.action == "revoke" and not args.key:
@@ -41,11 +40,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if problem:
         return _fail(problem)
     settings = _ready(_settings(args), "keys")
-    db = Database.from_settings(settings)
-    try:
-        ensure_migrated(db)
-    except NotMigrated as e:
-        return _fail(str(e))
+    db = _migrated_db(settings)
     try:
         with db.session() as s:
             if args.action == "create":

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from genqueue.db.models import ApiKey, utcnow
 from genqueue.enums import Role
+from genqueue.schemas import storable
 
 KEY_PREFIX = "gq_"
 
@@ -51,6 +52,8 @@ def find_key(session: Session, ref: str) -> ApiKey:
     """The key that ``ref`` names, tried in this order: its id, the first 10 characters of its secret (the
     prefix `genqueue keys list` shows), its name. A name several keys share means the one still live; when
     none is, the newest (so that revoking it again says it already is)."""
+    if not storable(ref):  # NUL or a lone surrogate: no key holds it, and PostgreSQL would refuse the query
+        raise KeyNotFound(f"no key matches {ref!r}")
     key = session.get(ApiKey, ref)
     if key is not None:
         return key
