@@ -294,9 +294,17 @@ def mark_published(session: Session, chunks: Sequence[tuple[str, Sequence[str]]]
     """Record that each chunk's ids went out in the message named by its id. The message id is what lets
     the reconciler count the messages Redis should hold (one message carries many jobs)."""
     when = at or utcnow()
+    conn = session.connection()
     for message_id, ids in chunks:
-        session.execute(update(Job).where(Job.id.in_(list(ids))).values(published_at=when, message_id=message_id)
-                        .execution_options(synchronize_session=False))
+        conn.execute(_mark_published_statement(), {"ids": list(ids), "when": when, "message_id": message_id})
+
+
+@functools.cache
+def _mark_published_statement() -> Any:
+    """Built once (see ``_claim_statement``): the API's publisher runs it for every coalesced message."""
+    t: Any = Job.__table__
+    return (update(t).where(t.c.id.in_(bindparam("ids", expanding=True)))
+            .values(published_at=bindparam("when", type_=UTCDateTime()), message_id=bindparam("message_id")))
 
 
 def due_for_publish(session: Session, now: dt.datetime, *, unpublished_grace_s: float, stale_before: dt.datetime,

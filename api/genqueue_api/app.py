@@ -16,7 +16,7 @@ from genqueue.reconcile import Reconciler
 from genqueue.registry import Registry
 from genqueue.schemas import BulkCreate, ImageInput, JobCreate, TextInput
 from genqueue.settings import Settings, get_settings
-from genqueue_api import console, errors, httpmetrics, metrics, review_metrics
+from genqueue_api import console, errors, fastpath, httpmetrics, metrics, review_metrics
 from genqueue_api.routes import batches, completions, feed, files, health, jobs, models, quotas, review
 from genqueue_api.state import AppState
 
@@ -61,9 +61,6 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
                   description="Asynchronous job queue for AI content generation.")
     app.state.genqueue = app_state
     errors.install(app)
-    app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes,
-                       larger={"/v1/files": settings.batch_max_bytes, "/v1/batches": settings.batch_max_bytes})
-    app.add_middleware(httpmetrics.RequestMetrics)  # outermost: counts every answer, 413s included
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
@@ -74,6 +71,13 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     app.include_router(completions.router)
     app.include_router(quotas.router)
     console.install(app)  # the moderators' web console at /console
+    # Middleware added first runs innermost: single submits leave the stack after the size limit and metrics.
+    submit_route = next(r for r in jobs.router.routes if getattr(r, "path", None) == "/v1/jobs"
+                        and "POST" in getattr(r, "methods", ()))
+    app.add_middleware(fastpath.SingleSubmit, state=app_state, route=submit_route)
+    app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       larger={"/v1/files": settings.batch_max_bytes, "/v1/batches": settings.batch_max_bytes})
+    app.add_middleware(httpmetrics.RequestMetrics)  # outermost: counts every answer, 413s included
     review_metrics.watch(app_state.db)
 
     # The job routes read raw JSON (so that bulk items fail one by one); publish their schemas anyway.

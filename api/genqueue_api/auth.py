@@ -99,6 +99,11 @@ class KeyCache:
         self._keys: dict[str, tuple[ApiKey, float]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, secret: str) -> ApiKey | None:
+        """The key, when it was verified less than its time to live ago; None means "look it up"."""
+        hit = self._keys.get(hash_key(secret))
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
     def lookup(self, open_session: Callable[[], AbstractContextManager[Session]], secret: str,
                ttl_s: float) -> ApiKey | None:
         digest = hash_key(secret)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -15,6 +15,9 @@ from genqueue.registry import ModelEntry, Registry
 from genqueue.settings import Settings
 from genqueue_api.auth import KeyCache
 from genqueue_api.store.job_inserts import JobInserter
+
+if TYPE_CHECKING:
+    from genqueue_api.quotas import SingleAdmits
 
 
 @dataclass
@@ -33,6 +36,16 @@ class AppState:
     _tokenizers: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _inserter: JobInserter | None = None
+    _admits: SingleAdmits | None = None
+
+    def single_admits(self) -> SingleAdmits:
+        """The grouped quota charges of single submits (quotas.SingleAdmits), started on first use."""
+        from genqueue_api.quotas import SingleAdmits  # noqa: F811 (quotas imports this module)
+
+        with self._lock:
+            if self._admits is None:
+                self._admits = SingleAdmits(self)
+            return self._admits
 
     def job_inserter(self) -> JobInserter:
         """The group committer of single submits' rows, started on first use."""
@@ -47,6 +60,9 @@ class AppState:
             if self._inserter is not None:
                 self._inserter.close()
                 self._inserter = None
+            if self._admits is not None:
+                self._admits.close()
+                self._admits = None
 
     def tokenizer(self, entry: ModelEntry) -> Any:
         """Tokenizers are loaded lazily, once per model version, to check prompt lengths at submit."""

@@ -63,6 +63,9 @@ def test_id_list_statements_use_the_primary_key(sqlite_db: Database) -> None:
             claimed = jobstate.claim_many(s, ids, "w1", 60, 3, models=["m"], hold_last=True)
         assert all(isinstance(c, jobstate.Claimed) for c in claimed.values())
         with db.session() as s:
+            jobstate.mark_published(s, [("m1", ids)])  # the API's publisher, after each message
+            s.commit()
+        with db.session() as s:
             assert jobstate.canceled_among(s, ids) == []
             jobstate.renew_leases(s, ids, "w1", 60)
         with db.session() as s:
@@ -81,7 +84,8 @@ def test_id_list_statements_use_the_primary_key(sqlite_db: Database) -> None:
     finally:
         event.remove(db.engine, "before_cursor_execute", capture)
 
-    assert len(seen) >= 7 and any(st.startswith("SELECT jobs.id") and "finished_at" in st for st, _ in seen)
+    assert any(st.startswith("UPDATE jobs SET published_at") for st, _ in seen)
+    assert len(seen) >= 8 and any(st.startswith("SELECT jobs.id") and "finished_at" in st for st, _ in seen)
     raw = db.engine.raw_connection()
     try:
         for statement, params in seen:

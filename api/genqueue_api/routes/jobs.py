@@ -29,7 +29,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+    return parse_json(await request.body())
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON; ApiError 400 ``invalid_json`` when it is not."""
     try:
         # NaN and Infinity are Python's extensions, not JSON: PostgreSQL's JSONB refuses them, SQLite turns
         # them into null. Integers past 4300 digits and nesting past ~1000 levels raise ValueError and

@@ -199,24 +199,15 @@ def _publications(rows: list[dict[str, Any]]) -> list[queue.Publication]:
 def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
                idempotency_key: str | None) -> tuple[JobOut, bool]:
     """Returns (job, created). A replay of the same key and body returns the original job."""
-    if isinstance(body, dict) and "idempotency_key" in body:
-        # Only bulk items carry the key in the body; here the body would be hashed with it on a replay and
-        # without it on the first request, and the replay would be refused as a conflict.
-        metrics.REFUSED.labels("validation_error").inc()
-        raise ApiError(422, "validation_error", "invalid request: idempotency_key",
-                       [{"field": "idempotency_key", "message": "send it as the Idempotency-Key header"}])
     if idempotency_key is not None:
+        refuse_body_key(body)
         existing = store.by_idempotency_keys(session, key.id, [idempotency_key]).get(idempotency_key)
         if existing is not None:
             raw = dict(body) if isinstance(body, dict) else body
             if existing.request_hash != _request_hash(raw):
                 raise _conflict(idempotency_key)
             return outs(session, [existing])[0], False
-    try:
-        p = prepare(state, key, body, idempotency_key)
-    except ApiError as e:
-        metrics.REFUSED.labels(e.code).inc()
-        raise
+    p = prepare_new(state, key, body, idempotency_key)
     quotas.admit(state, key.id, [p.row["id"]])  # after validation: a refused request uses no quota
     try:
         state.job_inserter().insert(p.row)  # committed with the other submits that arrived meanwhile
@@ -232,13 +223,37 @@ def create_job(state: AppState, session: Session, key: ApiKey, body: Any,
         if existing.request_hash != p.request_hash:
             raise _conflict(idempotency_key) from None
         return outs(session, [existing])[0], False
-    # The answer waits for the COMMIT of its own row (and of the rows that joined its group meanwhile, never
+    return submitted(state, p.row), True
+
+
+def refuse_body_key(body: Any) -> None:
+    if isinstance(body, dict) and "idempotency_key" in body:
+        # Only bulk items carry the key in the body; here the body would be hashed with it on a replay and
+        # without it on the first request, and the replay would be refused as a conflict.
+        metrics.REFUSED.labels("validation_error").inc()
+        raise ApiError(422, "validation_error", "invalid request: idempotency_key",
+                       [{"field": "idempotency_key", "message": "send it as the Idempotency-Key header"}])
+
+
+def prepare_new(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None) -> Prepared:
+    """A single submit's row, counted as refused (by its error code) when it is not valid."""
+    refuse_body_key(body)
+    try:
+        return prepare(state, key, body, idempotency_key)
+    except ApiError as e:
+        metrics.REFUSED.labels(e.code).inc()
+        raise
+
+
+def submitted(state: AppState, row: dict[str, Any]) -> JobOut:
+    """A single submit whose row is committed: hand it to the publisher and answer with it."""
+    # The answer waited for the COMMIT of its own row (and of the rows that joined its group meanwhile, never
     # for more); the publisher coalesces the publishes of every job committed within its window into one
     # message per model and priority.
-    state.publisher.submit(_publications([p.row]))
-    metrics.SUBMITTED.labels(p.row["model"]).inc()
-    logs.job_event(log, "submitted", p.row["id"], model=p.row["model"], batch_id=p.row.get("batch_id"))
-    return out_from_row(p.row), True
+    state.publisher.submit(_publications([row]))
+    metrics.SUBMITTED.labels(row["model"]).inc()
+    logs.job_event(log, "submitted", row["id"], model=row["model"], batch_id=row.get("batch_id"))
+    return out_from_row(row)
 
 
 def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]) -> list[JobOut | ErrorResponse]:

@@ -14,6 +14,7 @@ group.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -34,9 +35,14 @@ class JobInserter:
     def insert(self, row: dict[str, Any]) -> None:
         """Insert one job row and return once it is committed; raises IntegrityError (or DataError) for a
         row the database refuses."""
-        refused = self._grouper.submit(row).result()
+        refused = self.submit(row).result()
         if refused is not None:
             raise refused
+
+    def submit(self, row: dict[str, Any]) -> Future[DBAPIError | None]:
+        """Queue one job row; the future resolves once it is committed, to None, or to the error of a row the
+        database refused (for callers that wait on an event loop rather than a thread)."""
+        return self._grouper.submit(row)
 
     def close(self) -> None:
         self._grouper.close()
