@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 FIELDS = ("job_id", "model", "batch_id", "worker")
@@ -74,7 +74,8 @@ class TextFormatter(logging.Formatter):
         fields = _fields(record)
         if not fields:
             return text
-        tail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "service")
+        tail = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in fields.items()
+                        if k != "service")
         return f"{text} [{tail}]" if tail else text
 
 
@@ -97,3 +98,21 @@ def job_event(log: logging.Logger, event: str, job_id: str, **fields: Any) -> No
     if log.isEnabledFor(logging.INFO):
         log.info("job %s %s", job_id, event, extra={"job_id": job_id, "event": event,
                                                      **{k: v for k, v in fields.items() if v is not None}})
+
+
+def jobs_event(log: logging.Logger, event: str, job_ids: Sequence[str], **fields: Any) -> None:
+    """One line for the same step of many jobs (a bulk's or a batch chunk's submit), their ids in ``job_ids``:
+    grepping any one id still finds it. A line per job cost a bulk submit about a seventh of its CPU."""
+    if job_ids and log.isEnabledFor(logging.INFO):
+        log.info("%d jobs %s", len(job_ids), event,
+                 extra={"job_ids": list(job_ids), "event": event, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def jobs_events(log: logging.Logger, event: str, rows: Sequence[Mapping[str, Any]], **fields: Any) -> None:
+    """:func:`jobs_event` for job rows, one line per model (a line's ``model`` is its jobs' model)."""
+    by_model: dict[str, list[str]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r["id"])
+    for model, ids in by_model.items():
+        jobs_event(log, event, ids, model=model, **fields)
+

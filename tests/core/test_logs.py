@@ -68,3 +68,20 @@ def test_text_lines_append_the_fields(captured: logging.StreamHandler) -> None: 
         logs.job_event(log, "submitted", "job_1", model="tiny-lm")
     (line,) = lines(captured)
     assert line.endswith("job job_1 submitted [batch_id=batch_1 job_id=job_1 event=submitted model=tiny-lm]")
+
+
+def test_a_bulk_is_one_line_per_model_that_names_every_job(captured: logging.StreamHandler) -> None:  # type: ignore[type-arg]
+    captured.setFormatter(logs.TextFormatter())
+    log = logging.getLogger("gq-test-bulk")
+    log.addHandler(captured)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    rows = [{"id": f"job_{i}", "model": "tiny-lm" if i % 3 else "dcgan-digits"} for i in range(7)]
+    logs.jobs_events(log, "submitted", rows)
+    image, text = lines(captured)  # in the order of their first job
+    assert text.endswith("4 jobs submitted [job_ids=job_1,job_2,job_4,job_5 event=submitted model=tiny-lm]")
+    assert image.endswith("3 jobs submitted [job_ids=job_0,job_3,job_6 event=submitted model=dcgan-digits]")
+    captured.setFormatter(logs.JsonFormatter())
+    logs.jobs_events(log, "submitted", rows[:2])
+    first, second = (json.loads(line) for line in lines(captured)[2:])
+    assert (first["job_ids"], first["model"], second["job_ids"]) == (["job_0"], "dcgan-digits", ["job_1"])

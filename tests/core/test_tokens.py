@@ -31,3 +31,27 @@ def test_max_new_tokens_clamped_to_context() -> None:
     assert max_new_tokens_for(10, 100, 64) == 54
     assert max_new_tokens_for(10, 5, 64) == 5
     assert max_new_tokens_for(64, 5, 64) == 0
+
+
+def test_surely_fits_never_passes_a_prompt_that_does_not_fit() -> None:
+    import random
+
+    from tokenizers import normalizers
+
+    from genqueue.tokens import surely_fits
+
+    tok = _tok()
+    rng = random.Random(0)
+    alphabet = "the cat sat on mat " + "é€漢😀\n\t"
+    passed = 0
+    for _ in range(400):
+        prompt = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        for ctx in (2, 8, 16, 32, 64, 200):
+            for bos in (False, True):
+                if surely_fits(tok, prompt, bos, ctx):
+                    passed += 1
+                    assert count_prompt_tokens(tok, prompt, bos) < ctx, (prompt, ctx, bos)
+    assert passed > 1000  # the shortcut does apply to this byte-level BPE
+    other = _tok()
+    other.normalizer = normalizers.NFKC()  # may turn one character into many: always counted
+    assert not surely_fits(other, "ﷺ", False, 1000)

@@ -152,6 +152,7 @@ def _run(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule],
     running: dict[Future[JobResult], jobstate.Claimed] = {}
     writes: list[_Write] = []
     starts: dict[str, tuple[Engine, list[tuple[jobstate.Claimed, TextRequest | ImageRequest]]]] = {}
+    claimed: dict[tuple[str, int], list[str]] = {}  # (model, attempt) -> ids: one log line each
     for job_id, c in claims.items():
         if isinstance(c, jobstate.Skipped):
             if c.reason == "last_attempt":
@@ -164,13 +165,15 @@ def _run(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule],
             report.outcomes[job_id] = f"skipped:{c.reason}"
             job_done()
             continue
-        logs.job_event(log, "claimed", job_id, model=c.model, attempt=c.attempts, batch_id=message_id)
+        claimed.setdefault((c.model, c.attempts), []).append(job_id)
         started = _request(engines, c)
         if isinstance(started, jobstate.Failure):
             writes.append(_Write(c, started, store.write(started), None))
             job_done()
         else:
             starts.setdefault(started[0], (started[1], []))[1].append((c, started[2]))
+    for (claimed_model, attempt), ids in claimed.items():
+        logs.jobs_event(log, "claimed", ids, model=claimed_model, attempt=attempt, batch_id=message_id)
     # Every job of the message reaches its engine in one hand-off: submitted one at a time, the first ones
     # would start a batch of their own once the image batcher's queue delay ran out.
     for ref, (engine, group) in starts.items():
@@ -200,8 +203,13 @@ def _run(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule],
             report.outcomes[c.job_id] = "canceled"  # the API already marked the row
             continue
         writes.append(_Write(c, outcome, store.write(outcome), result))
+    succeeded: dict[str, list[str]] = {}  # model -> ids: one log line each (a failure has a line of its own)
     for w in writes:
-        report.outcomes[w.claimed.job_id] = _settle(store, w)
+        word = report.outcomes[w.claimed.job_id] = _settle(store, w)
+        if word == "succeeded":
+            succeeded.setdefault(w.claimed.model, []).append(w.claimed.job_id)
+    for done_model, ids in succeeded.items():
+        logs.jobs_event(log, "succeeded", ids, model=done_model, batch_id=message_id)
     return report, last
 
 
@@ -272,6 +280,7 @@ def _settle(store: JobStore, w: _Write) -> str:
         queue_s = (c.started_at - c.created_at).total_seconds()
         metrics.observe(c.model, c.kind, status, (w.result.metrics if w.result else {}), latency, code or None,
                         queue_s=queue_s)
-        logs.job_event(log, status, c.job_id, model=c.model, code=code or None)
+        if code:  # successes are logged by the message, one line per model
+            logs.job_event(log, status, c.job_id, model=c.model, code=code)
         return word
     return "dropped:not_owner"

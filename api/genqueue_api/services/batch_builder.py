@@ -208,8 +208,7 @@ class Builder:
                                               for r in rows])
             for model, n in Counter(r["model"] for r in rows).items():
                 metrics.SUBMITTED.labels(model).inc(n)
-            for r in rows:
-                logs.job_event(log, "submitted", r["id"], model=r["model"], batch_id=self.batch_id)
+            logs.jobs_events(log, "submitted", rows, batch_id=self.batch_id)
         return not self.stopped
 
     def _charge(self, rows: list[dict[str, Any]], requests: list[dict[str, Any]],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from genqueue.schemas import (
     TextInput,
     storable,
 )
-from genqueue.tokens import count_prompt_tokens
+from genqueue.tokens import count_prompt_tokens, surely_fits
 from genqueue.webhooks import guard
 from genqueue_api import metrics, quotas
 from genqueue_api.errors import ApiError, not_found, validation_details
@@ -70,8 +71,10 @@ def _invalid(e: ValidationError, prefix: str = "") -> ApiError:
     return ApiError(422, "validation_error", f"invalid request: {fields}", details)
 
 
-def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None) -> Prepared:
-    """Validate one job request. Raises ApiError in the contract's error shape."""
+def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None,
+            now: dt.datetime | None = None) -> Prepared:
+    """Validate one job request (``now``: its ``created_at``, one for a whole bulk). Raises ApiError in the
+    contract's error shape."""
     if not isinstance(body, dict):
         raise ApiError(422, "validation_error", "a job request must be a JSON object", [{"field": "", "message": "not an object"}])
     raw = dict(body)
@@ -99,8 +102,9 @@ def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None
             raise ApiError(422, "validation_error", "invalid request: input.max_new_tokens",
                            [{"field": "input.max_new_tokens", "message": f"must be at most {ctx} for {entry.ref}",
                              "type": "less_than_equal"}])
-        n_tokens = count_prompt_tokens(state.tokenizer(entry), inp.prompt, m.text.prepend_bos)
-        if n_tokens >= ctx:
+        tok = state.tokenizer(entry)
+        if not surely_fits(tok, inp.prompt, m.text.prepend_bos, ctx) and (
+                n_tokens := count_prompt_tokens(tok, inp.prompt, m.text.prepend_bos)) >= ctx:
             raise ApiError(422, "prompt_too_long",
                            f"the prompt is {n_tokens} tokens; {entry.ref} allows at most {ctx - 1}",
                            [{"field": "input.prompt", "message": f"{n_tokens} tokens >= context {ctx}"}])
@@ -152,7 +156,7 @@ def prepare(state: AppState, key: ApiKey, body: Any, idempotency_key: str | None
         "request_hash": _request_hash(raw) if idempotency_key is not None else None,
         "metrics": {},
         "attempts": 0,
-        "created_at": utcnow(),
+        "created_at": now or utcnow(),
     }
     return Prepared(row=row, idempotency_key=idempotency_key, request_hash=row["request_hash"])
 
@@ -281,6 +285,7 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
     existing = store.by_idempotency_keys(session, key.id, [k for k in keys if storable(k)])
     prepared: list[tuple[int, Prepared]] = []
     seen_keys: dict[str, int] = {}
+    now = utcnow()
     for i, item in enumerate(items):
         try:
             ik = item.get("idempotency_key") if isinstance(item, dict) else None
@@ -299,7 +304,7 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
                 if ik in seen_keys:
                     raise ApiError(409, "idempotency_conflict", f"idempotency_key {ik!r} appears twice in this request")
                 seen_keys[ik] = i
-            prepared.append((i, prepare(state, key, item, ik)))
+            prepared.append((i, prepare(state, key, item, ik, now)))
         except ApiError as e:
             results[i] = ErrorResponse(error=ErrorBody(code=e.code, message=e.message, details=e.details))
             refused.append(e.code)
@@ -325,8 +330,7 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
             results[i] = out_from_row(p.row)
         for model, n in Counter(r["model"] for r in rows).items():
             metrics.SUBMITTED.labels(model).inc(n)
-        for r in rows:
-            logs.job_event(log, "submitted", r["id"], model=r["model"], batch_id=r.get("batch_id"))
+        logs.jobs_events(log, "submitted", rows)
     return [r for r in results if r is not None], refused
 
 
