@@ -4,13 +4,14 @@ A single submit is small work: parse, validate, one row committed with its group
 2 cores, FastAPI's routing and dependency solving, Starlette's request and response objects and two hand-offs
 to anyio's thread pool (the key lookup and the blocking insert) were about half of the API's CPU per single
 submit. This pure ASGI middleware answers the same request with the same services: the key from the cache
-(SQL on a thread only on a miss), validation on the event loop (CPU only), the quota charged in the pipelined
+(SQL on a thread only on a miss), validation on the event loop (CPU only; a job with a webhook is validated
+on a thread, since checking its host resolves the name), the quota charged in the pipelined
 Redis round trip of every request that arrived meanwhile (`quotas.SingleAdmits`), and the row handed to the
-group committer. The loop awaits those two futures; no request holds a thread.
+group committer. The loop awaits those two futures; a plain request holds no thread.
 
 Requests with an ``Idempotency-Key`` (a lookup in SQL first) or ``Prefer: wait`` go on to the FastAPI route,
-as do all other paths: the answers, errors included, are the contract's either way, which the job route tests
-check through this path.
+as do all other paths. The answers, errors included, are the contract's either way:
+`tests/api/test_single_submit_paths.py` sends the same requests both ways, and the job tests go through here.
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ class SingleSubmit:
 
     async def _create(self, key: ApiKey, body: Any) -> Any:
         state = self.state
-        p = service.prepare_new(state, key, body, None)
+        if isinstance(body, dict) and body.get("webhook"):
+            # The webhook's host is resolved to check its addresses: DNS may block, so not on the loop.
+            p = await run_in_threadpool(service.prepare_new, state, key, body, None)
+        else:
+            p = service.prepare_new(state, key, body, None)
         refused_quota = await asyncio.wrap_future(state.single_admits().submit(key.id, p.row["id"]))
         if refused_quota is not None:
             raise refused_quota
