@@ -74,9 +74,15 @@ class Grouper(Generic[T, R]):
 
     def _loop(self) -> None:
         while True:
-            batch = self._take()
-            if not batch:
+            taken = self._take()
+            if not taken:
                 return  # closed and drained
+            # A waiter that gave up (an asyncio task cancelled while it awaited ``wrap_future``) has cancelled
+            # its future: its item is dropped. The others can no longer be cancelled, so that setting their
+            # results below cannot raise and end this thread.
+            batch = [(item, fut) for item, fut in taken if fut.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             items = [item for item, _ in batch]
             for attempt in range(self._retries + 1):
                 try:

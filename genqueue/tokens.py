@@ -5,6 +5,7 @@ Imports only ``tokenizers`` (no numpy, no onnxruntime).
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,25 @@ def encode_prompt(tokenizer: Any, prompt: str, bos_token_id: int, prepend_bos: b
     return ids
 
 
-_BYTE_LEVEL: dict[int, bool] = {}  # id(tokenizer) -> whether it is a byte-level BPE; tokenizers live as long as their process
+_BYTE_LEVEL: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()  # tokenizer -> per-byte bound holds
 
 
 def surely_fits(tokenizer: Any, prompt: str, prepend_bos: bool, context_length: int) -> bool:
     """True when ``prompt`` fits ``context_length`` (as :func:`count_prompt_tokens` counts) without being
     tokenized; False means "count it". A byte-level BPE without a normalizer (GPT-2's kind) maps each UTF-8
     byte to one symbol and merges symbols, so it makes at most one token per byte: a prompt of fewer bytes
-    than the context less one (for BOS) fits. Tokenizing cost a bulk submit about a tenth of its CPU, and
-    most prompts are far shorter than the context."""
-    byte_level = _BYTE_LEVEL.get(id(tokenizer))
+    than the context less one (for BOS) fits. Not with ``add_prefix_space`` (a space added before every
+    piece of text between added tokens) nor with ``byte_fallback`` (a missing character becomes one token
+    per byte of its own, beside the pieces it was split from): those are always counted. Tokenizing cost a
+    bulk submit about a tenth of its CPU, and most prompts are far shorter than the context."""
+    byte_level = _BYTE_LEVEL.get(tokenizer)
     if byte_level is None:
         from tokenizers import models, pre_tokenizers
 
-        byte_level = _BYTE_LEVEL[id(tokenizer)] = (
-            tokenizer.normalizer is None and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel)
-            and isinstance(tokenizer.model, models.BPE))
+        pre, model = tokenizer.pre_tokenizer, tokenizer.model
+        byte_level = _BYTE_LEVEL[tokenizer] = (
+            tokenizer.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel) and not pre.add_prefix_space
+            and isinstance(model, models.BPE) and not model.byte_fallback)
     if not byte_level:
         return False
     room = context_length - 1  # count_prompt_tokens adds one for BOS (or for an empty prompt)

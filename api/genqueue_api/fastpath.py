@@ -63,7 +63,7 @@ class SingleSubmit:
             body = parse_json(await _body(receive))
             job = await self._create(key, body)
         except ApiError as e:
-            await _answer(send, e.status, json.dumps(e.body()).encode(), e.headers)
+            await _answer(send, e.status, _error_json(e), e.headers)
             return
         except _Disconnected:
             return  # nobody to answer; no row was written
@@ -110,6 +110,15 @@ async def _body(receive: Any) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _error_json(e: ApiError) -> bytes:
+    """As Starlette's JSONResponse writes it; a message quoting a lone surrogate from the request (which UTF-8
+    cannot encode, and JSONResponse then fails on) is written with escapes instead."""
+    try:
+        return json.dumps(e.body(), ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(e.body(), separators=(",", ":")).encode()
 
 
 async def _answer(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from sqlalchemy import select
 
 from genqueue import queue
@@ -182,27 +183,51 @@ def _pruned(state: AppState, key_id: str, job_ids: list[str], charge_request: bo
 def admit_singles(state: AppState, charges: Sequence[tuple[str, str]]) -> list[ApiError | None]:
     """Charge single submits, each (key id, job id) a request of one job: the 429 of each one refused, else
     None. One script call each, all in one pipelined round trip; an in-flight refusal still prunes and
-    retries alone. Fails open like :func:`admit`."""
+    retries alone. Fails open like :func:`admit`, for the whole group when Redis cannot be reached and for
+    one charge alone when only its call fails."""
     try:
         r = queue.shared_redis(state.broker_url)
-        pipe = r.pipeline(transaction=False)
-        script = _script(r, _ADMIT)
-        for key_id, job_id in charges:
-            script(*_admit_args(state, key_id, [job_id], True), client=pipe)
-        results = pipe.execute()
-        out: list[ApiError | None] = []
-        for (key_id, job_id), raw in zip(charges, results, strict=True):
-            admitted, refusal, limit, used = _pruned(state, key_id, [job_id], True, [int(x) for x in raw])
-            out.append(over(refusal, limit, used, 1) if admitted == 0 else None)
-        return out
+        results = _pipelined(r, _script(r, _ADMIT), [_admit_args(state, k, [j], True) for k, j in charges])
     except Exception as e:  # Redis is down: fail open
         log.warning("quotas unavailable (%s); %d requests let through", e.__class__.__name__, len(charges))
         return [None] * len(charges)
+    out: list[ApiError | None] = []
+    for (key_id, job_id), raw in zip(charges, results, strict=True):
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            admitted, refusal, limit, used = _pruned(state, key_id, [job_id], True, [int(x) for x in raw])
+        except Exception as e:
+            log.warning("quota check failed (%s); request let through", e.__class__.__name__)
+            out.append(None)
+            continue
+        out.append(over(refusal, limit, used, 1) if admitted == 0 else None)
+    return out
+
+
+def _pipelined(r: Any, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    """EVALSHA of ``script`` for each (keys, args) in one pipeline: the results in order, an exception in
+    place of a call that failed. (redis-py's own script support in pipelines asks SCRIPT EXISTS first: a
+    second round trip per group.) A Redis that lost its scripts (a restart, SCRIPT FLUSH) gets the script
+    loaded, and the calls once more: none of them ran."""
+    def send() -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
+
+    results = send()
+    if any(isinstance(x, NoScriptError) for x in results):
+        r.script_load(script.script)
+        results = send()
+    return results
 
 
 class SingleAdmits:
     """Single submits' quota charges, grouped: what arrives while one pipeline is in flight goes in the next,
-    so that the event loop waits on a future instead of a Redis round trip per request."""
+    so that the event loop waits on a future instead of a Redis round trip per request. A key refused for
+    its jobs in flight prunes its set (SQL, at most once a second per key) on this one thread, delaying the
+    group it came in with."""
 
     def __init__(self, state: AppState) -> None:
         self._grouper: Grouper[tuple[str, str], ApiError | None] = Grouper(

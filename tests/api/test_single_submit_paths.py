@@ -78,5 +78,5 @@ def test_a_refusal_is_answered_alike_both_ways(api: tuple[TestClient, dict[str, 
     header = f"Bearer {keys[auth]}" if auth in keys else auth
     lean, routed = _both(c, body, header)
     assert lean.status_code == routed.status_code == status
-    assert lean.json() == routed.json() and lean.json()["error"]["code"] == code
+    assert lean.content == routed.content and lean.json()["error"]["code"] == code
     assert lean.headers.get("www-authenticate") == routed.headers.get("www-authenticate")

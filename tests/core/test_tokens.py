@@ -55,3 +55,9 @@ def test_surely_fits_never_passes_a_prompt_that_does_not_fit() -> None:
     other = _tok()
     other.normalizer = normalizers.NFKC()  # may turn one character into many: always counted
     assert not surely_fits(other, "ﷺ", False, 1000)
+    prefixed = _tok()
+    prefixed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # a space before every piece
+    assert not surely_fits(prefixed, "a", False, 1000)
+    fallback = Tokenizer(models.BPE(byte_fallback=True))  # a missing character: a token per byte of it
+    fallback.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert not surely_fits(fallback, "a", False, 1000)

@@ -91,3 +91,39 @@ def test_an_item_the_store_refuses_fails_alone_and_its_neighbours_are_written() 
         assert written == [[12], [14]]  # the batch failed twice, then each item ran alone
     finally:
         g.close()
+
+
+def test_a_waiter_that_gave_up_is_dropped_and_the_thread_lives_on() -> None:
+    # An asyncio task cancelled while it awaits ``wrap_future`` cancels the concurrent future it waits on.
+    import asyncio
+
+    started, gate = threading.Event(), threading.Event()
+    seen: list[list[int]] = []
+
+    def run(items: Sequence[int]) -> list[int]:
+        started.set()
+        gate.wait(5)
+        seen.append(list(items))
+        return [i * 10 for i in items]
+
+    g: Grouper[int, int] = Grouper("test-cancel", run)
+    try:
+        first = g.submit(1)
+        assert started.wait(5)  # item 1's batch is running; the next items queue behind it
+
+        async def give_up() -> None:
+            task = asyncio.ensure_future(asyncio.wrap_future(g.submit(2)))
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(give_up())
+        third = g.submit(3)
+        gate.set()
+        assert first.result(5) == 10 and third.result(5) == 30
+        assert seen == [[1], [3]]
+        assert g.submit(4).result(5) == 40  # still serving
+    finally:
+        gate.set()
+        g.close()

@@ -204,12 +204,14 @@ def _run(store: JobStore, engines: Engines, rules: Sequence[prescreen.TextRule],
             continue
         writes.append(_Write(c, outcome, store.write(outcome), result))
     succeeded: dict[str, list[str]] = {}  # model -> ids: one log line each (a failure has a line of its own)
-    for w in writes:
-        word = report.outcomes[w.claimed.job_id] = _settle(store, w)
-        if word == "succeeded":
-            succeeded.setdefault(w.claimed.model, []).append(w.claimed.job_id)
-    for done_model, ids in succeeded.items():
-        logs.jobs_event(log, "succeeded", ids, model=done_model, batch_id=message_id)
+    try:
+        for w in writes:
+            word = report.outcomes[w.claimed.job_id] = _settle(store, w)
+            if word == "succeeded":
+                succeeded.setdefault(w.claimed.model, []).append(w.claimed.job_id)
+    finally:  # the jobs settled before a write broke are logged all the same
+        for done_model, ids in succeeded.items():
+            logs.jobs_event(log, "succeeded", ids, model=done_model, batch_id=message_id)
     return report, last
 
 
