@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,13 +18,19 @@ from genqueue.settings import Settings
 from genqueue_api.app import create_app
 from genqueue_api.auth import create_key
 
+if TYPE_CHECKING:
+    from tests.conftest import RedisDatabases
+
 _VARY = ("id", "created_at")
 
 
-@pytest.fixture
-def api(redis_scratch_url: str, models_dir: Path, tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'paths.db'}",
-                        redis_url=redis_scratch_url, models_dir=models_dir)
+@pytest.fixture(scope="module")
+def api(redis_url_factory: RedisDatabases, models_dir: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    # One API for the module: these tests compare answers and never depend on what another one stored.
+    tmp, redis_url = tmp_path_factory.mktemp("paths"), redis_url_factory()
+    settings = Settings(data_dir=tmp, database_url=f"sqlite:///{tmp / 'paths.db'}", redis_url=redis_url,
+                        models_dir=models_dir)
     upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url)
     with db.session() as s:
@@ -32,6 +38,7 @@ def api(redis_scratch_url: str, models_dir: Path, tmp_path: Path) -> Iterator[tu
     with TestClient(create_app(settings)) as c:
         yield c, keys
     db.dispose()
+    redis_url_factory.release(redis_url)
 
 
 def _both(c: TestClient, body: bytes, auth: str | None) -> tuple[Any, Any]:
