@@ -115,4 +115,3 @@ def jobs_events(log: logging.Logger, event: str, rows: Sequence[Mapping[str, Any
         by_model.setdefault(r["model"], []).append(r["id"])
     for model, ids in by_model.items():
         jobs_event(log, event, ids, model=model, **fields)
-
