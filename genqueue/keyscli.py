@@ -57,13 +57,10 @@ _ONLY = {"create": ("name", "role", "trusted", "review_policy"), "list": ("all",
 
 def _misplaced(args: argparse.Namespace) -> str | None:
     """An argument given to an action that does not take it: refused rather than silently ignored."""
-    for action, names in _ONLY.items():
-        if action == args.action:
-            continue
-        for name in names:
-            if getattr(args, name) not in (None, False) and name not in _ONLY[args.action]:
-                shown = "the key argument" if name == "key" else "--" + name.replace("_", "-")
-                return f"keys {args.action} does not take {shown}"
+    for name in (n for names in _ONLY.values() for n in names if n not in _ONLY[args.action]):
+        if getattr(args, name) not in (None, False):
+            shown = "the key argument" if name == "key" else "--" + name.replace("_", "-")
+            return f"keys {args.action} does not take {shown}"
     return None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -38,18 +38,31 @@ SessionDep = Annotated[Session, Depends(get_session)]
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
-def current_key(request: Request, state: StateDep,
-                _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
-    header = request.headers.get("authorization", "")
-    scheme, _sep, secret = header.partition(" ")
+def bearer_secret(header: str | None) -> str:
+    """The secret of an ``Authorization: Bearer <key>`` header; 401 when there is none."""
+    scheme, _sep, secret = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
                        headers={"WWW-Authenticate": "Bearer"})
+    return secret.strip()
+
+
+def unknown_key() -> ApiError:
+    return ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def wrong_role(roles: Sequence[str]) -> ApiError:
+    return ApiError(403, "forbidden", f"this endpoint needs the {' or '.join(roles)} role")
+
+
+def current_key(request: Request, state: StateDep,
+                _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+    secret = bearer_secret(request.headers.get("authorization"))
     # A short session of its own (when the key is not cached), so that auth never holds a connection for the
     # whole request.
-    key = state.keys.lookup(state.db.session, secret.strip(), state.settings.auth_cache_s)
+    key = state.keys.lookup(state.db.session, secret, state.settings.auth_cache_s)
     if key is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        raise unknown_key()
     return key
 
 
@@ -59,10 +72,11 @@ CurrentKey = Annotated[ApiKey, Depends(current_key)]
 async def role_key(scopes: SecurityScopes, key: CurrentKey) -> ApiKey:
     """The caller's key, when its role is one of the roles (security scopes) the route asks for."""
     if key.role not in scopes.scopes:
-        raise ApiError(403, "forbidden", f"this endpoint needs the {' or '.join(scopes.scopes)} role")
+        raise wrong_role(scopes.scopes)
     return key
 
 
-CurrentClient = Annotated[ApiKey, Security(role_key, scopes=[Role.client.value, Role.admin.value])]
+CLIENT_ROLES = [Role.client.value, Role.admin.value]  # who may submit jobs
+CurrentClient = Annotated[ApiKey, Security(role_key, scopes=CLIENT_ROLES)]
 CurrentModerator = Annotated[ApiKey, Security(role_key, scopes=[Role.moderator.value, Role.admin.value])]
 CurrentAdmin = Annotated[ApiKey, Security(role_key, scopes=[Role.admin.value])]

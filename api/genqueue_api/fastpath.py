@@ -23,15 +23,12 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from genqueue.db.models import ApiKey
-from genqueue.enums import Role
-from genqueue_api import quotas
+from genqueue_api import deps, quotas
 from genqueue_api.errors import ApiError
 from genqueue_api.routes.jobs import parse_json
 from genqueue_api.services import jobs as service
 from genqueue_api.state import AppState
 
-_ROLES = (Role.client.value, Role.admin.value)  # as the route's CurrentClient dependency asks
-_WWW = {"WWW-Authenticate": "Bearer"}
 _JSON = (b"content-type", b"application/json")
 
 
@@ -70,18 +67,16 @@ class SingleSubmit:
         await _answer(send, 201, job.model_dump_json().encode())
 
     async def _key(self, header: str | None) -> ApiKey:
-        scheme, _sep, secret = (header or "").partition(" ")
-        secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret:
-            raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>", headers=_WWW)
+        """What the route's CurrentClient dependency checks, with the same errors."""
+        secret = deps.bearer_secret(header)
         key = self.state.keys.cached(secret)
         if key is None:
             key = await run_in_threadpool(self.state.keys.lookup, self.state.db.session, secret,
                                           self.state.settings.auth_cache_s)
             if key is None:
-                raise ApiError(401, "unauthorized", "invalid or revoked API key", headers=_WWW)
-        if key.role not in _ROLES:
-            raise ApiError(403, "forbidden", f"this endpoint needs the {' or '.join(_ROLES)} role")
+                raise deps.unknown_key()
+        if key.role not in deps.CLIENT_ROLES:
+            raise deps.wrong_role(deps.CLIENT_ROLES)
         return key
 
     async def _create(self, key: ApiKey, body: Any) -> Any:

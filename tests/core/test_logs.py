@@ -25,6 +25,16 @@ def lines(handler: logging.StreamHandler) -> list[str]:  # type: ignore[type-arg
     return handler.stream.getvalue().splitlines()
 
 
+def _logger(name: str, handler: logging.StreamHandler, formatter: logging.Formatter) -> logging.Logger:  # type: ignore[type-arg]
+    """A logger that writes only to ``handler``, in ``formatter``'s format."""
+    handler.setFormatter(formatter)
+    log = logging.getLogger(name)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log
+
+
 def test_the_format_follows_the_environment_unless_set() -> None:
     assert Settings(environment="development").resolved_log_format == "text"
     assert Settings(environment="production", webhook_secret="x" * 16).resolved_log_format == "json"
@@ -32,11 +42,7 @@ def test_the_format_follows_the_environment_unless_set() -> None:
 
 
 def test_json_lines_carry_bound_and_extra_fields_per_thread(captured: logging.StreamHandler) -> None:  # type: ignore[type-arg]
-    captured.setFormatter(logs.JsonFormatter())
-    log = logging.getLogger("gq-test-json")
-    log.addHandler(captured)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    log = _logger("gq-test-json", captured, logs.JsonFormatter())
 
     def work(job: str) -> None:
         with logs.bind(job_id=job, model="tiny-lm"):
@@ -59,11 +65,7 @@ def test_json_lines_carry_bound_and_extra_fields_per_thread(captured: logging.St
 
 
 def test_text_lines_append_the_fields(captured: logging.StreamHandler) -> None:  # type: ignore[type-arg]
-    captured.setFormatter(logs.TextFormatter())
-    log = logging.getLogger("gq-test-text")
-    log.addHandler(captured)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    log = _logger("gq-test-text", captured, logs.TextFormatter())
     with logs.bind(batch_id="batch_1"):
         logs.job_event(log, "submitted", "job_1", model="tiny-lm")
     (line,) = lines(captured)
@@ -71,11 +73,7 @@ def test_text_lines_append_the_fields(captured: logging.StreamHandler) -> None: 
 
 
 def test_a_bulk_is_one_line_per_model_that_names_every_job(captured: logging.StreamHandler) -> None:  # type: ignore[type-arg]
-    captured.setFormatter(logs.TextFormatter())
-    log = logging.getLogger("gq-test-bulk")
-    log.addHandler(captured)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    log = _logger("gq-test-bulk", captured, logs.TextFormatter())
     rows = [{"id": f"job_{i}", "model": "tiny-lm" if i % 3 else "dcgan-digits"} for i in range(7)]
     logs.jobs_events(log, "submitted", rows)
     image, text = lines(captured)  # in the order of their first job
