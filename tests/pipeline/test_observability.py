@@ -106,16 +106,27 @@ def genqueue(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_status_names_the_live_worker_and_counts_jobs_as_sql_does(running: Any) -> None:
-    p = genqueue(running.stack, "status", "--json")
-    assert p.returncode == 0, p.stderr
+    def counts() -> dict[str, int]:
+        with running.db.session() as s:
+            return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+
+    # The worker may still be finishing earlier tests' jobs: compare with SQL as it stood on both sides of
+    # the snapshot, once the counts did not move meanwhile.
+    deadline = time.monotonic() + 60
+    while True:
+        before = counts()
+        p = genqueue(running.stack, "status", "--json")
+        assert p.returncode == 0, p.stderr
+        by_status = counts()
+        if before == by_status or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     snap = json.loads(p.stdout)
     beat = running.stack.worker_heartbeats()[0]
     assert [w["id"] for w in snap["workers"]] == [beat["id"]]
     assert snap["workers"][0]["models"] == ["dcgan-digits", "tiny-lm"]
     assert snap["workers"][0]["providers"] == beat["providers"]
     assert set(snap["queues"]) >= {"gen.tiny-lm", "gen.dcgan-digits"}
-    with running.db.session() as s:
-        by_status = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
     assert {k: v for k, v in snap["jobs"].items() if v} == by_status
     text = genqueue(running.stack, "status")
     assert text.returncode == 0 and f"workers alive: 1\n  {beat['id']}" in text.stdout
