@@ -22,7 +22,7 @@ from genqueue_api.state import AppState
 from genqueue_api.store import batches as store
 from genqueue_api.store import jobs as jobs_store
 
-PAGE = 500  # lines read per query
+PAGE = 500  # line numbers read per query
 
 
 def request_id(batch: Batch, line: int) -> str:
@@ -55,17 +55,20 @@ def line(batch: Batch, req: BatchRequest, job: Job | None, review: Review | None
 
 
 def stream(state: AppState, batch: Batch, which: store.Which) -> Iterator[bytes]:
-    """JSONL, a page of lines per query in a short session of its own, so that a slow reader holds neither
-    the results nor a connection."""
+    """JSONL, a window of lines per query in a short session of its own, so that a slow reader holds neither
+    the results nor a connection. The output and error files skip lines, so a window may be empty; the
+    stream ends at the batch's last line stored."""
     after = 0
     while True:
         with state.db.session() as s:
             page = store.lines_page(s, batch.id, after, PAGE, which)
             reviews = jobs_store.reviews_for(s, [j.id for _, j in page if j is not None])
-        if not page:
+            done = not page and after >= store.last_line(s, batch.id)
+        if done:
             return
-        yield b"".join(
-            json.dumps(line(batch, req, job, reviews.get(job.id) if job else None, which == "all"),
-                       separators=(",", ":")).encode() + b"\n"
-            for req, job in page)
-        after = page[-1][0].line
+        if page:
+            yield b"".join(
+                json.dumps(line(batch, req, job, reviews.get(job.id) if job else None, which == "all"),
+                           separators=(",", ":")).encode() + b"\n"
+                for req, job in page)
+        after += PAGE

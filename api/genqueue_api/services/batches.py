@@ -260,14 +260,15 @@ def cancel(state: AppState, key: ApiKey, batch_id: str) -> BatchObject:
     with state.db.session() as s:
         store.move(s, batch_id, ["validating", "in_progress"], "cancelling", {"cancelling_at": utcnow()})
         s.commit()
+    after = 0
     while True:
         with state.db.session() as s:
-            ids = store.queued_job_ids(s, batch_id, CHUNK_LINES)
-            canceled = jobstate.cancel_queued(s, ids)
+            ids = store.job_ids_in_lines(s, batch_id, after, CHUNK_LINES)
+            if not ids and after >= store.last_line(s, batch_id):
+                break
+            canceled = jobstate.cancel_queued(s, ids)  # only the queued ones
             review_state.record_canceled(s, canceled)  # their job.canceled webhooks, in the same transaction
             s.commit()
-        for job_id in canceled:
-            logs.job_event(log, "canceled", job_id, batch_id=batch_id)
-        if len(ids) < CHUNK_LINES:
-            break
+        logs.jobs_event(log, "canceled", canceled, batch_id=batch_id)
+        after += CHUNK_LINES
     return get(state, key, batch_id)
