@@ -84,10 +84,11 @@ def job_ids_in_lines(session: Session, batch_id: str, after_line: int, lines: in
     """The jobs of lines ``after_line + 1`` to ``after_line + lines`` (refused lines have none). A window of
     line numbers, not "the next N queued jobs": that query skipped every job canceled before it, so canceling
     a batch chunk by chunk read the batch quadratically."""
-    return list(session.execute(
+    ids = session.execute(
         select(BatchRequest.job_id).where(BatchRequest.batch_id == batch_id, BatchRequest.line > after_line,
                                           BatchRequest.line <= after_line + lines, BatchRequest.job_id.is_not(None))
-    ).scalars())
+    ).scalars()
+    return [i for i in ids if i is not None]
 
 
 def last_line(session: Session, batch_id: str) -> int:
