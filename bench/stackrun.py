@@ -66,10 +66,11 @@ def running(settings: Settings, workers: int, timeout: float) -> Iterator[BenchS
 
 
 def submit_bulk(client: Client, model: str, inputs: Sequence[dict[str, Any]], chunk: int = 1000) -> list[str]:
-    """POST /v1/jobs/bulk in chunks of at most 1000; raises on any per-item error."""
+    """POST /v1/jobs/bulk in chunks of at most 1000; raises on any per-item error. Only the ids are kept,
+    so the answers are minimal (``Prefer: return=minimal``), as ``genqueue bulk`` asks for them."""
     ids: list[str] = []
     for s in range(0, len(inputs), chunk):
-        res = client.submit_bulk([{"model": model, "input": inp} for inp in inputs[s : s + chunk]])
+        res = client.submit_bulk([{"model": model, "input": inp} for inp in inputs[s : s + chunk]], minimal=True)
         bad = [r for r in res if "id" not in r]
         if bad:
             raise RuntimeError(f"bulk submit refused {len(bad)} job(s): {bad[0]}")

@@ -137,10 +137,10 @@ class Bulk:
             self.summary.submit_s = time.monotonic() - started
 
     def _send(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One bulk request, with the SDK's retries; the answers stay plain dicts (only ids and errors are
-        read here, and validating thousands of typed jobs would take CPU from the API on the same host)."""
+        """One bulk request, with the SDK's retries. Only ids and errors are read here, so the jobs come back
+        minimal and stay plain dicts: the whole job, validated, would take CPU from an API on the same host."""
         while True:
-            r = self.client.request("POST", "/v1/jobs/bulk", json={"jobs": items})
+            r = self.client.request("POST", "/v1/jobs/bulk", json={"jobs": items}, headers=_core.MINIMAL)
             if r.status_code != 429:
                 return _core.check(r)["data"]  # type: ignore[no-any-return]
             # The client's retries are spent and the key is still over a quota (its in-flight limit, say,

@@ -72,8 +72,10 @@ class Client:
         kwargs: dict[str, Any] = {"timeout": (self._http.timeout.read or 30.0) + wait} if wait else {}
         return self._check(self._http.post("/v1/jobs", json=body, headers=headers, **kwargs))  # type: ignore[no-any-return]
 
-    def submit_bulk(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._check(self._http.post("/v1/jobs/bulk", json={"jobs": jobs}))["data"]  # type: ignore[no-any-return]
+    def submit_bulk(self, jobs: list[dict[str, Any]], minimal: bool = False) -> list[dict[str, Any]]:
+        """With ``minimal`` each job comes back as its id, model and status (``Prefer: return=minimal``)."""
+        headers = {"Prefer": "return=minimal"} if minimal else None
+        return self._check(self._http.post("/v1/jobs/bulk", json={"jobs": jobs}, headers=headers))["data"]  # type: ignore[no-any-return]
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self._check(self._http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]

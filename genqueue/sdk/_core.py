@@ -18,6 +18,7 @@ from genqueue.sdk.errors import GenqueueError
 # one. Submits carry idempotency keys, so retrying any of them cannot create a second job.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DEFAULT_URL = "http://127.0.0.1:8000"
+MINIMAL = {"Prefer": "return=minimal"}  # bulk answers of ids, models and statuses only
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,9 @@ class AsyncClient:
         timeout = (self._http.timeout.read or 30.0) + wait if wait else httpx.USE_CLIENT_DEFAULT
         return Job.model_validate(await self._json("POST", "/v1/jobs", json=body, headers=headers, timeout=timeout))
 
-    async def submit_bulk(self, jobs: list[dict[str, Any]]) -> list[Job | ItemError]:
-        data = (await self._json("POST", "/v1/jobs/bulk", json={"jobs": _core.with_keys(jobs)}))["data"]
+    async def submit_bulk(self, jobs: list[dict[str, Any]], minimal: bool = False) -> list[Job | ItemError]:
+        data = (await self._json("POST", "/v1/jobs/bulk", json={"jobs": _core.with_keys(jobs)},
+                                 headers=_core.MINIMAL if minimal else None))["data"]
         return [job_or_error(item) for item in data]
 
     async def get(self, job_id: str) -> Job:

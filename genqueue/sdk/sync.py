@@ -71,10 +71,13 @@ class Client:
         timeout = (self._http.timeout.read or 30.0) + wait if wait else httpx.USE_CLIENT_DEFAULT
         return Job.model_validate(self._json("POST", "/v1/jobs", json=body, headers=headers, timeout=timeout))
 
-    def submit_bulk(self, jobs: list[dict[str, Any]]) -> list[Job | ItemError]:
+    def submit_bulk(self, jobs: list[dict[str, Any]], minimal: bool = False) -> list[Job | ItemError]:
         """Up to 1,000 job requests (the bodies of ``submit``, each with an optional ``idempotency_key``) in
-        one call; each item is a Job or the ItemError that refused it, in order."""
-        data = self._json("POST", "/v1/jobs/bulk", json={"jobs": _core.with_keys(jobs)})["data"]
+        one call; each item is a Job or the ItemError that refused it, in order. With ``minimal`` a Job has
+        only its id, model and status (``Prefer: return=minimal``): a lighter answer when the id is all
+        the caller keeps."""
+        data = self._json("POST", "/v1/jobs/bulk", json={"jobs": _core.with_keys(jobs)},
+                          headers=_core.MINIMAL if minimal else None)["data"]
         return [job_or_error(item) for item in data]
 
     def get(self, job_id: str) -> Job:

@@ -23,6 +23,7 @@ from genqueue_api.store import jobs as store
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_BULK = 1000  # jobs in one bulk request
 _WAIT_RE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})")  # capped anyway: a 5000-digit int() raises
+_MINIMAL_RE = re.compile(r"(?:^|[,;\s])return\s*=\s*\"?minimal\"?\s*(?:$|[,;])", re.IGNORECASE)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 422, 429)
 }
@@ -60,6 +61,10 @@ def _job_id(job_id: str) -> str:
     if "\x00" in job_id:
         raise not_found()
     return job_id
+
+
+def _prefers_minimal(prefer: str | None) -> bool:
+    return bool(prefer) and _MINIMAL_RE.search(prefer or "") is not None
 
 
 def _prefer_wait(prefer: str | None, cap: int) -> float:
@@ -113,7 +118,9 @@ async def create_job(
 
 @router.post("/bulk", response_model=BulkResult, responses=_ERRORS,
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BulkCreate"}}}}})
-async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> Response:
+async def create_bulk(request: Request, state: StateDep, key: CurrentClient,
+                      prefer: Annotated[str | None, Header()] = None) -> Response:
+    """``Prefer: return=minimal`` answers each job with its id, model and status only (RFC 7240)."""
     body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
         raise ApiError(422, "validation_error", "invalid request: jobs", [{"field": "jobs", "message": "a list of job requests is required"}])
@@ -125,12 +132,15 @@ async def create_bulk(request: Request, state: StateDep, key: CurrentClient) -> 
 
     def _create() -> BulkResult:
         with state.db.session() as session:
-            return BulkResult(data=service.create_bulk(state, session, key, items))
+            return BulkResult(data=service.create_bulk(state, session, key, items, minimal))
 
+    minimal = _prefers_minimal(prefer)
     result = await run_in_threadpool(_create)
+    headers = {"Preference-Applied": "return=minimal"} if minimal else {}
     # Items left out by the key's in-flight limit: say when to send them again.
-    held_back = any(isinstance(r, ErrorResponse) and r.error.code == "rate_limited" for r in result.data)
-    return _json(result, headers={"Retry-After": "1"} if held_back else None)
+    if any(isinstance(r, ErrorResponse) and r.error.code == "rate_limited" for r in result.data):
+        headers["Retry-After"] = "1"
+    return _json(result, headers=headers or None)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)

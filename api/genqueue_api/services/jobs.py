@@ -31,6 +31,7 @@ from genqueue.schemas import (
     ErrorBody,
     ErrorResponse,
     ImageInput,
+    JobAccepted,
     JobCreate,
     JobError,
     JobOut,
@@ -47,6 +48,7 @@ from genqueue_api.state import AppState
 from genqueue_api.store import jobs as store
 
 log = logging.getLogger(__name__)
+BulkAnswer = JobOut | JobAccepted | ErrorResponse  # one bulk item's answer
 
 
 @dataclass
@@ -260,24 +262,26 @@ def submitted(state: AppState, row: dict[str, Any]) -> JobOut:
     return out_from_row(row)
 
 
-def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any]) -> list[JobOut | ErrorResponse]:
-    """Each item succeeds or fails alone; valid rows go in with one INSERT and out in one pipeline."""
+def create_bulk(state: AppState, session: Session, key: ApiKey, items: list[Any],
+                minimal: bool = False) -> list[BulkAnswer]:
+    """Each item succeeds or fails alone; valid rows go in with one INSERT and out in one pipeline. With
+    ``minimal`` a job is answered by its id, model and status alone (``Prefer: return=minimal``)."""
     try:
-        results, refused = _create_bulk_once(state, session, key, items)
+        results, refused = _create_bulk_once(state, session, key, items, minimal)
     except IntegrityError:
         # A concurrent request stored one of these idempotency keys between the look-up and the INSERT, which
         # rolled back as a whole: look the keys up again, so that those items become replays (or conflicts)
         # and the others go in.
         session.rollback()
-        results, refused = _create_bulk_once(state, session, key, items)
+        results, refused = _create_bulk_once(state, session, key, items, minimal)
     for code in refused:
         metrics.REFUSED.labels(code).inc()
     return results
 
 
-def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
-                      items: list[Any]) -> tuple[list[JobOut | ErrorResponse], list[str]]:
-    results: list[JobOut | ErrorResponse | None] = [None] * len(items)
+def _create_bulk_once(state: AppState, session: Session, key: ApiKey, items: list[Any],
+                      minimal: bool) -> tuple[list[BulkAnswer], list[str]]:
+    results: list[BulkAnswer | None] = [None] * len(items)
     refused: list[str] = []
     keys = [str(it["idempotency_key"]) for it in items if isinstance(it, dict) and it.get("idempotency_key")]
     # A key a store cannot hold (U+0000, a lone surrogate) cannot even be looked up; the item's own validation
@@ -299,7 +303,9 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
                     raw.pop("idempotency_key", None)
                     if existing[ik].request_hash != _request_hash(raw):
                         raise _conflict(ik)
-                    results[i] = outs(session, [existing[ik]])[0]
+                    job = existing[ik]
+                    results[i] = (JobAccepted(id=job.id, model=job.model, status=JobStatus(job.status)) if minimal
+                                  else outs(session, [job])[0])
                     continue
                 if ik in seen_keys:
                     raise ApiError(409, "idempotency_conflict", f"idempotency_key {ik!r} appears twice in this request")
@@ -327,7 +333,8 @@ def _create_bulk_once(state: AppState, session: Session, key: ApiKey,
         state.publisher.publish_now(_publications(rows))
         # The new rows are still in memory: answer from them rather than reading 1000 rows back.
         for i, p in prepared:
-            results[i] = out_from_row(p.row)
+            results[i] = (JobAccepted(id=p.row["id"], model=p.row["model"], status=JobStatus.queued) if minimal
+                          else out_from_row(p.row))
         for model, n in Counter(r["model"] for r in rows).items():
             metrics.SUBMITTED.labels(model).inc(n)
         logs.jobs_events(log, "submitted", rows)
