@@ -1,5 +1,6 @@
-"""``submit`` scenario: POST /v1/jobs/bulk (chunks of at most 1000, API process only, no worker consuming)
-and POST /v1/jobs from 32 concurrent clients (HTTP, auth and validation included), each against what a
+"""``submit`` scenario: POST /v1/jobs/bulk (chunks of at most 1000 with ``Prefer: return=minimal``, since
+only the ids are kept, as the ``.delay()`` loop keeps only its AsyncResults; API process only, no worker
+consuming) and POST /v1/jobs from 32 concurrent clients (HTTP, auth and validation included), each against what a
 user would write with Celery: per job, INSERT + COMMIT a row, then ``.delay(job_id)``.
 
 Both go to the same Redis and the same SQL. Afterwards the queued messages are purged and the genqueue rows
