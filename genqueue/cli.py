@@ -81,6 +81,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from genqueue import heap
     from genqueue.db.session import NotMigrated
     from genqueue_api.app import create_app
 
@@ -100,6 +101,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     config = uvicorn.Config(app, host=args.host or s.api_host, port=args.port or s.api_port, log_level="warning",
                             timeout_graceful_shutdown=10)
+    heap.settle(s.gc_gen0_threshold)
     Server(config).run()
     return 0
 

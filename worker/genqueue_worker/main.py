@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import bootsteps, signals
 
-from genqueue import logs, queue
+from genqueue import heap, logs, queue
 from genqueue.db.session import Database, NotMigrated, ensure_migrated
 from genqueue.settings import Settings
 from genqueue_worker import tasks
@@ -83,5 +83,6 @@ def run(settings: Settings, models: list[str] | None = None, loglevel: str = "IN
         f"--hostname=genqueue-{rt.worker_id.replace(':', '-')}@%h", f"--loglevel={loglevel}",
     ]
     log.info("worker %s consuming %s", rt.worker_id, ", ".join(rt.queues()))
+    heap.settle(settings.gc_gen0_threshold)  # the engines are loaded: what is left is per-job garbage
     app.worker_main(argv)
     sys.exit(0)
