@@ -5,6 +5,7 @@ provider each model runs on, and the depth of the queues it consumes. One endpoi
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -49,21 +50,28 @@ def announce_providers(providers: dict[str, str]) -> None:
         PROVIDER.labels(ref, provider).set(1)
 
 
+@functools.cache
+def _child(metric: Any, *labels: str) -> Any:
+    # ``labels()`` validates and looks its arguments up under a lock on every call: about a microsecond each,
+    # several per job. The label sets are few (models, outcomes, error codes), so each child is kept.
+    return metric.labels(*labels)
+
+
 def observe(model: str, kind: str, outcome: str, metrics: dict[str, Any], latency_s: float,
             code: str | None = None, queue_s: float | None = None) -> None:
-    JOBS.labels(model, outcome).inc()
+    _child(JOBS, model, outcome).inc()
     if code:
-        FAILURES.labels(model, code).inc()
+        _child(FAILURES, model, code).inc()
     if queue_s is not None:
-        QUEUE_WAIT.labels(model).observe(max(0.0, queue_s))
+        _child(QUEUE_WAIT, model).observe(max(0.0, queue_s))
     if outcome != "succeeded":
         return
-    LATENCY.labels(model).observe(latency_s)
+    _child(LATENCY, model).observe(latency_s)
     engine_ms = float(metrics.get("wait_ms", 0.0)) + float(metrics.get("inference_ms", 0.0))
     if engine_ms:
-        INFERENCE.labels(model).observe(engine_ms / 1000)
+        _child(INFERENCE, model).observe(engine_ms / 1000)
     if "batch_size" in metrics:
-        BATCH.labels(model).observe(float(metrics["batch_size"]))
-    (TOKENS if kind == "text" else IMAGES).labels(model).inc(float(metrics.get("tokens", 0)))
+        _child(BATCH, model).observe(float(metrics["batch_size"]))
+    _child(TOKENS if kind == "text" else IMAGES, model).inc(float(metrics.get("tokens", 0)))
     if metrics.get("prompt_cached"):
-        PROMPT_CACHE_HITS.labels(model).inc()
+        _child(PROMPT_CACHE_HITS, model).inc()
