@@ -8,6 +8,7 @@ about a quarter of a bulk INSERT's CPU here, and orjson writes the same document
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -24,10 +25,18 @@ def dumps(value: Any) -> str:
         return json.dumps(value)
 
 
+# A run of 19 digits or more may be an integer past 64 bits, which orjson would read as a float: such text
+# (rare, and a float's long mantissa or a long string of digits only costs the slower path) goes to json.loads.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
 def loads(text: str | bytes) -> Any:
-    """JSON text back to Python; what orjson refuses (NaN that the standard library once wrote into SQLite,
-    64-bit overflow) is read by json.loads."""
+    """JSON text back to Python, exactly as json.loads reads it; orjson reads all but what it cannot read
+    the same way: NaN (which the standard library once wrote into SQLite) and integers past 64 bits."""
+    raw = text.encode() if isinstance(text, str) else text
+    if _LONG_DIGITS.search(raw):
+        return json.loads(raw)
     try:
-        return orjson.loads(text)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        return json.loads(raw)

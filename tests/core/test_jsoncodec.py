@@ -24,6 +24,10 @@ def test_what_orjson_refuses_is_written_as_the_standard_library_writes_it() -> N
     # Rows that the standard library wrote before (NaN into SQLite) are still read.
     assert math.isnan(jsoncodec.loads('{"x": NaN}')["x"])
     assert jsoncodec.loads(b'{"a":"\xc3\xa9"}') == {"a": "é"}
+    # Integers past 64 bits come back exact, as json.loads reads them (orjson alone would give a float).
+    for n in (2**64 + 1, 2**70, -(2**63) - 1, 10**30):
+        assert jsoncodec.loads(jsoncodec.dumps({"n": n, "s": "x"})) == {"n": n, "s": "x"}
+    assert jsoncodec.loads('{"n": 18446744073709551615}') == {"n": 2**64 - 1}
 
 
 def test_json_columns_round_trip_on_real_sql(db: Database) -> None:
@@ -33,14 +37,14 @@ def test_json_columns_round_trip_on_real_sql(db: Database) -> None:
     with db.session() as s:
         key, _ = create_key(s, "t", Role.client)
         store.insert_jobs(s, [{"id": jid, "owner_id": key.id, "model": "m", "model_version": "1", "kind": "text",
-                               "status": "canceled", "priority": 5, "input": doc, "metadata_": {1: "one"},
+                               "status": "canceled", "priority": 5, "input": doc, "metadata_": {1: "one", "big": 2**70 + 1},
                                "review_policy": "auto", "webhook_events": [], "metrics": {}, "attempts": 0}])
         s.commit()
     with db.session() as s:
         job = s.get(Job, jid)
         assert job is not None
         assert job.input == doc
-        assert job.metadata_ == {"1": "one"}
+        assert job.metadata_ == {"1": "one", "big": 2**70 + 1}  # exact (not a float), on both stores
         raw = s.execute(text("SELECT input FROM jobs WHERE id = :i"), {"i": jid}).scalar_one()
     # SQLite keeps the text as written: compact, UTF-8 rather than \u escapes.
     if db.engine.dialect.name == "sqlite":
