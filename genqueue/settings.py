@@ -112,9 +112,9 @@ class Settings(BaseSettings):
     worker_log_jobs: bool = False
     # Prometheus endpoint of each worker (0 disables); a second worker on the host logs and goes without.
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
-    # API and worker processes: allocations between two young-generation garbage collections (Python's default
-    # is 700; a 1,000-job bulk request allocates about 50 objects per job). 0 keeps Python's default. Either
-    # way, what start-up loaded is moved out of the collector's sight (genqueue/heap.py).
+    # API and worker processes: allocations between two young-generation garbage collections (Python's default,
+    # 700, is passed many times over by every bulk request and every batch of jobs). 0 keeps Python's default.
+    # Either way, what start-up loaded is moved out of the collector's sight (genqueue/heap.py).
     gc_gen0_threshold: int = Field(default=50_000, ge=0)
 
     # SIGTERM: how long a worker finishes the jobs it holds before it gives the rest back (released, requeued).
