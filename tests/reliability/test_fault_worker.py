@@ -34,12 +34,15 @@ def _attempts(f, ids: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-d
 
 
 def test_sigkill_mid_batch_then_restart(fault_stack, database: str) -> None:  # type: ignore[no-untyped-def]
-    f = fault_stack({"GENQUEUE_WORKER_CONCURRENCY": "8"})
+    # The slowed model keeps each job running for seconds, so the jobs read as held are still held when the
+    # signal lands: on a fast machine the real one finished them between the two reads.
+    f = fault_stack({"GENQUEUE_WORKER_CONCURRENCY": "8", **SLOW_MODEL_ENV})
     with f.client() as c:
         ids = [j["id"] for j in c.submit_bulk(long_jobs(c, 8, "kill", candidates=2))]
         assert until(lambda: running_now(f.db, ids), 60), "no job started"
         worker = f.stack.procs.pop(1)
         held = running_now(f.db, ids)
+        assert held, "a job must be running when the signal arrives"
         worker.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         worker.wait(30)
