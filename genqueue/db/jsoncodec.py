@@ -27,16 +27,17 @@ def dumps(value: Any) -> str:
 
 # A run of 19 digits or more may be an integer past 64 bits, which orjson would read as a float: such text
 # (rare, and a float's long mantissa or a long string of digits only costs the slower path) goes to json.loads.
-_LONG_DIGITS = re.compile(rb"\d{19}")
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
 
 
 def loads(text: str | bytes) -> Any:
     """JSON text back to Python, exactly as json.loads reads it; orjson reads all but what it cannot read
     the same way: NaN (which the standard library once wrote into SQLite) and integers past 64 bits."""
-    raw = text.encode() if isinstance(text, str) else text
-    if _LONG_DIGITS.search(raw):
-        return json.loads(raw)
+    # Searched as it comes (the drivers hand over str or bytes): no copy of the text on the common path.
+    if (_LONG_DIGITS_BYTES if isinstance(text, bytes) else _LONG_DIGITS).search(text):  # type: ignore[arg-type]
+        return json.loads(text)
     try:
-        return orjson.loads(raw)
+        return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(raw)
+        return json.loads(text)
