@@ -24,11 +24,18 @@ def test_beat_publishes_a_job_whose_message_was_lost(lone_stack: Callable[..., A
         job_id = c.submit("tiny-lm", {"prompt": "lost", "max_new_tokens": 4})["id"]
     r = queue.redis_client(lone.stack.broker_url)
     keys = queue.bucket_keys(queue.queue_name("tiny-lm"))
-    # A single submit is published by the API's coalescing window after its response, so wait for it.
+    # A single submit is published by the API's coalescing window after its response, and its row is marked
+    # published only after the message is in Redis: wait for both, or the API's marker could land after the
+    # loss simulated below and hide it from the reconciler's unpublished scan.
+    def marked() -> bool:
+        with lone.db.session() as s:
+            return s.get(Job, job_id).published_at is not None  # type: ignore[union-attr]
+
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and sum(r.llen(k) for k in keys) == 0:
+    while time.monotonic() < deadline and not (sum(r.llen(k) for k in keys) == 1 and marked()):
         time.sleep(0.02)
     assert sum(r.llen(k) for k in keys) == 1
+    assert marked()
     # The message is lost (as with a Redis flush) and the row says it was never published.
     r.delete(*keys)
     with lone.db.session() as s:
@@ -43,9 +50,8 @@ def test_beat_publishes_a_job_whose_message_was_lost(lone_stack: Callable[..., A
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and sum(r.llen(k) for k in keys) == 0:
             time.sleep(0.1)
-        assert sum(r.llen(k) for k in keys) == 1
-        with lone.db.session() as s:
-            assert s.get(Job, job_id).published_at is not None  # type: ignore[union-attr]
+        assert sum(r.llen(k) for k in keys) == 1, "beat did not publish the lost job"
+        assert marked()
     finally:
         beat.send_signal(signal.SIGTERM)
         _, err = beat.communicate(timeout=30)
