@@ -6,8 +6,8 @@
 #
 # Works on a bare machine without network (no venv, no project install), given what bench/gpu_wheels.sh
 # prepares here: onnxruntime-gpu and the few pure-Python packages the engines import that such an image
-# lacks (pydantic and its needs). It:
-# 1. makes the project importable without installing it (a tree of links named by the import names);
+# lacks (pydantic, pydantic-settings and their needs). It:
+# 1. makes the project importable without installing it (its package folders on PYTHONPATH);
 # 2. installs the carried wheels into $SITE, joining onnxruntime-gpu from its parts first where they were
 #    carried in several calls ($PARTS, see bench/gpu_wheels.sh), unless onnxruntime can run CUDA already;
 #    onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9, which it loads from the system or from the nvidia-*
@@ -16,7 +16,7 @@
 #    through the project's exporter, with its parity check, and runs the continuous-batching text engine on
 #    CUDA at batch 1..256: tokens/s, ms per engine step, and the memory-bandwidth bound (gpu_engine.py);
 # 4. runs the image engine on CUDA with the built-in dcgan-digits (carried in models/, or $MODELS): images/s
-#    at batch 1 and 64, the engine's batch gain target (python -m genqueue_worker.engine.benchmarks), and
+#    at batch 1 and 64, the engine's batch gain target (python -m bench.engine_benchmarks), and
 #    beside them the same engine around a forward that costs nothing (image_host_ceiling: the host's bound);
 # Results: bench/results/gpu-<timestamp>.json and gpu-images-<timestamp>.json (and under $OUT when set).
 # Extra arguments go to `python -m bench.gpu_engine`. Sized to finish in under 5 minutes.
@@ -34,13 +34,10 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || {
   echo "gpu_check: no NVIDIA GPU here (nvidia-smi failed)" >&2; exit 2; }
 
-# 1. The project's packages by their import names, without pip (genqueue_worker lives in worker/, ...).
-if ! "$PY" -c "import genqueue_worker" 2>/dev/null; then
-  mkdir -p build/gpu-src
-  for p in genqueue:genqueue api:genqueue_api worker:genqueue_worker exporter:genqueue_exporter; do
-    ln -sfn "$PWD/${p%%:*}" "build/gpu-src/${p##*:}"
-  done
-  export PYTHONPATH="$PWD/build/gpu-src${PYTHONPATH:+:$PYTHONPATH}"
+# 1. The project's packages by their import names, without pip: each lives in its own folder (genqueue_worker
+#    in worker/, ...), so those folders go on the path.
+if ! "$PY" -c "import genqueue_worker.engine" 2>/dev/null; then
+  export PYTHONPATH="$PWD:$PWD/api:$PWD/worker:$PWD/exporter${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 # The CUDA 13 / cuDNN 9 libraries of such an image live in the nvidia-* Python packages of another
@@ -99,7 +96,7 @@ if [ -d "$SITE/onnxruntime" ]; then export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTH
 
 # 2. Carried wheels, onnxruntime-gpu joined from its parts. --target keeps the image's own packages intact;
 #    $SITE comes first on the path, so its onnxruntime (the GPU build) is the one imported.
-if ! has_cuda 2>/dev/null || ! "$PY" -c "import pydantic" 2>/dev/null; then
+if ! has_cuda 2>/dev/null || ! "$PY" -c "import pydantic_settings" 2>/dev/null; then
   mkdir -p "$SITE/.wheels"
   if ls "$PARTS"/*.part-* >/dev/null 2>&1; then
     name=$(ls "$PARTS"/*.part-* | head -1 | sed 's/\.part-.*$//')
@@ -135,7 +132,7 @@ timeout 200 "$PY" -m bench.gpu_engine --provider cuda --precision fp16 --out "be
 
 # 4. Images: batch 64 vs batch 1 on CUDA, the built-in generator.
 if [ -f "$MODELS/dcgan-digits/1/manifest.json" ]; then
-  timeout 90 "$PY" -m genqueue_worker.engine.benchmarks --models-dir "$MODELS" --provider cuda --only images \
+  timeout 90 "$PY" -m bench.engine_benchmarks --models-dir "$MODELS" --provider cuda --only images \
     --repeats 3 > "bench/results/gpu-images-$stamp.json" || status=$?
   cat "bench/results/gpu-images-$stamp.json"
   if grep -q CPUExecutionProvider "bench/results/gpu-images-$stamp.json"; then

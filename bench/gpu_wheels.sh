@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares here (a machine with network) what bench/gpu_check.sh needs on a GPU machine without network,
 # where Python 3.12, torch, numpy, tokenizers, Pillow and the CUDA 13 / cuDNN 9 libraries are installed
-# but onnxruntime is the CPU build and pydantic is missing:
+# but onnxruntime is the CPU build and pydantic and pydantic-settings are missing:
 #
 #   bench/gpu_wheels.sh                # then make the calls it prints, one right after the other
 #
@@ -30,7 +30,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVE
 # the device's Python rather than taken as the latest of each.
 python3 -m pip download -q --only-binary=:all: --python-version "$PYVER" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl/small pydantic
+  -d .whl/small pydantic pydantic-settings
 ort=$(ls .whl/small/onnxruntime_gpu-*.whl)
 sha256sum "$ort" | sed "s|  .*|  $(basename "$ort")|" > .whl/SHA256SUMS
 split -b "${PART_MB}m" -d -a 2 "$ort" ".whl/$(basename "$ort").part-"
