@@ -11,7 +11,9 @@ every row also cross PCIe each step (sampling runs on the host): ``B x vocab x 4
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hbm-gbps", type=float, default=None, help="default: from the GPU's name (data sheet)")
     ap.add_argument("--tiny", action="store_true", help="2 layers, d=128, vocab 1000: a CPU dry run")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cprofile", action="store_true",
+                    help="profile each batch size's run in Python (cProfile): where a step's wall time goes on the host")
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -120,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         for b in (int(x) for x in args.batches.split(",")):
             reqs = [TextRequest(f"g{i}", prompt, TextParams(max_new_tokens=args.new_tokens, temperature=1.0, seed=i,
                                                            ignore_eos=True)) for i in range(2 * b)]
+            prof = cProfile.Profile() if args.cprofile else None
+            if prof is not None:
+                prof.enable()
             r = engine_throughput(entry, "continuous", slots=b, provider=args.provider, requests=reqs,
                                   config=replace(base, max_batch_size=b))
+            if prof is not None:
+                prof.disable()
             if args.provider == "cuda" and r["provider"] != "CUDAExecutionProvider":
                 raise SystemExit(f"onnxruntime fell back to {r['provider']}: the CUDA libraries did not load")
             bnd = bound(entry, b, mean_past, gbps)
@@ -131,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                    "bound_tokens_per_s": round(bnd["bound_tokens_per_s"], 1),
                    "fraction_of_bound": round(r["tokens_per_s"] / bnd["bound_tokens_per_s"], 3),
                    "logits_mb_per_step": round(bnd["logits_bytes_per_step"] / 2**20, 2), "provider": r["provider"]}
+            if prof is not None:
+                row["cprofile_top"] = _top(prof)
             out["runs"].append(row)
             out["weight_mb"] = round(bnd["weight_bytes"] / 2**20, 1)
             print(json.dumps(row), flush=True)
@@ -139,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"wrote {args.out}")
     return 0
+
+
+def _top(prof: cProfile.Profile, n: int = 15) -> list[dict[str, Any]]:
+    """The ``n`` functions with the most time of their own (the warm-up run included), as rows."""
+    st = pstats.Stats(prof)
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:n]  # type: ignore[attr-defined]
+    return [{"function": f"{Path(f).name}:{line}:{name}", "calls": nc, "own_s": round(tt, 4), "cum_s": round(ct, 4)}
+            for (f, line, name), (_, nc, tt, ct, _) in rows]
 
 
 def _write(path: Path | None, out: dict[str, Any]) -> None:
