@@ -65,6 +65,17 @@ def build_model(models_dir: Path, precision: str, n_layer: int, n_head: int, n_e
     return Registry(models_dir).resolve(f"gpt2-small-random@{variant_version('1', precision)}")
 
 
+def _kept(models_dir: Path, precision: str) -> Any:
+    """The model a previous run exported into ``models_dir``, or None."""
+    from genqueue.registry import Registry
+    from genqueue_exporter.export import variant_version
+
+    try:
+        return Registry(models_dir).resolve(f"gpt2-small-random@{variant_version('1', precision)}")
+    except Exception:
+        return None
+
+
 def bound(entry: Any, batch: int, mean_past: float, gbps: float) -> dict[str, float]:
     """The bandwidth floor of one decode step: all weights once, plus ``mean_past`` cached positions per row."""
     import numpy as np
@@ -91,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hbm-gbps", type=float, default=None, help="default: from the GPU's name (data sheet)")
     ap.add_argument("--tiny", action="store_true", help="2 layers, d=128, vocab 1000: a CPU dry run")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--models-dir", type=Path, default=None,
+                    help="keep the exported model here and reuse it on the next run (default: a temporary folder); "
+                         "one folder per model size: --tiny runs need their own")
     ap.add_argument("--cprofile", action="store_true",
                     help="profile each batch size's run in Python (cProfile): where a step's wall time goes on the host")
     args = ap.parse_args(argv)
@@ -116,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                            "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        entry = build_model(Path(tmp), args.precision, *dims)
-        out["export_s"] = round(time.perf_counter() - t0, 1)
+        entry = _kept(args.models_dir, args.precision) if args.models_dir else None
+        if entry is None:
+            entry = build_model(args.models_dir or Path(tmp), args.precision, *dims)
+            out["export_s"] = round(time.perf_counter() - t0, 1)
         prompt = " ".join(f"t{1 + i}" for i in range(args.prompt_tokens))
         mean_past = args.prompt_tokens + args.new_tokens / 2
         base = TextEngineConfig(max_kv_bytes=16 << 30, max_tokens_per_step=1 << 16)
