@@ -156,3 +156,32 @@ def test_vectorized_rows_match_single_rows_across_vocab_sizes() -> None:
             cdf = np.cumsum(np.exp(x - x.max()))
             reference.append(int(np.searchsorted(cdf, st.rng.random() * cdf[-1], side="right")))
         assert together == alone == reference
+
+
+def test_chunked_and_threaded_rows_match_single_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large batches are sampled in cache-sized chunks of rows, on several threads: forced here on a small
+    # batch, with greedy, filtered, penalized, banned-everything and NaN rows among the plain ones.
+    import genqueue_worker.engine.sampling as sampling
+
+    monkeypatch.setattr(sampling, "CHUNK_LOGITS", 3 * 320)  # 3 rows of the padded width per chunk
+    monkeypatch.setattr(sampling, "PARALLEL_MIN_LOGITS", 0)
+    monkeypatch.setattr(sampling, "_threads", lambda: 4)
+    rng = np.random.default_rng(11)
+    vocab = 300
+    logits = (rng.standard_normal((20, vocab)) * 3).astype(np.float32)
+    logits[7, 5] = np.nan
+
+    def params(i: int) -> TextParams:
+        kinds = [dict(temperature=1.0), dict(temperature=0.7), dict(temperature=0), dict(top_k=5),
+                 dict(temperature=1.3, repetition_penalty=1.4)]
+        return TextParams(seed=100 + i, **kinds[i % len(kinds)])  # type: ignore[arg-type]
+
+    def states() -> list[SamplingState]:
+        return [SamplingState.create(params(i), 0, [1, 2, 3], vocab) for i in range(20)]
+
+    tokens, ok = sample_rows(logits, states())
+    alone = [sample_rows(logits[i : i + 1], [states()[i]]) for i in range(20)]
+    assert tokens.tolist() == [int(t[0]) for t, _ in alone]
+    assert ok.tolist() == [bool(o[0]) for _, o in alone]
+    assert not ok[7] and tokens[7] == -1
+    assert len(sampling._spans(20, 320)) == 7  # the batch really ran as several chunks
