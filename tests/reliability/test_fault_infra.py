@@ -90,8 +90,16 @@ def test_database_unreachable_for_10_s_while_the_worker_writes(fault_stack, data
             limit = {m["name"]: m for m in c.models()}["tiny-lm"]["versions"][0]["limits"]["max_new_tokens"]
             ids = [j["id"] for j in c.submit_bulk(short_jobs(60, "cut", tokens=min(120, limit - 8)))]
             assert until(lambda: "succeeded" in statuses(f.db, ids).values(), 60, every=0.02)
+            # Cut while the worker holds jobs: read again until some are running (between two of the engine's
+            # batches none may be), so that the outage falls on work in hand.
+            held: dict[str, str] = {}
+
+            def some_running() -> bool:
+                held.update(running_now(f.db, ids))
+                return bool(held)
+
+            assert until(some_running, 30, every=0.01)
             at_cut = statuses(f.db, ids)
-            held = running_now(f.db, ids)
             cutter = threading.Thread(target=_cut_database, args=(f, 10.0))
             cutter.start()
             cutter.join()
