@@ -257,7 +257,9 @@ def _spans(rows: int, width: int) -> list[tuple[int, int]]:
 
 
 def _threads() -> int:
-    return max(1, min(MAX_THREADS, (os.cpu_count() or 1) // 2))
+    """Half the cores this process may run on (the rest stay with ORT, the worker's glue and the OS)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_THREADS, cores // 2))
 
 
 def _for_spans(fn: Callable[[int, int], None], spans: list[tuple[int, int]], logits: int) -> None:
