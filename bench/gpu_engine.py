@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                          "one folder per model size: --tiny runs need their own")
     ap.add_argument("--cprofile", action="store_true",
                     help="profile each batch size's run in Python (cProfile): where a step's wall time goes on the host")
+    ap.add_argument("--ort-profile", action="store_true",
+                    help="after each batch size's run, run it again under ONNX Runtime's profiler (bench/ort_profile.py)")
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                    "logits_mb_per_step": round(bnd["logits_bytes_per_step"] / 2**20, 2), "provider": r["provider"]}
             if prof is not None:
                 row["cprofile_top"] = _top(prof)
+            if args.ort_profile:
+                row["ort_profile"] = _ort_profile(entry, args.provider, replace(base, max_batch_size=b), reqs)
             out["runs"].append(row)
             out["weight_mb"] = round(bnd["weight_bytes"] / 2**20, 1)
             print(json.dumps(row), flush=True)
@@ -166,6 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"wrote {args.out}")
     return 0
+
+
+def _ort_profile(entry: Any, provider: str, config: Any, reqs: list[Any]) -> dict[str, Any]:
+    from bench.engine_benchmarks import POLICIES, run_all
+    from bench.ort_profile import profile_engine_run
+    from genqueue_worker.engine.lanes import create_text_engine
+
+    def run() -> Any:
+        engine = create_text_engine(entry, provider, config, POLICIES["continuous"])
+        run_all(engine, [])  # the warm-up of engine_throughput: its calls are in the profile too
+        run_all(engine, reqs)
+        return engine
+
+    return profile_engine_run(run)
 
 
 def _top(prof: cProfile.Profile, n: int = 15) -> list[dict[str, Any]]:
