@@ -65,15 +65,24 @@ def build_model(models_dir: Path, precision: str, n_layer: int, n_head: int, n_e
     return Registry(models_dir).resolve(f"gpt2-small-random@{variant_version('1', precision)}")
 
 
-def _kept(models_dir: Path, precision: str) -> Any:
-    """The model a previous run exported into ``models_dir``, or None."""
+def _kept(models_dir: Path, precision: str, dims: tuple[int, ...]) -> Any:
+    """The model a previous run exported into ``models_dir``, or None; exits when that model has other
+    dimensions than this run's (a --tiny export, say)."""
     from genqueue.registry import Registry
     from genqueue_exporter.export import variant_version
 
     try:
-        return Registry(models_dir).resolve(f"gpt2-small-random@{variant_version('1', precision)}")
+        entry = Registry(models_dir).resolve(f"gpt2-small-random@{variant_version('1', precision)}")
     except Exception:
         return None
+    t = entry.manifest.text
+    if t is None:
+        return None
+    have = (t.n_layer, t.n_head, t.n_head * t.head_dim, t.vocab_size, t.context_length)
+    if have != dims:
+        raise SystemExit(f"{models_dir} holds a model of other dimensions {have} than this run's {dims}: "
+                         "pass another --models-dir")
+    return entry
 
 
 def bound(entry: Any, batch: int, mean_past: float, gbps: float) -> dict[str, float]:
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                            "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        entry = _kept(args.models_dir, args.precision) if args.models_dir else None
+        entry = _kept(args.models_dir, args.precision, dims) if args.models_dir else None
         if entry is None:
             entry = build_model(args.models_dir or Path(tmp), args.precision, *dims)
             out["export_s"] = round(time.perf_counter() - t0, 1)
@@ -160,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                    "logits_mb_per_step": round(bnd["logits_bytes_per_step"] / 2**20, 2), "provider": r["provider"]}
             if prof is not None:
                 row["cprofile_top"] = _top(prof)
+                row["profiled"] = True  # the rates above were measured under cProfile
             if args.ort_profile:
                 row["ort_profile"] = _ort_profile(entry, args.provider, replace(base, max_batch_size=b), reqs)
             out["runs"].append(row)

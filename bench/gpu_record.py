@@ -65,10 +65,10 @@ def section(r: dict[str, Any]) -> str:
         *rows,
         "",
         f"The engine reaches at most {best['tokens_per_s']} tokens/s (batch {best['batch']}), "
-        f"{best['fraction_of_bound']} of the bound, so the device is not what limits it. FINDINGS item 29 has "
-        "the profile: at batch 64 and 256 sampling over the vocabulary on the host took most of each step, and "
-        "at batch 1 the step is spent outside the sampler (the ONNX Runtime call and its host side, not broken "
-        "down further).\n",
+        f"{best['fraction_of_bound']} of the bound"
+        + (", so its steps are set by something other than the device's memory bandwidth. " if
+           best["fraction_of_bound"] < 0.5 else ". ")
+        + "`bench/FINDINGS.md` has the profiles of these runs.\n",
         f"Images (`dcgan-digits`, fp32): {sc['small']['images_per_s']} images/s at batch 1 and "
         f"{sc['large']['images_per_s']} at batch 64 (gain {sc['ratio']}); the same engine around a forward that "
         f"costs nothing (the host's own bound): {hc['small']['images_per_s']} and {hc['large']['images_per_s']} "

@@ -73,5 +73,8 @@ def profile_engine_run(run: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         with profiled_sessions(str(Path(tmp) / "ort")):
             engine = run()
-        path = Path(engine.runner.session.end_profiling())
+        runner = getattr(engine, "runner", None)
+        if runner is None:
+            raise ValueError("the ONNX Runtime profile needs an engine of one lane (lanes=1)")
+        path = Path(runner.session.end_profiling())
         return summarize(path)

@@ -159,29 +159,50 @@ def test_vectorized_rows_match_single_rows_across_vocab_sizes() -> None:
 
 
 def test_chunked_and_threaded_rows_match_single_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Large batches are sampled in cache-sized chunks of rows, on several threads: forced here on a small
-    # batch, with greedy, filtered, penalized, banned-everything and NaN rows among the plain ones.
+    # Large batches are sampled in cache-sized chunks of rows, on several threads: forced here on small
+    # batches, one of plain rows only (chunks are views of the scratch rows) and one mixing greedy, filtered,
+    # penalized and NaN rows among the plain ones (chunks gather their rows).
     import genqueue_worker.engine.sampling as sampling
 
     monkeypatch.setattr(sampling, "CHUNK_LOGITS", 3 * 320)  # 3 rows of the padded width per chunk
     monkeypatch.setattr(sampling, "PARALLEL_MIN_LOGITS", 0)
     monkeypatch.setattr(sampling, "_threads", lambda: 4)
+    monkeypatch.setattr(sampling, "_pool", None)
+    submitted: list[tuple[int, int]] = []
+    real_spans = sampling._for_spans
+
+    def counting(fn, spans, logits):  # type: ignore[no-untyped-def]
+        submitted.extend(spans)
+        return real_spans(fn, spans, logits)
+
+    monkeypatch.setattr(sampling, "_for_spans", counting)
     rng = np.random.default_rng(11)
     vocab = 300
-    logits = (rng.standard_normal((20, vocab)) * 3).astype(np.float32)
-    logits[7, 5] = np.nan
+    clean = (rng.standard_normal((20, vocab)) * 3).astype(np.float32)
+    with_nan = clean.copy()
+    with_nan[7, 5] = np.nan
+    kinds = [dict(temperature=1.0), dict(temperature=0.7), dict(temperature=0), dict(top_k=5),
+             dict(temperature=1.3, repetition_penalty=1.4)]
+    try:
+        for logits, mixed in ((clean, False), (with_nan, True)):
+            def states(mixed: bool = mixed) -> list[SamplingState]:
+                return [SamplingState.create(TextParams(seed=100 + i, **(kinds[i % len(kinds)] if mixed else kinds[i % 2])),  # type: ignore[arg-type]
+                                             0, [1, 2, 3], vocab) for i in range(20)]
 
-    def params(i: int) -> TextParams:
-        kinds = [dict(temperature=1.0), dict(temperature=0.7), dict(temperature=0), dict(top_k=5),
-                 dict(temperature=1.3, repetition_penalty=1.4)]
-        return TextParams(seed=100 + i, **kinds[i % len(kinds)])  # type: ignore[arg-type]
-
-    def states() -> list[SamplingState]:
-        return [SamplingState.create(params(i), 0, [1, 2, 3], vocab) for i in range(20)]
-
-    tokens, ok = sample_rows(logits, states())
-    alone = [sample_rows(logits[i : i + 1], [states()[i]]) for i in range(20)]
-    assert tokens.tolist() == [int(t[0]) for t, _ in alone]
-    assert ok.tolist() == [bool(o[0]) for _, o in alone]
-    assert not ok[7] and tokens[7] == -1
-    assert len(sampling._spans(20, 320)) == 7  # the batch really ran as several chunks
+            submitted.clear()
+            tokens, ok = sample_rows(logits, states())
+            # Loading ran as 7 chunks of at most 3 rows, and sampling as several more.
+            chunks = list(submitted)
+            assert chunks[:7] == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15), (15, 18), (18, 20)]
+            assert len(chunks) >= 7 + 2
+            alone = [sample_rows(logits[i : i + 1], [states()[i]]) for i in range(20)]
+            assert tokens.tolist() == [int(t[0]) for t, _ in alone]
+            assert ok.tolist() == [bool(o[0]) for _, o in alone]
+            if mixed:
+                assert not ok[7] and tokens[7] == -1
+            else:
+                assert ok.all() and len(chunks) == 14  # every row plain: chunks are views of the scratch
+        assert sampling._pool is not None  # the chunks ran on the pool's threads
+    finally:
+        if sampling._pool is not None:
+            sampling._pool.shutdown()

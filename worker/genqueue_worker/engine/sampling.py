@@ -14,11 +14,13 @@ temperature (0 = greedy argmax), top-k, top-p, then inverse-CDF sampling.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -256,10 +258,23 @@ def _spans(rows: int, width: int) -> list[tuple[int, int]]:
     return [(a, min(rows, a + step)) for a in range(0, rows, step)]
 
 
+@functools.cache
 def _threads() -> int:
     """Half the cores this process may run on (the rest stay with ORT, the worker's glue and the OS)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_THREADS, cores // 2))
+    return max(1, min(MAX_THREADS, cores // 2, _cgroup_cpus()))
+
+
+def _cgroup_cpus() -> int:
+    """The CPU quota of this container (cgroup v2 ``cpu.max``), in whole cores; large when there is none. A
+    container limited to 2 CPUs on a 64-core host sees all 64 in its affinity mask."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return 1 << 16
+    if quota == "max" or int(period) <= 0:
+        return 1 << 16
+    return max(1, int(quota) // int(period))
 
 
 def _for_spans(fn: Callable[[int, int], None], spans: list[tuple[int, int]], logits: int) -> None:
@@ -273,7 +288,9 @@ def _for_spans(fn: Callable[[int, int], None], spans: list[tuple[int, int]], log
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="gq-sample")
-    for f in [_pool.submit(fn, a, b) for a, b in spans]:
+    futures = [_pool.submit(fn, a, b) for a, b in spans]
+    wait(futures)  # all of them, even when one fails: none may still write into the caller's buffers after this
+    for f in futures:
         f.result()
 
 
