@@ -206,3 +206,16 @@ def test_chunked_and_threaded_rows_match_single_rows(monkeypatch: pytest.MonkeyP
     finally:
         if sampling._pool is not None:
             sampling._pool.shutdown()
+
+
+def test_sampler_threads_follow_a_containers_cpu_quota(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from genqueue_worker.engine.sampling import _cgroup_cpus
+
+    f = tmp_path / "cpu.max"
+    f.write_text("200000 100000\n")  # 2 CPUs' worth of time per period
+    assert _cgroup_cpus(f) == 2
+    f.write_text("50000 100000\n")
+    assert _cgroup_cpus(f) == 1
+    f.write_text("max 100000\n")  # no quota
+    assert _cgroup_cpus(f) > 64
+    assert _cgroup_cpus(tmp_path / "absent") > 64  # cgroup v1 or no cgroup file: the affinity mask decides

@@ -265,11 +265,11 @@ def _threads() -> int:
     return max(1, min(MAX_THREADS, cores // 2, _cgroup_cpus()))
 
 
-def _cgroup_cpus() -> int:
+def _cgroup_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """The CPU quota of this container (cgroup v2 ``cpu.max``), in whole cores; large when there is none. A
     container limited to 2 CPUs on a 64-core host sees all 64 in its affinity mask."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = cpu_max.read_text().split()[:2]
     except (OSError, ValueError):
         return 1 << 16
     if quota == "max" or int(period) <= 0:
