@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CUDA check of the engines (not run yet: no GPU machine has been available to the project).
+# CUDA check of the engines on a machine with an NVIDIA GPU; `python -m bench.gpu_record` records a run in
+# bench/RESULTS.md (its GPU section) with the machine and the commit.
 #
 #   bench/gpu_check.sh                 # on a machine with an NVIDIA GPU, from the repository root
 #   bench/gpu_check.sh --batches 1,8,64,256
