@@ -354,7 +354,9 @@
   document.addEventListener("keydown", (ev) => {
     if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.defaultPrevented) return;
     if (rejectDialog.open || helpDialog.open) return; // the dialogs handle their own keys (Esc closes)
-    if (ev.target.closest("input, textarea, select, [contenteditable]")) return;
+    // A field of a dialog that has just closed can keep the focus for a moment (the browser gives it back
+    // later): keys pressed then are meant for the page, not for that hidden field.
+    if (ev.target.closest("input, textarea, select, [contenteditable]") && !ev.target.closest("dialog:not([open])")) return;
     const action = KEYS[ev.key];
     if (!action) return;
     ev.preventDefault();
