@@ -219,3 +219,32 @@ def test_sampler_threads_follow_a_containers_cpu_quota(tmp_path) -> None:  # typ
     f.write_text("max 100000\n")  # no quota
     assert _cgroup_cpus(f) > 64
     assert _cgroup_cpus(tmp_path / "absent") > 64  # cgroup v1 or no cgroup file: the affinity mask decides
+
+
+def test_a_forked_child_samples_on_a_pool_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pool's threads do not survive a fork: a child that used the parent's pool would wait forever.
+    import os
+
+    import genqueue_worker.engine.sampling as sampling
+
+    monkeypatch.setattr(sampling, "CHUNK_LOGITS", 320)
+    monkeypatch.setattr(sampling, "PARALLEL_MIN_LOGITS", 0)
+    monkeypatch.setattr(sampling, "_threads", lambda: 2)
+    monkeypatch.setattr(sampling, "_pool", None)
+    logits = np.random.default_rng(5).standard_normal((4, 300)).astype(np.float32)
+
+    def states() -> list[SamplingState]:
+        return [SamplingState.create(TextParams(seed=i, temperature=1.0), 0, [], 300) for i in range(4)]
+
+    want = sample_rows(logits, states())[0].tolist()
+    parent_pool = sampling._pool
+    assert parent_pool is not None
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if it samples the same tokens on a fresh pool
+            ok = sampling._pool is None and sample_rows(logits, states())[0].tolist() == want
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        parent_pool.shutdown()

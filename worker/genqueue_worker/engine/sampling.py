@@ -253,6 +253,15 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _spans(rows: int, width: int) -> list[tuple[int, int]]:
     step = max(1, CHUNK_LOGITS // width)
     return [(a, min(rows, a + step)) for a in range(0, rows, step)]
