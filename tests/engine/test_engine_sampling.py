@@ -248,3 +248,11 @@ def test_a_forked_child_samples_on_a_pool_of_its_own(monkeypatch: pytest.MonkeyP
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         parent_pool.shutdown()
+
+
+def test_a_malformed_quota_is_ignored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from genqueue_worker.engine.sampling import _cgroup_cpus
+
+    f = tmp_path / "cpu.max"
+    f.write_text("lots 100000\n")
+    assert _cgroup_cpus(f) > 64

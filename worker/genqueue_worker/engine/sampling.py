@@ -271,7 +271,7 @@ def _spans(rows: int, width: int) -> list[tuple[int, int]]:
 def _threads() -> int:
     """Half the cores this process may run on (the rest stay with ORT, the worker's glue and the OS)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_THREADS, cores // 2, _cgroup_cpus()))
+    return max(1, min(MAX_THREADS, min(cores, _cgroup_cpus()) // 2))
 
 
 def _cgroup_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -279,11 +279,11 @@ def _cgroup_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     container limited to 2 CPUs on a 64-core host sees all 64 in its affinity mask."""
     try:
         quota, period = cpu_max.read_text().split()[:2]
+        if quota == "max" or int(period) <= 0:
+            return 1 << 16
+        return max(1, int(quota) // int(period))
     except (OSError, ValueError):
         return 1 << 16
-    if quota == "max" or int(period) <= 0:
-        return 1 << 16
-    return max(1, int(quota) // int(period))
 
 
 def _for_spans(fn: Callable[[int, int], None], spans: list[tuple[int, int]], logits: int) -> None:
