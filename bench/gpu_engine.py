@@ -68,12 +68,12 @@ def build_model(models_dir: Path, precision: str, n_layer: int, n_head: int, n_e
 def _kept(models_dir: Path, precision: str, dims: tuple[int, ...]) -> Any:
     """The model a previous run exported into ``models_dir``, or None; exits when that model has other
     dimensions than this run's (a --tiny export, say)."""
-    from genqueue.registry import Registry
+    from genqueue.registry import Registry, UnknownModel
     from genqueue_exporter.export import variant_version
 
     try:
         entry = Registry(models_dir).resolve(f"gpt2-small-random@{variant_version('1', precision)}")
-    except Exception:
+    except UnknownModel:  # nothing exported there yet; a broken model folder raises its own error
         return None
     t = entry.manifest.text
     if t is None:

@@ -140,6 +140,13 @@ def _tail(old: str) -> str:
     return kept if gpu_record.MARK_BEGIN in kept else kept + "\n" + gpu_record.PENDING
 
 
+def _write_markdown(results: dict[str, Any], base: Path, pngs: list[Path]) -> Path:
+    """RESULTS.md: this run's figures, then the sections their own commands recorded (kept as they were)."""
+    md = base / "RESULTS.md"
+    md.write_text(render(results, [p.relative_to(base) for p in pngs]) + _tail(md.read_text() if md.exists() else ""))
+    return md
+
+
 def write_all(results: dict[str, Any], out_dir: Path, markdown: bool = True, record: bool = True) -> list[Path]:
     """<timestamp>.json always; with ``record``, also latest.json and (with ``markdown``) RESULTS.md + plots,
     the record that README and FINDINGS quote."""
@@ -154,8 +161,7 @@ def write_all(results: dict[str, Any], out_dir: Path, markdown: bool = True, rec
 
         base = out_dir.parent
         pngs = plots.write_all(results, base / "plots")
-        md = base / "RESULTS.md"
-        md.write_text(render(results, [p.relative_to(base) for p in pngs]) + _tail(md.read_text() if md.exists() else ""))
+        md = _write_markdown(results, base, pngs)
         written += [md, *pngs]
     return written
 
@@ -440,9 +446,7 @@ def rerender(results_dir: Path) -> Path:
     results = json.loads((results_dir / "latest.json").read_text())
     base = results_dir.parent
     pngs = plots.write_all(results, base / "plots")
-    md = base / "RESULTS.md"
-    md.write_text(render(results, [p.relative_to(base) for p in pngs]) + _tail(md.read_text() if md.exists() else ""))
-    return md
+    return _write_markdown(results, base, pngs)
 
 
 if __name__ == "__main__":
